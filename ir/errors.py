@@ -1,0 +1,33 @@
+"""Errors the IR raises for bad input; each message names the input and the place."""
+
+from __future__ import annotations
+
+
+class IRError(Exception):
+    """Base of every error caused by the user's input rather than by a bug."""
+
+
+class VerifyError(IRError):
+    """A graph breaks an invariant (SSA, order, use-lists, types)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        shown = problems[:10]
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        super().__init__("invalid graph:\n  " + "\n  ".join(shown) + more)
+
+
+class ModelLoadError(IRError):
+    """An ONNX model that cannot be read or lowered into the IR."""
+
+
+class ExportError(IRError):
+    """An IR model that cannot be written as ONNX."""
+
+
+class ParseError(IRError):
+    """Text IR that does not parse; carries the source, line and column."""
+
+    def __init__(self, source: str, line: int, column: int, message: str) -> None:
+        self.source, self.line, self.column = source, line, column
+        super().__init__(f"{source}:{line}:{column}: {message}")
