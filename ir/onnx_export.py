@@ -38,7 +38,7 @@ def to_onnx(model: Model) -> onnx.ModelProto:
         model_version=model.model_version,
         doc_string=model.doc_string,
     )
-    proto.ir_version = max(model.ir_version, helper.find_min_ir_version_for(opsets, ignore_unknown=True))
+    proto.ir_version = model.ir_version  # kept as is: ORT treats initializer-inputs differently before IR v4
     helper.set_model_props(proto, model.metadata)
     return proto
 

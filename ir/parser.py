@@ -77,7 +77,9 @@ def _describe(err: lark.exceptions.UnexpectedInput) -> str:
 
 
 def _pretty_terminal(name: str) -> str:
-    return _TERMINAL_NAMES.get(name, name)
+    if name in _TERMINAL_NAMES:
+        return _TERMINAL_NAMES[name]
+    return f"'{name.lower()}'" if name.isalpha() else name
 
 
 _TERMINAL_NAMES = {

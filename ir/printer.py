@@ -91,7 +91,12 @@ def format_type(type_: Type | None) -> str:
 def _format_shape(shape: tuple | None) -> str:
     if shape is None:
         return ""
-    return "[" + ",".join("?" if d is None else str(d) if isinstance(d, int) else ident(d) for d in shape) + "]"
+    return "[" + ",".join("?" if d is None else str(d) if isinstance(d, int) else _dim_name(d) for d in shape) + "]"
+
+
+def _dim_name(name: str) -> str:
+    """Keywords need no quotes here: the grammar accepts none inside a shape."""
+    return name if _IDENT.fullmatch(name) else quote(name)
 
 
 def format_float(value: float) -> str:

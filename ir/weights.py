@@ -7,8 +7,6 @@ bfloat16, float8, ...) without numpy pickling.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,21 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IRError
+from .fileio import atomic_output
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
     """Write atomically: a failed save leaves no partial file."""
     path = Path(path)
     raw = {key: np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=np.uint8) for key, a in weights.items()}
-    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        with open(staged, "wb") as f:
-            np.savez(f, **raw)
-        os.replace(staged, path)
-    except BaseException:
-        os.unlink(staged)
-        raise
+    with atomic_output(path) as staged, open(staged, "wb") as f:
+        np.savez(f, **raw)
 
 
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:

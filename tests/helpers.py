@@ -1,0 +1,66 @@
+"""Shared test helpers: running models in ONNX Runtime and random feeds for their inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from qcompiler import ir
+
+
+def run_onnx(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run in ONNX Runtime on one thread (so repeated runs are bit-for-bit repeatable)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def random_feeds(model: onnx.ModelProto | str, seed: int = 0, symbolic: int = 2) -> dict[str, np.ndarray]:
+    """Inputs for every graph input ORT asks for; symbolic dims get size `symbolic`."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for arg in session.get_inputs():
+        shape = [d if isinstance(d, int) else symbolic for d in arg.shape]
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(_ORT_TYPES[arg.type]))
+        if dtype.kind == "f":
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[arg.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[arg.name] = rng.integers(0, 4, shape).astype(dtype)
+    return feeds
+
+
+_ORT_TYPES = {
+    "tensor(float)": onnx.TensorProto.FLOAT,
+    "tensor(double)": onnx.TensorProto.DOUBLE,
+    "tensor(float16)": onnx.TensorProto.FLOAT16,
+    "tensor(int64)": onnx.TensorProto.INT64,
+    "tensor(int32)": onnx.TensorProto.INT32,
+    "tensor(int8)": onnx.TensorProto.INT8,
+    "tensor(uint8)": onnx.TensorProto.UINT8,
+    "tensor(bool)": onnx.TensorProto.BOOL,
+}
+
+
+def through_text(model: ir.Model) -> tuple[str, ir.Model]:
+    """Print with a weights dict and parse back: the path a user's edited dump takes."""
+    weights: dict[str, np.ndarray] = {}
+    text = ir.print_model(model, weights=weights)
+    return text, ir.parse_model(text, weights=weights)
+
+
+def assert_same_outputs(expected: list[np.ndarray], actual: list[np.ndarray]) -> None:
+    """Bit-identical outputs (NaN equal to NaN)."""
+    assert len(expected) == len(actual)
+    for want, got in zip(expected, actual):
+        assert want.dtype == got.dtype and want.shape == got.shape
+        assert np.array_equal(want, got, equal_nan=want.dtype.kind == "f")
