@@ -1,0 +1,42 @@
+"""A built wheel installs qcompiler, qcompiler.ir (with its grammar) and qcompiler.passes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHECK = """
+import qcompiler, qcompiler.ir, qcompiler.passes
+from qcompiler import ir
+m = ir.parse_model('model ir_version=8 opset{ai.onnx=17}\\ngraph @g(%x: f32[1]) {\\n  return %x\\n}\\n')
+print(qcompiler.ir.__file__)
+"""
+
+
+def test_editable_install_imports_all_packages():
+    import qcompiler.ir
+    import qcompiler.passes
+
+    assert Path(qcompiler.ir.__file__).parent == ROOT / "ir"
+    assert Path(qcompiler.passes.__file__).parent == ROOT / "passes"
+
+
+def test_wheel_installs_all_packages(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", ROOT],
+        check=True, capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("qcompiler-*.whl")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel],
+                   check=True, capture_output=True)
+    assert (target / "qcompiler" / "ir" / "qir.lark").is_file()
+    assert not (target / "ir").exists(), "nothing generic named 'ir' lands in site-packages"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(target)
