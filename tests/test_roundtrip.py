@@ -160,3 +160,49 @@ def test_large_model_uses_external_data_automatically(tmp_path, monkeypatch):
     feeds = {"x": np.ones((1, 64), np.float32)}
     np.testing.assert_array_equal(run_onnx(str(tmp_path / "big.onnx"), feeds)[0], feeds["x"] @ w)
     assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
+
+
+def loop_and_scan_model() -> onnx.ModelProto:
+    """y = x summed 3 times by a Loop whose body reads the outer `step`; z = running sum by Scan."""
+    f32 = TensorProto.FLOAT
+    loop_body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "loop_body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", f32, [2])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", f32, [2])],
+    )
+    scan_body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "elem"], ["sum_out"]),
+         helper.make_node("Identity", ["sum_out"], ["scan_out"])],
+        "scan_body",
+        [helper.make_tensor_value_info("sum_in", f32, [2]), helper.make_tensor_value_info("elem", f32, [2])],
+        [helper.make_tensor_value_info("sum_out", f32, [2]), helper.make_tensor_value_info("scan_out", f32, [2])],
+    )
+    nodes = [
+        helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=loop_body),
+        helper.make_node("Scan", ["x", "rows"], ["total", "z"], body=scan_body, num_scan_inputs=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "control_flow",
+        [helper.make_tensor_value_info("x", f32, [2]), helper.make_tensor_value_info("rows", f32, [4, 2])],
+        [helper.make_tensor_value_info("y", f32, [2]), helper.make_tensor_value_info("total", f32, [2]),
+         helper.make_tensor_value_info("z", f32, [4, 2])],
+        [helper.make_tensor("trips", TensorProto.INT64, [], [3]), helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+         helper.make_tensor("step", f32, [2], [0.5, -1.0])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+
+
+def test_loop_and_scan_round_trip():
+    feeds = {"x": np.array([1.0, 2.0], np.float32), "rows": np.arange(8, dtype=np.float32).reshape(4, 2)}
+    model = check_round_trip(loop_and_scan_model(), feeds)
+    y, total, z = run_onnx(ir.to_onnx(model), feeds)
+    np.testing.assert_array_equal(y, feeds["x"] + 3 * np.array([0.5, -1.0], np.float32))
+    np.testing.assert_array_equal(z, feeds["x"] + np.cumsum(feeds["rows"], axis=0))
+    loop = next(n for n in model.graph.nodes if n.op_type == "Loop")
+    step = next(v for v in model.graph.constants if v.name == "step")
+    assert [u.user.graph for u in step.uses()] == [loop.attributes["body"].value]
