@@ -8,7 +8,9 @@ with node inputs. Names are labels for printing and export only.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -21,6 +23,22 @@ from .types import TensorType, Type
 
 if TYPE_CHECKING:
     import networkx
+
+
+@contextmanager
+def bulk_build() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many IR objects.
+
+    Nodes and values point at each other, so every object is tracked; on 50k-node
+    graphs the collector's full passes cost a fifth of import time and free nothing.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Use(NamedTuple):

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from .attributes import Attr, AttrKind
-from .core import Graph, Model, Node, Value
+from .core import Graph, Model, Node, Value, bulk_build
 from .dtypes import DType
 from .errors import ModelLoadError
 from .tensors import SparseTensor
@@ -49,7 +49,8 @@ def load_model(
     if infer_shapes:
         proto = _infer_shapes(proto)
     _check_ops(proto, label)
-    return _Importer(label).model(proto)
+    with bulk_build():
+        return _Importer(label).model(proto)
 
 
 def _read(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[str, onnx.ModelProto]:
