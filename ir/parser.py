@@ -213,7 +213,7 @@ class _ToRecords(lark.Transformer):
 
     def opset(self, children):
         domain, version = children
-        return ("" if domain == "ai.onnx" else domain, int(version))
+        return (domain, int(version))
 
     def model_metadata(self, children):
         return ("metadata", dict(children))

@@ -141,9 +141,11 @@ def _model_header(model: Model) -> str:
 
 
 def _domain(domain: str) -> str:
+    """The default domain "" prints as bare `ai.onnx`; a literal "ai.onnx" is quoted to stay distinct."""
     if not domain:
         return "ai.onnx"
-    return domain if all(_IDENT.fullmatch(p) and p not in _KEYWORDS for p in domain.split(".")) else quote(domain)
+    bare = domain != "ai.onnx" and all(_IDENT.fullmatch(p) and p not in _KEYWORDS for p in domain.split("."))
+    return domain if bare else quote(domain)
 
 
 class _Printer:
@@ -156,6 +158,7 @@ class _Printer:
         self.names = names
         self.weights = weights
         self.max_inline = max_inline
+        self.blob_keys: set[str] = set()
 
     def ref(self, value: Value | None) -> str:
         return "none" if value is None else value_ref(self.names[value])
@@ -237,14 +240,14 @@ class _Printer:
         return "\n".join(lines).lstrip()
 
     def sparse(self, sparse: SparseTensor, blob_key: str) -> str:
-        dtype = DType.from_numpy(sparse.values.dtype)
+        dtype = _data_dtype(sparse.values)
         shape = _format_shape(sparse.dims)
         values = self.tensor_literal(sparse.values, f"{blob_key}.values")
         indices = self.tensor_literal(sparse.indices, f"{blob_key}.indices")
         return f"sparse<{dtype.short_name}{shape}>({values}, {indices})"
 
     def tensor_literal(self, data: np.ndarray | ElidedTensor, blob_key: str) -> str:
-        dtype = data.dtype if isinstance(data, ElidedTensor) else DType.from_numpy(data.dtype)
+        dtype = _data_dtype(data)
         type_ = format_type(TensorType(dtype, tuple(data.shape)))
         return f"tensor<{type_}>{self.tensor_data(data, blob_key)}"
 
@@ -254,6 +257,7 @@ class _Printer:
         dtype = DType.from_numpy(data.dtype)
         elide = self.weights != "inline" and data.size > self.max_inline and dtype != DType.STRING
         if elide:
+            blob_key = self.unique_key(blob_key)
             if not isinstance(self.weights, str):
                 self.weights[blob_key] = data
             lo_hi = value_range(data)
@@ -261,6 +265,15 @@ class _Printer:
         if dtype.numpy.kind == "c":
             return f"bytes({quote(np.ascontiguousarray(data).tobytes().hex())})"
         return "[" + ", ".join(_format_elements(data, dtype)) + "]"
+
+    def unique_key(self, key: str) -> str:
+        """`key`, or `key#n` if an earlier blob took it (node names, "a:b" names and keys can meet)."""
+        unique, n = key, 0
+        while unique in self.blob_keys:
+            n += 1
+            unique = f"{key}#{n}"
+        self.blob_keys.add(unique)
+        return unique
 
     def quant(self, quant: QuantParams) -> str:
         fields = [quant.dtype.short_name]
@@ -277,6 +290,10 @@ class _Printer:
                 text = f"tensor<{format_type(TensorType(dtype, array.shape))}>[{', '.join(_format_elements(array, dtype))}]"
             fields.append(f"{key}={text}")
         return f"q<{', '.join(fields)}>"
+
+
+def _data_dtype(data: np.ndarray | ElidedTensor) -> DType:
+    return data.dtype if isinstance(data, ElidedTensor) else DType.from_numpy(data.dtype)
 
 
 def _blob(elided: ElidedTensor) -> str:

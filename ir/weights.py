@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 
@@ -18,16 +19,20 @@ from .fileio import atomic_output
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Write atomically: a failed save leaves no partial file."""
-    path = Path(path)
-    raw = {key: np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=np.uint8) for key, a in weights.items()}
-    with atomic_output(path) as staged, open(staged, "wb") as f:
-        np.savez(f, **raw)
+    """Write atomically: a failed save leaves no partial file.
+
+    Keys are %-escaped in the archive: any text (NUL, lone surrogates, "file") stays a key.
+    """
+    with atomic_output(Path(path)) as staged, zipfile.ZipFile(staged, "w") as archive:
+        for key, array in weights.items():
+            raw = np.frombuffer(np.ascontiguousarray(array).tobytes(), dtype=np.uint8)
+            with archive.open(quote(key, safe="", errors="surrogatepass") + ".npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, raw, allow_pickle=False)
 
 
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
+            return {unquote(key, errors="surrogatepass"): npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise IRError(f"{path}: cannot read the weights file: {err}") from None
