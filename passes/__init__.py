@@ -1,1 +1,19 @@
-"""Passes over the IR: pass base class, registry, pass manager and the passes."""
+"""Passes over the IR: the pass contract, registry, pipelines, pass manager, instruments.
+
+Importing this package registers the built-in passes.
+"""
+
+from . import cleanup as _cleanup  # noqa: F401  (registers the pass)
+from .base import Pass, PassError, PipelineError, get_pass, register_pass, registered_passes
+from .context import PassContext
+from .instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
+from .manager import PassManager, PassResult
+from .pipeline import parse_pipeline, register_pipeline, registered_pipelines
+from .plugins import PluginError, load_entry_point_plugins, load_plugin_file
+
+__all__ = [
+    "CrashReproducer", "DumpDir", "Instrument", "Pass", "PassContext", "PassError", "PassManager",
+    "PassResult", "PipelineError", "PluginError", "PrintIR", "Timing", "Verifier", "get_pass",
+    "load_entry_point_plugins", "load_plugin_file", "parse_pipeline", "register_pass",
+    "register_pipeline", "registered_passes", "registered_pipelines",
+]

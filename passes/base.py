@@ -1,0 +1,98 @@
+"""The pass contract and the registry every pass, ours or a user's, goes through.
+
+A pass is a small class: a kebab-case `name`, a docstring whose first line is its
+summary, an `Options` dataclass (typed, defaulted: the pipeline text sets them), and
+`run(model, ctx) -> bool` saying whether it changed the model. Statistics are counters
+a pass bumps as it works (`self.stats["folded"] += 1`); the timing instrument prints them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections import Counter
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from qcompiler.ir import Model
+
+    from .context import PassContext
+
+_KEBAB = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+class PassError(Exception):
+    """A pass failed; says which one and what ran before it."""
+
+
+class PipelineError(Exception):
+    """A pipeline text or its options are wrong; carries the column in the text."""
+
+    def __init__(self, text: str, column: int, message: str) -> None:
+        self.text, self.column = text, column
+        pointer = " " * (column - 1) + "^"
+        super().__init__(f"pipeline column {column}: {message}\n  {text}\n  {pointer}")
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """For passes without options."""
+
+
+class Pass:
+    """Base class of every pass. Subclasses set `name`, `Options` and implement `run`."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+        self.stats: Counter[str] = Counter()
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def requires(self, model: Model, ctx: PassContext) -> None:
+        """Check preconditions; raise PassError when the model is not ready for this pass."""
+
+    def run(self, model: Model, ctx: PassContext) -> bool:
+        raise NotImplementedError
+
+    def ensures(self, model: Model, ctx: PassContext) -> None:
+        """Check postconditions; raise PassError when the pass broke its promise."""
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make a pass known to pipelines and `qc passes`.
+
+    Refuses a second pass under the same name, a name that is not kebab-case, and an
+    Options that is not a dataclass.
+    """
+    name = cls.name
+    if not _KEBAB.fullmatch(name or ""):
+        raise ValueError(f"pass {cls.__qualname__} needs a kebab-case name, not {name!r}")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        other = _REGISTRY[name]
+        raise ValueError(f"pass name {name!r} is taken by {other.__module__}.{other.__qualname__}")
+    if not dataclasses.is_dataclass(cls.Options):
+        raise ValueError(f"{cls.__qualname__}.Options must be a dataclass")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def get_pass(name: str) -> type[Pass]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown pass {name!r}{hint}") from None
+
+
+def registered_passes() -> dict[str, type[Pass]]:
+    return dict(sorted(_REGISTRY.items()))
