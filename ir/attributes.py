@@ -123,6 +123,21 @@ class Attr:
         return self.value == other.value
 
 
+class Attributes(dict):
+    """A node's attributes: plain Python values assigned here become typed `Attr`s."""
+
+    def __init__(self, items: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.update(items or {})
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value if isinstance(value, Attr) else Attr.infer(value))
+
+    def update(self, items: Any = (), **more: Any) -> None:
+        for key, value in dict(items, **more).items():
+            self[key] = value
+
+
 def _same_tensor(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .attributes import Attr
+from .attributes import Attributes
 from .dtypes import DType
 from .quant import QuantParams
 from .tensors import ElidedTensor
@@ -143,7 +143,7 @@ class Node:
         inputs: Sequence[Value | None] = (),
         outputs: Sequence[Value] | int = 1,
         *,
-        attributes: dict[str, Attr | Any] | None = None,
+        attributes: dict[str, Any] | None = None,
         domain: str = "",
         name: str = "",
         meta: dict[str, Any] | None = None,
@@ -151,9 +151,7 @@ class Node:
         self.op_type = op_type
         self.domain = domain
         self.name = name
-        self.attributes: dict[str, Attr] = {
-            k: v if isinstance(v, Attr) else Attr.infer(v) for k, v in (attributes or {}).items()
-        }
+        self.attributes = Attributes(attributes)
         self.meta: dict[str, Any] = dict(meta or {})
         self._graph: Graph | None = None
         self._inputs: list[Value | None] = []

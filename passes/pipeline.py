@@ -97,7 +97,8 @@ def _parse(text: str, expanding: set[str]) -> list:
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as err:
-        raise PipelineError(text, err.column, _describe(err)) from None
+        at_end = isinstance(err, lark.exceptions.UnexpectedEOF) or getattr(err, "token", None) is not None and err.token.type == "$END"
+        raise PipelineError(text, len(text) + 1 if at_end else err.column, _describe(err, at_end)) from None
     steps = [_step(child, text, expanding) for child in tree.children if child is not None]
     return steps
 
@@ -105,13 +106,13 @@ def _parse(text: str, expanding: set[str]) -> list:
 def _step(tree: lark.Tree, text: str, expanding: set[str]) -> PassStep | Repeat | NamedPipeline:
     if tree.data == "repeat":
         options_tree = tree.children[0] if len(tree.children) == 2 else None
-        raw, columns = _raw_options(options_tree)
+        raw, columns = _raw_options(options_tree, text)
         body_tree = tree.children[-1]
         body = [_step(c, text, expanding) for c in body_tree.children if c is not None]
         (max_iterations,) = _typed_repeat_options(raw, text, columns)
         return Repeat(body, max_iterations, raw)
     name_token = tree.children[0]
-    raw, columns = _raw_options(tree.children[1] if len(tree.children) == 2 else None)
+    raw, columns = _raw_options(tree.children[1] if len(tree.children) == 2 else None, text)
     name = str(name_token)
     if name in _PIPELINES and not raw:
         if name in expanding:
@@ -122,15 +123,22 @@ def _step(tree: lark.Tree, text: str, expanding: set[str]) -> PassStep | Repeat 
     return step
 
 
-def _raw_options(tree: lark.Tree | None) -> tuple[list[tuple[str, list[str]]], dict[str, int]]:
-    """The options as written, and the column of each key (for errors)."""
-    options, columns = [], {}
-    for option in tree.children if tree is not None else ():
-        if option is None:
+def _raw_options(tree: lark.Tree | None, text: str) -> tuple[list[tuple[str, list[str]]], dict[str, int]]:
+    """The options as written (values after a key until the next key), and each key's column."""
+    options: list[tuple[str, list[str]]] = []
+    columns: dict[str, int] = {}
+    for item in tree.children if tree is not None else ():
+        if item is None:
             continue
-        key, *atoms = option.children
-        options.append((str(key), [str(a) for a in atoms]))
-        columns.setdefault(str(key), key.column)
+        if isinstance(item, lark.Tree):  # keyed: `key=` then its first value
+            key_token, atom = item.children
+            key = key_token.rstrip("=").rstrip()
+            options.append((key, [str(atom)]))
+            columns.setdefault(key, key_token.column)
+        elif not options:
+            raise PipelineError(text, item.column, f"value {str(item)!r} has no option name (expected key=value)")
+        else:
+            options[-1][1].append(str(item))
     return options, columns
 
 
@@ -214,8 +222,8 @@ def _scalar(hint: Any, word: str) -> Any:
     raise ValueError(f"unsupported option type {hint!r}")
 
 
-def _describe(err: lark.exceptions.UnexpectedInput) -> str:
-    if isinstance(err, lark.exceptions.UnexpectedEOF) or getattr(err, "token", None) is not None and err.token.type == "$END":
+def _describe(err: lark.exceptions.UnexpectedInput, at_end: bool) -> str:
+    if at_end:
         return "unexpected end of pipeline (unbalanced braces or parentheses?)"
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         return f"unexpected character {err.char!r}"

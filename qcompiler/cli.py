@@ -7,10 +7,13 @@ errors exit 2 (argparse's convention). No traceback reaches the terminal for the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
-from qcompiler import __version__, ir
+from pathlib import Path
+
+from qcompiler import __version__, ir, passes
 from qcompiler.modelio import read_model, write_dump
 
 
@@ -19,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ir.IRError, OSError) as err:
+    except (ir.IRError, OSError, passes.PassError, passes.PipelineError, passes.PluginError) as err:
         print(f"qc: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -62,7 +65,51 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="store tensors in OUTPUT.data (automatic above 2 GB)")
     _add_import_options(export)
     export.set_defaults(run=_export)
+
+    list_passes = commands.add_parser(
+        "passes", help="list the passes, their options and the named pipelines",
+        description="Every registered pass (built-in and from plugins) with its summary and options.",
+    )
+    _add_plugin_option(list_passes)
+    list_passes.set_defaults(run=_passes)
+
+    opt = commands.add_parser(
+        "opt", help="run a pass pipeline over a model",
+        description='Run passes over a model: qc opt IN.qir --pipeline "canonicalize,fuse" -o OUT.qir. '
+        "The output format follows the file name (.qir or .onnx); without -o the text goes to stdout.",
+    )
+    opt.add_argument("model", help="an .onnx or .qir file")
+    opt.add_argument("--pipeline", required=True, help="passes to run, e.g. 'canonicalize,fuse{patterns=conv-bn}'")
+    opt.add_argument("-o", "--output", help="the .qir or .onnx file to write")
+    opt.add_argument("--weights", metavar="inline|summary|FILE.npz",
+                     help="constants in a .qir output (default: OUTPUT.npz beside it, so it parses back)")
+    opt.add_argument("--print-ir-before", metavar="all|PASS", action="append", default=[],
+                     help="print the IR to stderr before this pass (repeatable)")
+    opt.add_argument("--print-ir-after", metavar="all|PASS", action="append", default=[],
+                     help="print the IR to stderr after this pass (repeatable)")
+    opt.add_argument("--print-ir-after-change", action="store_true",
+                     help="with --print-ir-after: only when the pass changed the model")
+    opt.add_argument("--dump-dir", metavar="DIR", help="write NNN_<pass>.qir after every pass")
+    opt.add_argument("--timing", action="store_true", help="print a per-pass time and statistics table")
+    opt.add_argument("--no-verify", dest="verify", action="store_false",
+                     help="skip the IR verifier after each pass")
+    opt.add_argument("--crash-dir", metavar="DIR", default=".",
+                     help="where a failing pass leaves its reproducer (default: the current folder)")
+    _add_plugin_option(opt)
+    _add_import_options(opt)
+    opt.set_defaults(run=_opt)
     return parser
+
+
+def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", metavar="FILE.py", action="append", default=[],
+                        help="load passes from this Python file (repeatable)")
+
+
+def _load_plugins(args: argparse.Namespace) -> None:
+    passes.load_entry_point_plugins()
+    for path in args.plugin:
+        passes.load_plugin_file(path)
 
 
 def _add_import_options(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +136,64 @@ def _export(args: argparse.Namespace) -> int:
     model = _read(args, weights=args.weights)
     ir.save_model(model, args.output, external_data=args.external_data or None)
     return 0
+
+
+def _passes(args: argparse.Namespace) -> int:
+    _load_plugins(args)
+    for name, cls in passes.registered_passes().items():
+        print(f"{name}: {cls.summary()}")
+        for option in dataclasses.fields(cls.Options):
+            print(f"    {option.name.replace('_', '-')}: {_type_name(option)} = {_default_text(option)}")
+    pipelines = passes.registered_pipelines()
+    if pipelines:
+        print("\nnamed pipelines:")
+        for name, text in pipelines.items():
+            print(f"  {name}: {text}")
+    return 0
+
+
+def _type_name(option: dataclasses.Field) -> str:
+    text = option.type if isinstance(option.type, str) else getattr(option.type, "__name__", str(option.type))
+    return text.replace("typing.", "")
+
+
+def _default_text(option: dataclasses.Field) -> str:
+    value = option.default if option.default is not dataclasses.MISSING else option.default_factory()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value)) or "(empty)"
+    return "none" if value is None else str(value)
+
+
+def _opt(args: argparse.Namespace) -> int:
+    _load_plugins(args)
+    manager = passes.PassManager(args.pipeline)  # a bad pipeline fails before any work
+    model = _read(args)
+    instruments: list[passes.Instrument] = [passes.CrashReproducer(Path(args.crash_dir))]
+    if args.verify:
+        instruments.append(passes.Verifier())
+    if args.print_ir_before or args.print_ir_after:
+        instruments.append(passes.PrintIR(frozenset(args.print_ir_before), frozenset(args.print_ir_after),
+                                          only_changed=args.print_ir_after_change))
+    if args.dump_dir:
+        instruments.append(passes.DumpDir(Path(args.dump_dir)))
+    if args.timing:
+        instruments.append(passes.Timing())
+    result = manager.run(model, passes.PassContext(instruments=instruments))
+    for warning in result.warnings:
+        print(f"qc: warning: {warning}", file=sys.stderr)
+    _write_output(model, args)
+    return 0
+
+
+def _write_output(model: ir.Model, args: argparse.Namespace) -> None:
+    if args.output is None:
+        sys.stdout.write(write_dump(model, None, args.weights or "summary"))
+    elif Path(args.output).suffix == ".onnx":
+        ir.save_model(model, args.output)
+    else:
+        write_dump(model, args.output, args.weights or str(Path(args.output).with_suffix(".npz")))
 
 
 if __name__ == "__main__":
