@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -20,7 +21,7 @@ import lark
 import numpy as np
 
 from .attributes import Attr, AttrKind
-from .core import Graph, Model, Node, Value
+from .core import Graph, Model, Node, Value, bulk_build
 from .dtypes import DType
 from .errors import ParseError
 from .quant import QuantParams
@@ -42,18 +43,23 @@ def parse_model(
     path), else from the file named by a `weights "..."` line (relative to `base_dir`),
     else stay ElidedTensor: the model prints the same but cannot be exported.
     """
+    with bulk_build():  # tokens, records, IR: many objects and no garbage; see bulk_build
+        weights_file, model_record = _records(text, source)
+        if weights is None and weights_file is not None:
+            weights = Path(base_dir or ".") / weights_file
+        if isinstance(weights, str | Path):
+            weights = load_weights(weights)
+        return _Builder(source, weights).model(model_record)
+
+
+def _records(text: str, source: str) -> tuple[str | None, list]:
+    """What the grammar's transformer makes of `text`; any error as a ParseError."""
     try:
-        record = _parser().parse(text)
+        return _parser().parse(text)
     except lark.exceptions.UnexpectedInput as err:
-        raise ParseError(source, err.line, err.column, _describe(err)) from None
+        raise ParseError(source, *_error_position(err), _describe(err)) from None
     except _TextError as err:
         raise ParseError(source, err.line, err.column, err.message) from None
-    weights_file, model_record = record
-    if weights is None and weights_file is not None:
-        weights = Path(base_dir or ".") / weights_file
-    if isinstance(weights, str | Path):
-        weights = load_weights(weights)
-    return _Builder(source, weights).model(model_record)
 
 
 def parse_file(path: str | Path, *, weights: Mapping[str, np.ndarray] | str | Path | None = None) -> Model:
@@ -65,13 +71,27 @@ def parse_file(path: str | Path, *, weights: Mapping[str, np.ndarray] | str | Pa
     return parse_model(text, source=str(path), weights=weights, base_dir=path.parent)
 
 
+def _error_position(err: lark.exceptions.UnexpectedInput) -> tuple[int, int]:
+    """Lark's line and column, except after a coarse token at the end of input.
+
+    Lark places the end of input at the last token; the fine rules would have made the
+    last token the coarse token's last part (its closing bracket, or the name's string).
+    """
+    if not isinstance(err, lark.exceptions.UnexpectedToken) or err.token.type != "$END":
+        return err.line, err.column
+    last = err.interactive_parser.lexer_thread.state.last_token
+    if last is None or last.type not in _COARSE:
+        return err.line, err.column
+    return last.line, last.column + (last.index('"') if last.type == "NODE_NAME" else len(last) - 1)
+
+
 def _describe(err: lark.exceptions.UnexpectedInput) -> str:
     if isinstance(err, lark.exceptions.UnexpectedToken):
-        found = "end of input" if err.token.type == "$END" else repr(str(err.token))
-        expected = sorted(_pretty_terminal(t) for t in err.expected)
+        found = "end of input" if err.token.type == "$END" else _COARSE.get(err.token.type, repr(str(err.token)))
+        expected = sorted({_pretty_terminal(t) for t in err.expected})
         return f"unexpected {found}; expected one of: {', '.join(expected)}"
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
-        allowed = sorted(_pretty_terminal(t) for t in (err.allowed or ()))
+        allowed = sorted({_pretty_terminal(t) for t in (err.allowed or ())})
         return f"unexpected character {err.char!r}" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
     return "unexpected end of input"
 
@@ -82,11 +102,14 @@ def _pretty_terminal(name: str) -> str:
     return f"'{name.lower()}'" if name.isalpha() else name
 
 
+# Coarse terminals (see qir.lark) read as the token they start with, as their fine rule would.
+_COARSE = {"SHAPE": "'['", "NUMBERS": "'['", "OPERANDS": "'('", "BLOB_ARGS": "'('", "NODE_NAME": "'name'"}
 _TERMINAL_NAMES = {
     "VALUE": "%value", "GRAPH_NAME": "@graph", "NAME": "identifier", "STRING": "string",
     "INT": "integer", "FLOAT": "float", "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'",
     "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "EQUAL": "'='", "COLON": "':'",
     "LESSTHAN": "'<'", "MORETHAN": "'>'", "QMARK": "'?'", "DOT": "'.'", "__ANON_0": "'::'",
+    "__ANON_1": "'name'", "__ANON_2": "'-inf'", **_COARSE,
 }
 
 
@@ -164,6 +187,7 @@ class _NodeRecord:
     operands: list[_Ref | None]
     attributes: list[tuple[str, Any]] = field(default_factory=list)
     name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,13 +260,10 @@ class _ToRecords(lark.Transformer):
         return ("default", _ref(children[0]), children[1])
 
     def node_stmt(self, children):
-        results, (domain, op_type), *rest = children
-        name = ""
-        if rest and isinstance(rest[-1], tuple) and rest[-1][0] == "node_name":
-            name = rest.pop()[1]
-        attributes = rest.pop() if rest and isinstance(rest[-1], list) and _is_attr_list(rest[-1]) else []
-        operands = [None if r is None else _ref(r) for r in rest]
-        return _NodeRecord(results, domain, op_type, operands, attributes, name)
+        results, (domain, op_type), operands, *tail = children
+        parts = dict(tail)  # the optional parts, each tagged with its rule's name
+        return _NodeRecord(results, domain, op_type, operands, parts.get("attributes", []),
+                           parts.get("node_name", ""), parts.get("node_meta", {}))
 
     def node_results(self, children):
         return children
@@ -267,17 +288,44 @@ class _ToRecords(lark.Transformer):
         text = ".".join(children)
         return "" if text == "ai.onnx" else text
 
+    def operands(self, children):
+        return [None if c is None else _ref(c) for c in children]
+
+    def flat_operands(self, children):
+        token = children[0]
+        return [_operand(token, m) for m in _OPERAND_ITEM.finditer(token)]
+
     def no_value(self, children):
         return None
 
     def node_name(self, children):
         return ("node_name", _unquote(children[0]))
 
+    def flat_node_name(self, children):
+        token = children[0]
+        return ("node_name", _unquote(token[token.index('"'):]))
+
+    def node_meta(self, children):
+        return ("node_meta", dict(children))
+
+    def node_meta_entry(self, children):
+        key, value = children
+        return (_unquote(key) if key.type == "STRING" else str(key), value)
+
+    def true(self, children):
+        return True
+
+    def false(self, children):
+        return False
+
     def tensor_type(self, children):
         return TensorType(_dtype(children[0]), children[1] if len(children) == 2 else None)
 
     def shape(self, children):
         return tuple(_dim(c) for c in children)
+
+    def flat_shape(self, children):
+        return tuple(_dim_text(m.group()) for m in _DIM_ITEM.finditer(children[0]))
 
     def unknown_dim(self, children):
         return None
@@ -301,7 +349,7 @@ class _ToRecords(lark.Transformer):
         return (str(children[0]), children[1])
 
     def attributes(self, children):
-        return children
+        return ("attributes", children)
 
     def attribute(self, children):
         key, value = children
@@ -349,8 +397,17 @@ class _ToRecords(lark.Transformer):
     def dense(self, children):
         return _Dense(children)
 
+    def flat_dense(self, children):
+        return _Dense(_numbers(children[0]))
+
     def blob(self, children):
         return _Blob(_unquote(children[0]), dict(children[1:]), children[0])
+
+    def flat_blob(self, children):
+        token = children[0]
+        key = _STRING_ITEM.search(token)
+        fields = {m[1]: _blob_field_value(m[2]) for m in _BLOB_FIELD.finditer(token, key.end())}
+        return _Blob(_unquote(key.group()), fields, _token_at(token, "STRING", key))
 
     def blob_field(self, children):
         value = children[1]
@@ -361,6 +418,9 @@ class _ToRecords(lark.Transformer):
 
     def number_list(self, children):
         return list(children)
+
+    def flat_numbers(self, children):
+        return _numbers(children[0])
 
 
 def _ref(token: lark.Token) -> _Ref:
@@ -375,8 +435,50 @@ def _dim(child: lark.Token | None) -> int | str | None:
     return _unquote(child) if child.type == "STRING" else str(child)
 
 
-def _is_attr_list(items: list) -> bool:
-    return all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in items)
+# -- splitting the coarse tokens of qir.lark; each has passed its terminal's regex --------
+
+_STRING = r'"(?:[^"\\\n]|\\.)*"'  # qir.lark's STRING; tried first, so the commas in a string stay in it
+_DIM_ITEM = re.compile(rf'{_STRING}|[A-Za-z_][A-Za-z0-9_]*|-?[0-9]+|\?')
+_OPERAND_ITEM = re.compile(rf'%(?:{_STRING}|[A-Za-z0-9_./\-]+)|none')
+_STRING_ITEM = re.compile(_STRING)
+_BLOB_FIELD = re.compile(rf'([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*({_STRING}|[^, \t)]+)')
+_INT_START = frozenset("-0123456789")
+
+
+def _dim_text(text: str) -> int | str | None:
+    """One dim of a SHAPE token, read as the INT, NAME, STRING or "?" it would lex as."""
+    if text == "?":
+        return None
+    if text[0] == '"':
+        return _unquote(text)
+    return int(text) if text[0] in _INT_START else text
+
+
+def _numbers(token: str) -> list[int | float]:
+    """The numbers of a NUMBERS token; it holds no strings, so commas split it."""
+    return [_number(item.strip()) for item in token[1:-1].split(",")]
+
+
+def _number(text: str) -> int | float:
+    """An int where the INT terminal would match, else a float (inf and nan included)."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _operand(token: lark.Token, match: re.Match) -> _Ref | None:
+    return None if match.group() == "none" else _ref(_token_at(token, "VALUE", match))
+
+
+def _blob_field_value(text: str) -> str | int | float:
+    return _unquote(text) if text[0] == '"' else _number(text)
+
+
+def _token_at(token: lark.Token, type_: str, match: re.Match) -> lark.Token:
+    """A token for `match` inside the coarse `token`, placed where errors should point.
+
+    Coarse terminals stay on one line, so the column is the token's plus the offset.
+    """
+    offset = match.start()
+    return lark.Token(type_, match.group(), token.start_pos + offset, token.line, token.column + offset)
 
 
 def _dtype(token: lark.Token) -> DType:
@@ -456,7 +558,7 @@ class _Builder:
             attributes = {key: self.attribute(value, scope, key) for key, value in record_node.attributes}
             graph.append(
                 Node(record_node.op_type, inputs, outputs, attributes=attributes,
-                     domain=record_node.domain, name=record_node.name)
+                     domain=record_node.domain, name=record_node.name, meta=record_node.meta)
             )
         graph.set_outputs([self.resolve(scope, r) for r in record.outputs])
         if not _is_sorted(graph):

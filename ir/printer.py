@@ -140,6 +140,32 @@ def _model_header(model: Model) -> str:
     return " ".join(parts)
 
 
+def _node_meta(meta: dict) -> str:
+    """` meta{...}` with the annotations passes leave on a node, sorted by key.
+
+    Only plain literals print; anything else in `meta` is an analysis cache, which a
+    reparsed model recomputes, so it is left out rather than refused.
+    """
+    entries = [f"{ident(key)}={text}" for key in sorted(meta) if (text := _meta_literal(meta[key])) is not None]
+    return f" meta{{{', '.join(entries)}}}" if entries else ""
+
+
+def _meta_literal(value: object) -> str | None:
+    """`value` in the literal syntax of attributes, plus true/false; None if it has none.
+
+    A float keeps all 64 bits (float attributes are float32 and print as such).
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return format_float(np.float64(value))
+    if isinstance(value, str):
+        return quote(value)
+    return None
+
+
 def _domain(domain: str) -> str:
     """The default domain "" prints as bare `ai.onnx`; a literal "ai.onnx" is quoted to stay distinct."""
     if not domain:
@@ -195,7 +221,7 @@ class _Printer:
             op = f"{_domain(node.domain)}::{op}"
         operands = ", ".join(self.ref(v) for v in node.inputs)
         head = f"{'  ' * depth}{results} = {op}({operands})"
-        tail = f" name={quote(node.name)}" if node.name else ""
+        tail = (f" name={quote(node.name)}" if node.name else "") + _node_meta(node.meta)
         if not node.attributes:
             lines.append(head + tail)
         elif not any(True for _ in node.subgraphs()):

@@ -1,20 +1,25 @@
 """Property tests of the text form: print -> parse -> print is the identity.
 
 For random models (awkward names, every dtype and attribute kind, nested subgraphs
-reading outer values, quantization parameters) and every weights mode, the reprinted
-text equals the first print and the parsed constants and attributes are bit-identical
-to the original's. NaN is the one exception: text spells every NaN `nan`, so sign and
-payload bits of a NaN do not survive (the NaN itself does); complex tensors, printed as
-raw bytes, keep even those.
+reading outer values, quantization parameters, node annotations) and every weights mode,
+the reprinted text equals the first print and the parsed constants, attributes and
+annotations are bit-identical to the original's. NaN is the one exception: text spells
+every NaN `nan`, so sign and payload bits of a NaN do not survive (the NaN itself does);
+complex tensors, printed as raw bytes, keep even those.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from unittest import mock
 
+import lark
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +33,7 @@ from qcompiler.ir import (
     Model,
     Node,
     OptionalType,
+    ParseError,
     QuantParams,
     SequenceType,
     SparseTensor,
@@ -39,6 +45,7 @@ from qcompiler.ir import (
     print_model,
     save_weights,
 )
+from qcompiler.ir import parser as text_parser
 from qcompiler.ir.printer import format_float
 from qcompiler.ir.quant import QUANT_DTYPES
 from qcompiler.ir.tensors import digest
@@ -48,7 +55,7 @@ from qcompiler.ir.tensors import digest
 KEYWORDS = [
     "model", "weights", "opset", "metadata", "graph", "const", "default", "return", "none",
     "name", "seq", "opt", "map", "sparse", "q", "type", "tensor", "blob", "bytes", "inf",
-    "nan", "-inf", "ai.onnx", "f32", "ints", "?",
+    "nan", "-inf", "ai.onnx", "f32", "ints", "?", "meta", "true", "false",
 ]
 AWKWARD_PIECES = list(' ab_.:/\\"%@?-09{}[]<>(),=#\'\n\t\x00\x7féß名\U0001f600') + ["\udc80", "::", "//"]
 
@@ -68,6 +75,14 @@ OP_TYPES = st.one_of(st.sampled_from(["Conv", "If", "Loop", "QuantizeLinear", "R
 DOMAINS = st.sampled_from(
     ["", "", "com.microsoft", "ai.onnx", "ai.onnx.ml", "com.q", "my domain", "x.y-z", "a::b", "graph", "_.a1"]
 )
+
+# Node annotations: plain literals print, anything else is an analysis cache and does not.
+META_LITERALS = st.one_of(
+    AWKWARD_TEXT, st.booleans(), st.integers(), st.sampled_from([-(2**63), 2**64, -(10**30)]),
+    st.floats(), st.sampled_from([0.0, -0.0, math.inf, -math.inf, math.nan, 1e300, 5e-324]),
+)
+META_CACHES = st.sampled_from([None, [1, 2], {"x": 1}, (1,), b"x", np.float32(0.5), np.int64(3), frozenset()])
+META = st.dictionaries(AWKWARD_TEXT, st.one_of(META_LITERALS, META_CACHES), max_size=3)
 
 # -- types -----------------------------------------------------------------------------
 
@@ -226,7 +241,7 @@ class _ModelBuilder:
         for _ in range(draw(st.integers(0, 3))):
             attributes[draw(self.keys)] = self.attr(depth, visible)
         return Node(draw(OP_TYPES), inputs, outputs, attributes=attributes,
-                    domain=draw(DOMAINS), name=draw(self.node_names))
+                    domain=draw(DOMAINS), name=draw(self.node_names), meta=draw(META))
 
     def attr(self, depth: int, visible: list[Value]) -> Attr:
         kind = self.draw(self.kinds.filter(lambda k: depth < 2 or k.element != AttrKind.GRAPH))
@@ -325,6 +340,18 @@ def assert_same_attr_value(kind: AttrKind, original, parsed) -> None:
         assert type(original) is type(parsed) and original == parsed
 
 
+def assert_same_meta(original: dict, parsed: dict) -> None:
+    """The str/int/float/bool entries come back, sorted by key and with their types; caches do not."""
+    literals = {k: v for k, v in original.items() if isinstance(v, str | int | float)}  # bool is an int
+    assert list(parsed) == sorted(literals)
+    for key, value in literals.items():
+        assert type(parsed[key]) is type(value)
+        if isinstance(value, float):
+            assert_same_array(np.array(value), np.array(parsed[key]))
+        else:
+            assert parsed[key] == value
+
+
 def assert_same_graph(original: Graph, parsed: Graph) -> None:
     """Same data in the same places; the equal texts already vouch for the structure."""
     assert len(original.constants) == len(parsed.constants)
@@ -335,6 +362,7 @@ def assert_same_graph(original: Graph, parsed: Graph) -> None:
     assert len(original.nodes) == len(parsed.nodes)
     for node_a, node_b in zip(original.nodes, parsed.nodes):
         values += list(zip(node_a.outputs, node_b.outputs))
+        assert_same_meta(node_a.meta, node_b.meta)
         assert list(node_a.attributes) == list(node_b.attributes)
         for attr_a, attr_b in zip(node_a.attributes.values(), node_b.attributes.values()):
             assert attr_a.kind == attr_b.kind
@@ -448,3 +476,103 @@ def test_weights_file_keeps_any_key():
     for name in ("file", "allow_pickle", "a\x00b", "\udc80", "a/b", "%41"):
         graph.add_constant(Value(name, const=np.arange(2, dtype=np.int16)))
     _assert_round_trips(Model(graph, {"": 21}))
+
+
+def test_node_meta_prints_its_literals_sorted_and_reads_back_typed():
+    graph = Graph("g")
+    x = graph.add_input(Value("x", TensorType(DType.FLOAT, (2,))))
+    meta = {"source": "layer1.conv", "group": "conv_relu#0", "index": 3, "scale": 0.5, "true": False,
+            "shapes": {"x": (2,)}, "users": [x]}  # the last two are caches
+    node = graph.append(Node("Relu", [x], [Value("y")], name="r", meta=meta))
+    graph.set_outputs(node.outputs)
+    text = print_model(Model(graph, {"": 21}))
+    assert ('%y = Relu(%x) name="r" meta{group="conv_relu#0", index=3, scale=0.5, source="layer1.conv", '
+            'true=false}') in text
+    (parsed,) = parse_model(text).graph.nodes
+    assert parsed.meta == {"group": "conv_relu#0", "index": 3, "scale": 0.5, "source": "layer1.conv", "true": False}
+    assert [type(v) for v in parsed.meta.values()] == [str, int, float, str, bool]
+
+
+# -- coarse terminals (qir.lark): one token for a whole list, meaning what the fine rules mean --
+
+COARSE = {"SHAPE": "[", "NUMBERS": "[", "OPERANDS": "(", "BLOB_ARGS": "(", "NODE_NAME": "name"}
+COARSE_TEXT = """model ir_version=10 opset{ai.onnx=17}
+graph @g(%x: f32[1,N,?,"a,b"]) {
+  const %w: f32[3] = [0.5, -1.0, inf]
+  const %b: f32[4,4] = blob("b", min=-0.5, max=0.5, digest="0123456789abcdef")
+  %y: f32[1,N,?,"a,b"] = Foo(%x, none, %w, %b) {k=[1, -2, 3]} name="foo" meta{group="g#0"}
+  return %y
+}
+"""
+
+
+@cache
+def _fine_parser() -> lark.Lark:
+    """The text grammar with its coarse terminals unable to match, so the fine rules read everything."""
+    def disable(terminal) -> None:
+        if terminal.name in COARSE:
+            terminal.pattern = lark.lexer.PatternRE("(?!x)x")
+
+    grammar = resources.files(text_parser.__package__).joinpath("qir.lark").read_text(encoding="utf-8")
+    return lark.Lark(grammar, parser="lalr", lexer="contextual", transformer=text_parser._ToRecords(),
+                     maybe_placeholders=False, edit_terminals=disable)
+
+
+def test_coarse_terminals_are_tried_only_beside_the_token_their_fine_rule_starts_with():
+    """The contextual lexer tries a terminal only in parser states that accept it."""
+    lark_parser = text_parser._parser()
+    spelling = {t.name: t.pattern.value for t in lark_parser.terminals}
+    for accepts in lark_parser.parser.parser.parser.parse_table.states.values():
+        coarse = COARSE.keys() & accepts.keys()
+        assert len(coarse) <= 1
+        assert all(COARSE[t] in {spelling.get(a) for a in accepts} for t in coarse)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(model=models(), mode=st.sampled_from(["inline", "summary"]))
+def test_fine_rules_alone_read_every_print_the_same(model, mode):
+    text = print_model(model, weights=mode, max_inline=4)
+    with mock.patch.object(text_parser, "_parser", _fine_parser):
+        parsed = parse_model(text)
+    assert print_model(parsed, weights=mode, max_inline=4) == text
+    assert_same_model(model, parsed)
+
+
+def test_lists_with_comments_or_line_breaks_inside_take_the_fine_rules():
+    assert print_model(parse_model(COARSE_TEXT)) == COARSE_TEXT
+    broken = (
+        COARSE_TEXT.replace('%x: f32[1,N', '%x: f32[1, // batch\n N')
+        .replace("[0.5, -1.0", "[0.5,\n -1.0")
+        .replace('("b", min', '("b",\n min')
+        .replace("Foo(%x, none", "Foo(%x, // no bias\n none")
+        .replace("[1, -2", "[1,\n -2")
+        .replace(' name="foo"', ' name // of the node\n = "foo"')
+    )
+    assert broken.count("\n") == COARSE_TEXT.count("\n") + 6
+    assert print_model(parse_model(broken)) == COARSE_TEXT
+
+
+def _error(text: str, **kwargs) -> str:
+    with pytest.raises(ParseError) as info:
+        parse_model(text, **kwargs)
+    return str(info.value)
+
+
+def _cut_before(marker: str) -> str:
+    return COARSE_TEXT[:COARSE_TEXT.index(marker)]
+
+
+@pytest.mark.parametrize("text, weights", [
+    (COARSE_TEXT.replace("%w, %b)", "%w, %c)"), None),  # undefined, inside an operand list
+    (COARSE_TEXT.replace('blob("b"', 'blob("missing"'), {}),  # no such weight, inside blob arguments
+    (COARSE_TEXT.replace(' meta{group="g#0"}', " [1, 2]"), None),  # a list where none may be
+    *((_cut_before(marker), None) for marker in (") {", "\n  const %b", "\n  %y", " {k=", " meta")),
+], ids=["operand", "blob", "list", "end-shape", "end-numbers", "end-blob", "end-operands", "end-name"])
+def test_errors_read_the_same_with_or_without_coarse_terminals(text, weights):
+    error = _error(text, weights=weights)
+    with mock.patch.object(text_parser, "_parser", _fine_parser):
+        assert _error(text, weights=weights) == error
+
+
+def test_an_error_inside_a_coarse_token_points_at_its_item():
+    assert _error(COARSE_TEXT.replace("%w, %b)", "%w, %c)")) == "<text>:5:44: %c is not defined"
