@@ -3,18 +3,21 @@
 from .attributes import Attr, AttrKind
 from .core import Graph, Model, Node, NodeList, Use, Value
 from .dtypes import DType
-from .errors import ExportError, IRError, ModelLoadError, ParseError, VerifyError
+from .errors import EvaluationError, ExportError, IRError, ModelLoadError, ParseError, VerifyError
+from .evaluate import evaluate
 from .onnx_export import save_model, to_onnx
 from .onnx_import import load_model
 from .quant import QuantParams
+from .shapes import refresh_types
 from .tensors import ElidedTensor, SparseTensor
 from .types import Dim, MapType, OptionalType, SequenceType, Shape, SparseTensorType, TensorType, Type
 
 __all__ = [
-    "Attr", "AttrKind", "Dim", "DType", "ElidedTensor", "ExportError", "Graph", "IRError",
-    "MapType", "Model", "ModelLoadError", "Node", "NodeList", "OptionalType", "ParseError",
+    "Attr", "AttrKind", "Dim", "DType", "ElidedTensor", "EvaluationError", "ExportError", "Graph",
+    "IRError", "MapType", "Model", "ModelLoadError", "Node", "NodeList", "OptionalType", "ParseError",
     "QuantParams", "SequenceType", "Shape", "SparseTensor", "SparseTensorType", "TensorType",
-    "Type", "Use", "Value", "VerifyError", "load_model", "save_model", "to_onnx",
+    "Type", "Use", "Value", "VerifyError", "evaluate", "load_model", "refresh_types", "save_model",
+    "to_onnx",
 ]
 
 from .parser import parse_file, parse_model  # noqa: E402

@@ -25,6 +25,10 @@ class ExportError(IRError):
     """An IR model that cannot be written as ONNX."""
 
 
+class EvaluationError(IRError):
+    """ONNX Runtime could not evaluate part of a graph (an op or type it lacks)."""
+
+
 class ParseError(IRError):
     """Text IR that does not parse; carries the source, line and column."""
 

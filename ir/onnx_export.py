@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,9 @@ _PROTOBUF_LIMIT = 2**31 - 1
 def to_onnx(model: Model) -> onnx.ModelProto:
     """Build a ModelProto (not checked; `save_model` checks)."""
     names = unique_names(model.graph)
-    opsets = [helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
     proto = helper.make_model(
         _Exporter(names).graph(model.graph),
-        opset_imports=opsets,
+        opset_imports=_opsets(model.opset_imports),
         producer_name=model.producer_name,
         producer_version=model.producer_version,
         domain=model.domain,
@@ -41,6 +41,38 @@ def to_onnx(model: Model) -> onnx.ModelProto:
     proto.ir_version = model.ir_version  # kept as is: ORT treats initializer-inputs differently before IR v4
     helper.set_model_props(proto, model.metadata)
     return proto
+
+
+def nodes_to_onnx(
+    nodes: Sequence[Node], outputs: Sequence[Value], opset_imports: dict[str, int], ir_version: int
+) -> onnx.ModelProto:
+    """A model of just `nodes` (in order, none holding a subgraph) that reads only constants.
+
+    The constants they read become initializers and `outputs` its outputs, so ONNX
+    Runtime can evaluate a piece of a graph with no feeds (constant folding). Values
+    keep the names `to_onnx` gives them.
+    """
+    produced = {value for node in nodes for value in node.outputs}
+    read = dict.fromkeys(v for node in nodes for v in node.inputs if v is not None and v not in produced)
+    for value in read:
+        if value.const is None:
+            raise ExportError(f"%{value.name} is not a constant, so the nodes reading it cannot run alone")
+    names = unique_names(nodes[0].graph.root)
+    exporter = _Exporter(names)
+    graph = helper.make_graph(
+        [exporter.node(node) for node in nodes],
+        "evaluate",
+        [],
+        [exporter.value_info(v) for v in outputs],
+        initializer=[exporter.tensor(v.const, names[v]) for v in read],
+    )
+    proto = helper.make_model(graph, opset_imports=_opsets(opset_imports))
+    proto.ir_version = ir_version
+    return proto
+
+
+def _opsets(opset_imports: dict[str, int]) -> list[onnx.OperatorSetIdProto]:
+    return [helper.make_opsetid(domain, version) for domain, version in opset_imports.items()]
 
 
 def save_model(model: Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:

@@ -109,6 +109,34 @@ def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
         return proto
 
 
+def infer_types(proto: onnx.ModelProto) -> dict[str, Type]:
+    """The types shape inference (as run at load) finds for the values of every graph, by name.
+
+    Lets the IR refresh its types after passes rewrote the graph; values inference
+    says nothing about are left out.
+    """
+    types: dict[str, Type] = {}
+    for graph in _graphs(_infer_shapes(proto).graph):
+        for info in (*graph.value_info, *graph.output):
+            type_ = _type(info.type)
+            if type_ is not None:
+                types[info.name] = type_
+    return types
+
+
+def _graphs(graph: onnx.GraphProto):
+    """`graph` and, depth first, every graph nested in its nodes' attributes."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in _attribute_graphs(attr):
+                yield from _graphs(sub)
+
+
+def _attribute_graphs(attr: onnx.AttributeProto):
+    return [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
+
+
 def _has_symbolic_inputs(proto: onnx.ModelProto) -> bool:
     return any(
         d.HasField("dim_param") for i in proto.graph.input for d in i.type.tensor_type.shape.dim
@@ -132,15 +160,7 @@ def _ort_symbolic_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _check_ops(proto: onnx.ModelProto, label: str) -> None:
     """Every node's domain must be imported, and standard-domain ops must exist."""
     opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
-
-    def walk(graph: onnx.GraphProto):
-        for node in graph.node:
-            yield node
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                    yield from walk(sub)
-
-    for node in walk(proto.graph):
+    for node in (node for graph in _graphs(proto.graph) for node in graph.node):
         domain = "" if node.domain == "ai.onnx" else node.domain
         where = f"{label}: node {_node_label(node)}"
         if domain not in opsets:
@@ -171,7 +191,7 @@ def _free_names(graph: onnx.GraphProto) -> set[str]:
 def _reads(node: onnx.NodeProto) -> set[str]:
     names = {name for name in node.input if name}
     for attr in node.attribute:
-        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+        for sub in _attribute_graphs(attr):
             names |= _free_names(sub)
     return names
 
