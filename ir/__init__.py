@@ -5,6 +5,7 @@ from .core import Graph, Model, Node, NodeList, Use, Value
 from .dtypes import DType
 from .errors import EvaluationError, ExportError, IRError, ModelLoadError, ParseError, VerifyError
 from .evaluate import evaluate
+from .naming import NameAllocator
 from .onnx_export import save_model, to_onnx
 from .onnx_import import load_model
 from .quant import QuantParams
@@ -14,7 +15,7 @@ from .types import Dim, MapType, OptionalType, SequenceType, Shape, SparseTensor
 
 __all__ = [
     "Attr", "AttrKind", "Dim", "DType", "ElidedTensor", "EvaluationError", "ExportError", "Graph",
-    "IRError", "MapType", "Model", "ModelLoadError", "Node", "NodeList", "OptionalType", "ParseError",
+    "IRError", "MapType", "Model", "ModelLoadError", "NameAllocator", "Node", "NodeList", "OptionalType", "ParseError",
     "QuantParams", "SequenceType", "Shape", "SparseTensor", "SparseTensorType", "TensorType",
     "Type", "Use", "Value", "VerifyError", "evaluate", "load_model", "refresh_types", "save_model",
     "to_onnx",

@@ -430,13 +430,9 @@ class Graph:
 
     def fresh_name(self, hint: str) -> str:
         """A value name not yet used anywhere in the root graph, derived from `hint`."""
-        used = {v.name for v in self.root.all_values()}
-        if hint and hint not in used:
-            return hint
-        counter = 1
-        while f"{hint}_{counter}" in used:
-            counter += 1
-        return f"{hint}_{counter}"
+        from .naming import NameAllocator
+
+        return NameAllocator(self).fresh(hint)
 
     def sort(self) -> None:
         """Reorder nodes topologically (stable: keeps the current order where it can)."""

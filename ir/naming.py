@@ -9,6 +9,26 @@ from __future__ import annotations
 from .core import Graph, Value
 
 
+class NameAllocator:
+    """Hands out value names unused in a model, scanning it once.
+
+    A pass creating many values keeps one allocator for its run; `Graph.fresh_name`
+    (a scan per call) is for one-off names.
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self.taken = {value.name for value in graph.root.all_values()}
+
+    def fresh(self, hint: str) -> str:
+        """`hint` if free, else `hint_1`, `hint_2`, ...; the name is then taken."""
+        name, counter = hint, 0
+        while not name or name in self.taken:
+            counter += 1
+            name = f"{hint}_{counter}"
+        self.taken.add(name)
+        return name
+
+
 def unique_names(graph: Graph) -> dict[Value, str]:
     """Map each value defined in `graph` (and its subgraphs) to a unique name."""
     values = list(graph.all_values())

@@ -324,9 +324,9 @@ def _data_dtype(data: np.ndarray | ElidedTensor) -> DType:
 
 def _blob(elided: ElidedTensor) -> str:
     fields = [quote(elided.key)]
-    if elided.min is not None:
-        fields.append(f"min={_format_bound(elided.min, elided.dtype)}")
-        fields.append(f"max={_format_bound(elided.max, elided.dtype)}")
+    for key, bound in (("min", elided.min), ("max", elided.max)):
+        if bound is not None:  # a hand-edited dump may give one bound only
+            fields.append(f"{key}={_format_bound(bound, elided.dtype)}")
     fields.append(f"digest={quote(elided.digest)}")
     return f"blob({', '.join(fields)})"
 

@@ -13,6 +13,8 @@ from .manager import PassManager, PassResult
 from .pipeline import parse_pipeline, register_pipeline, registered_pipelines
 from .plugins import PluginError, load_entry_point_plugins, load_plugin_file
 
+register_pipeline("default", "canonicalize,fuse,cleanup")
+
 __all__ = [
     "CrashReproducer", "DumpDir", "Instrument", "Pass", "PassContext", "PassError", "PassManager",
     "PassResult", "PipelineError", "PluginError", "PrintIR", "Timing", "Verifier", "get_pass",

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompiler.ir import Graph, Model, Node, Value
+from qcompiler.ir import Graph, Model, NameAllocator, Node, Value
 
 from .base import Pass, register_pass
 from .patterns import (
@@ -54,24 +54,19 @@ _INTERNAL = (used_only_inside, not_graph_output)
 class _Env:
     """What rewrites need besides the match: the opset, and names and labels still free.
 
-    Names are collected once per run: `Graph.fresh_name` rescans the whole model per
-    call, which made folding 2000 BatchNorms take half a minute.
+    One name allocator serves the run: a scan of the model per new constant made
+    folding 2000 BatchNorms take half a minute.
     """
 
     def __init__(self, model: Model) -> None:
         self.opset = model.opset
-        self.names = {v.name for v in model.graph.all_values()}
+        self.names = NameAllocator(model.graph)
         self.labels = {n.meta.get("group") for n in model.graph.all_nodes()}
         self.next_label: Counter[str] = Counter()
 
     def constant(self, graph: Graph, hint: str, data: np.ndarray) -> Value:
         """A new initializer named `hint`, or `hint_<n>` when that is taken."""
-        name, n = hint, 0
-        while name in self.names:
-            n += 1
-            name = f"{hint}_{n}"
-        self.names.add(name)
-        return graph.add_constant(Value(name, const=data))
+        return graph.add_constant(Value(self.names.fresh(hint), const=data))
 
     def group(self, pattern: str, nodes: tuple[Node, ...]) -> bool:
         """Label `nodes` as one group: the label one of them has, else a new `<pattern>#<n>`."""

@@ -576,3 +576,15 @@ def test_errors_read_the_same_with_or_without_coarse_terminals(text, weights):
 
 def test_an_error_inside_a_coarse_token_points_at_its_item():
     assert _error(COARSE_TEXT.replace("%w, %b)", "%w, %c)")) == "<text>:5:44: %c is not defined"
+
+
+def test_blob_with_one_bound_prints_back():
+    """A hand-written summary may give only min (or only max)."""
+    text = (
+        "model ir_version=10 opset{ai.onnx=21}\n"
+        "graph @g() {\n"
+        '  const %w: f32[32] = blob("w", min=1.0, digest="0123456789abcdef")\n'
+        "  return %w\n"
+        "}\n"
+    )
+    assert print_model(parse_model(text)) == text
