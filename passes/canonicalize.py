@@ -82,13 +82,15 @@ class Canonicalize(Pass):
 
     def run(self, model: Model, ctx) -> bool:
         changed = False
-        for _ in range(self.options.max_rounds):
-            if not self._round(model, ctx):
+        for round_index in range(self.options.max_rounds):
+            if not self._round(model, ctx, first=round_index == 0):
                 break
             changed = True
         return changed
 
-    def _round(self, model: Model, ctx) -> bool:
+    def _round(self, model: Model, ctx, first: bool) -> bool:
+        """One sweep of the rules; types are refreshed on the first round and after rewrites
+        (a round that rewrote nothing cannot change what inference finds)."""
         is_constant = _constant_test(model)
         changes = 0
         if self.options.fold_constants:
@@ -100,7 +102,7 @@ class Canonicalize(Pass):
         self.stats["dead_nodes"] += nodes
         self.stats["dead_constants"] += constants
         changes += nodes + constants
-        if self.options.infer_shapes:
+        if self.options.infer_shapes and (first or changes):
             refreshed = ir.refresh_types(model)
             self.stats["types_refreshed"] += refreshed
             changes += refreshed

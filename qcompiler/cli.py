@@ -95,6 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="skip the IR verifier after each pass")
     opt.add_argument("--crash-dir", metavar="DIR", default=".",
                      help="where a failing pass leaves its reproducer (default: the current folder)")
+    opt.add_argument("--no-reproducer", dest="reproducer", action="store_false",
+                     help="keep no IR snapshot before each pass (faster on large graphs; no reproducer on a crash)")
     _add_plugin_option(opt)
     _add_import_options(opt)
     opt.set_defaults(run=_opt)
@@ -170,7 +172,9 @@ def _opt(args: argparse.Namespace) -> int:
     _load_plugins(args)
     manager = passes.PassManager(args.pipeline)  # a bad pipeline fails before any work
     model = _read(args)
-    instruments: list[passes.Instrument] = [passes.CrashReproducer(Path(args.crash_dir))]
+    instruments: list[passes.Instrument] = []
+    if args.reproducer:
+        instruments.append(passes.CrashReproducer(Path(args.crash_dir)))
     if args.verify:
         instruments.append(passes.Verifier())
     if args.print_ir_before or args.print_ir_after:

@@ -106,6 +106,9 @@ def test_crashing_pass_leaves_a_reproducer_that_replays(tmp_path):
                 cwd=reproducer.parent)
     assert replay.returncode == 1 and "ValueError: halfway" in replay.stderr
     assert [n.op_type for n in ir.parse_file(reproducer).graph.nodes] == ["Relu", "Identity"]
+    again = qc("opt", "m.qir", "--plugin", "user_passes.py", "--pipeline", "crash-halfway", "--no-reproducer",
+               "--crash-dir", "crash2", cwd=tmp_path)
+    assert again.returncode == 1 and "reproducer" not in again.stderr and not (tmp_path / "crash2").exists()
 
 
 def test_bad_pipeline_and_plugin_errors(tmp_path):
