@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
+
+import numpy as np
 
 from qcompiler import ir
 
@@ -79,7 +82,7 @@ def test_plugin_pass_runs_in_a_pipeline_with_timing_and_dumps(tmp_path):
     assert result.returncode == 0, result.stderr
     out = ir.parse_file(tmp_path / "out.qir")
     (leaky,) = [n for n in out.graph.nodes if n.op_type == "LeakyRelu"]
-    assert leaky.attributes["alpha"].value == float(__import__("numpy").float32(0.2))
+    assert leaky.attributes["alpha"].value == float(np.float32(0.2))
     assert "// ----- IR after relu-to-leaky (1) changed=true -----" in result.stderr
     assert "LeakyRelu(%x) {alpha=0.2}" in result.stderr
     assert "replaced=1" in result.stderr and "total" in result.stderr
@@ -121,3 +124,16 @@ def test_bad_pipeline_and_plugin_errors(tmp_path):
     assert result.returncode == 1 and "the plugin failed to load: ImportError: needs something" in result.stderr
     result = qc("passes", "--plugin", "missing.py", cwd=tmp_path)
     assert result.returncode == 1 and "no such plugin file" in result.stderr
+
+
+def test_installed_package_offers_passes_through_the_entry_point_group(tmp_path):
+    """A distribution declaring [qcompiler.passes] in its entry points is found without --plugin."""
+    site = tmp_path / "site"
+    (site / "acme_passes-1.0.dist-info").mkdir(parents=True)
+    (site / "acme_passes-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-passes\nVersion: 1.0\n")
+    (site / "acme_passes-1.0.dist-info" / "entry_points.txt").write_text("[qcompiler.passes]\nacme = acme_passes\n")
+    (site / "acme_passes.py").write_text(PLUGIN.replace("relu-to-leaky", "acme-relu-to-leaky"))
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run(["qc", "passes"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "acme-relu-to-leaky: Replace Relu by LeakyRelu with a chosen slope." in result.stdout.splitlines()
