@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from .context import PassContext
 
-_KEBAB = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+KEBAB_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
 
 class PassError(Exception):
@@ -74,7 +74,7 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     Options that is not a dataclass.
     """
     name = cls.name
-    if not _KEBAB.fullmatch(name or ""):
+    if not KEBAB_NAME.fullmatch(name or ""):
         raise ValueError(f"pass {cls.__qualname__} needs a kebab-case name, not {name!r}")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         other = _REGISTRY[name]

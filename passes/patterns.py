@@ -24,7 +24,7 @@ import numpy as np
 
 from qcompiler.ir import Graph, Node, Use, Value
 
-from .base import _KEBAB
+from .base import KEBAB_NAME
 
 
 def constant_value(value: Value | None) -> np.ndarray | None:
@@ -215,7 +215,7 @@ class Pattern:
     benefit: int = 1
 
     def __post_init__(self) -> None:
-        if not _KEBAB.fullmatch(self.name):
+        if not KEBAB_NAME.fullmatch(self.name):
             raise ValueError(f"pattern names are kebab-case, not {self.name!r}")
 
     def matches(self, node: Node) -> Iterator[Match]:

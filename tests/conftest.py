@@ -15,8 +15,16 @@ import subprocess
 import sys
 
 import pytest
+from torch_models import MODEL_NAMES, export_model
 
 from qcompiler import ir, passes
+
+
+@pytest.fixture(scope="session")
+def torch_exports(tmp_path_factory):
+    """Every model of torch_models.py exported once per test run, by name."""
+    directory = tmp_path_factory.mktemp("torch")
+    return {name: export_model(name, directory) for name in MODEL_NAMES}
 
 
 def pytest_collect_file(parent, file_path):

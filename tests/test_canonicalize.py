@@ -14,7 +14,7 @@ import onnx
 import pytest
 from helpers import random_feeds, run_onnx
 from test_roundtrip import LIGHT_DIR, LIGHT_MODELS
-from torch_models import MODEL_NAMES, export_model
+from torch_models import MODEL_NAMES
 
 from qcompiler import ir
 from qcompiler.passes import PassContext, PassManager, Verifier, get_pass
@@ -39,12 +39,6 @@ def assert_same_results(original: onnx.ModelProto | str, model: ir.Model, feeds:
 
 def ops(model: ir.Model) -> list[str]:
     return [node.op_type for node in model.graph.all_nodes()]
-
-
-@pytest.fixture(scope="module")
-def torch_exports(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("torch")
-    return {name: export_model(name, directory) for name in MODEL_NAMES}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

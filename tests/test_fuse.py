@@ -23,7 +23,7 @@ from torch import nn
 
 from helpers import run_onnx
 from qcompiler import ir, passes
-from torch_models import MODEL_NAMES, _randomize_batch_norm, build_module, export_model
+from torch_models import MODEL_NAMES, randomize_batch_norm, build_module
 
 TEXT_CASES = pathlib.Path(__file__).parent / "passes" / "fuse"
 
@@ -84,8 +84,8 @@ BUNDLED_GROUPS = {
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_bundled_models_keep_their_outputs(name, tmp_path):
-    exported = export_model(name, tmp_path)
+def test_bundled_models_keep_their_outputs(name, torch_exports):
+    exported = torch_exports[name]
     model = fuse_keeps_outputs(ir.load_model(exported.path), exported.feeds)
     assert groups(model) == Counter(BUNDLED_GROUPS.get(name, {}))
 
@@ -95,7 +95,7 @@ def test_bundled_models_keep_their_outputs(name, tmp_path):
 
 def conv_bn(conv: nn.Module, channels: int) -> nn.Module:
     bn = (nn.BatchNorm1d if isinstance(conv, nn.Conv1d) else nn.BatchNorm2d)(channels)
-    _randomize_batch_norm(bn)
+    randomize_batch_norm(bn)
     return nn.Sequential(conv, bn)
 
 

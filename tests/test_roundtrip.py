@@ -15,7 +15,7 @@ import onnx
 import pytest
 from helpers import assert_same_outputs, random_feeds, run_onnx, through_text
 from onnx import TensorProto, helper
-from torch_models import MODEL_NAMES, export_model
+from torch_models import MODEL_NAMES
 
 from qcompiler import ir
 
@@ -47,12 +47,6 @@ def test_light_models_are_present():
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model_round_trip(name):
     check_round_trip(LIGHT_DIR / name)
-
-
-@pytest.fixture(scope="module")
-def torch_exports(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("torch")
-    return {name: export_model(name, directory) for name in MODEL_NAMES}
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -57,13 +57,13 @@ class ConvBnPool(nn.Module):
         )
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
-                _randomize_batch_norm(module)
+                randomize_batch_norm(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
 
-def _randomize_batch_norm(bn: nn.BatchNorm2d) -> None:
+def randomize_batch_norm(bn: nn.BatchNorm2d) -> None:
     """Fresh BatchNorm stats are 0/1 (an identity); random ones make it observable."""
     with torch.no_grad():
         bn.running_mean.uniform_(-0.5, 0.5)
