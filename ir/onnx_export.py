@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .attributes import Attr, AttrKind
-from .core import Graph, Model, Node, Value
+from .core import Graph, Model, Node, Value, bulk_build
 from .errors import ExportError
 from .naming import unique_names
 from .tensors import ElidedTensor, SparseTensor
@@ -29,8 +29,10 @@ _PROTOBUF_LIMIT = 2**31 - 1
 def to_onnx(model: Model) -> onnx.ModelProto:
     """Build a ModelProto (not checked; `save_model` checks)."""
     names = unique_names(model.graph)
+    with bulk_build():
+        graph = _Exporter(names).graph(model.graph)
     proto = helper.make_model(
-        _Exporter(names).graph(model.graph),
+        graph,
         opset_imports=_opsets(model.opset_imports),
         producer_name=model.producer_name,
         producer_version=model.producer_version,
