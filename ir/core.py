@@ -55,7 +55,7 @@ class Value:
     (`const` holds its data). A graph input may also carry a `const` as its default.
     """
 
-    __slots__ = ("name", "type", "const", "quant", "meta", "_producer", "_output_index", "_uses", "_graph")
+    __slots__ = ("name", "type", "const", "quant", "meta", "_observed_range", "_producer", "_output_index", "_uses", "_graph")
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class Value:
         const: np.ndarray | ElidedTensor | None = None,
         quant: QuantParams | None = None,
         meta: dict[str, Any] | None = None,
+        observed_range: tuple[float, float] | None = None,
     ) -> None:
         self.name = name
         if type is None and const is not None:
@@ -73,6 +74,7 @@ class Value:
         self.const = const
         self.quant = quant
         self.meta: dict[str, Any] = dict(meta or {})
+        self.observed_range = observed_range
         self._producer: Node | None = None
         self._output_index: int | None = None
         self._uses: dict[Use, None] = {}
@@ -80,6 +82,22 @@ class Value:
 
     def __repr__(self) -> str:
         return f"Value(%{self.name})"
+
+    @property
+    def observed_range(self) -> tuple[float, float] | None:
+        """The (lo, hi) range calibration chose for this value, kept at float32 precision
+        (the precision of the scales it becomes), so dumps print it exactly."""
+        return self._observed_range
+
+    @observed_range.setter
+    def observed_range(self, bounds: tuple[float, float] | None) -> None:
+        if bounds is None:
+            self._observed_range = None
+            return
+        lo, hi = (float(np.float32(b)) for b in bounds)
+        if not lo <= hi:
+            raise ValueError(f"observed range of %{self.name} has lo {lo} above hi {hi}")
+        self._observed_range = (lo, hi)
 
     @property
     def producer(self) -> Node | None:

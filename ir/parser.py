@@ -138,6 +138,12 @@ class _Decl:
     ref: _Ref
     type: Type | None = None
     quant: Any = None  # _QuantRecord
+    observed: Any = None  # _RangeRecord
+
+
+@dataclass
+class _RangeRecord:
+    bounds: list  # checked when the value is built, where its position is known
 
 
 @dataclass
@@ -273,9 +279,13 @@ class _ToRecords(lark.Transformer):
 
     def value_decl(self, children):
         ref = _ref(children[0])
-        type_ = next((c for c in children[1:] if not isinstance(c, _QuantRecord)), None)
+        type_ = next((c for c in children[1:] if not isinstance(c, _QuantRecord | _RangeRecord)), None)
         quant = next((c for c in children[1:] if isinstance(c, _QuantRecord)), None)
-        return _Decl(ref, type_, quant)
+        observed = next((c for c in children[1:] if isinstance(c, _RangeRecord)), None)
+        return _Decl(ref, type_, quant, observed)
+
+    def observed_range(self, children):
+        return _RangeRecord(list(children[0]))
 
     def op(self, children):
         name = children[-1]
@@ -527,6 +537,8 @@ class _Builder:
                 where = "in this graph" if name in local else "in an enclosing graph"
                 raise self.error(decl.ref.token, f"%{name} is already defined {where}")
             value = Value(name, decl.type, quant=self.quant(decl.quant) if decl.quant else None, **extra)
+            if decl.observed is not None:
+                value.observed_range = self.observed_range(decl)
             scope[name] = value
             local.add(name)
             return value
@@ -564,6 +576,12 @@ class _Builder:
         if not _is_sorted(graph):
             graph.sort()
         return graph
+
+    def observed_range(self, decl: _Decl) -> tuple[float, float]:
+        bounds = decl.observed.bounds
+        if len(bounds) != 2 or not float(bounds[0]) <= float(bounds[1]):
+            raise self.error(decl.ref.token, f"%{decl.ref.name}: range=[lo, hi] takes two numbers with lo <= hi")
+        return float(bounds[0]), float(bounds[1])
 
     def resolve(self, scope: dict[str, Value], ref: _Ref) -> Value:
         try:

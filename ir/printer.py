@@ -30,7 +30,7 @@ DEFAULT_MAX_INLINE = 16
 _BARE_NAME = re.compile(r"[A-Za-z0-9_.\-/]+")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEYWORDS = frozenset(
-    {"model", "weights", "opset", "metadata", "graph", "const", "default", "return", "none", "name",
+    {"model", "range", "weights", "opset", "metadata", "graph", "const", "default", "return", "none", "name",
      "seq", "opt", "map", "sparse", "q", "type", "tensor", "blob", "bytes", "inf", "nan"}
 )
 
@@ -212,6 +212,8 @@ class _Printer:
             text += f": {format_type(value.type)}"
         if value.quant is not None:
             text += f" {self.quant(value.quant)}"
+        if value.observed_range is not None:
+            text += f" range=[{', '.join(format_float(b) for b in value.observed_range)}]"
         return text
 
     def node(self, node: Node, depth: int, lines: list[str]) -> None:

@@ -209,6 +209,13 @@ class _ModelBuilder:
     def maybe_quant(self) -> QuantParams | None:
         return self.draw(st.none() | st.none() | quant_params())
 
+    def with_range(self, value: Value) -> Value:
+        """Maybe give the value an observed range, as calibration does."""
+        bound = st.floats(allow_nan=False, allow_infinity=False, width=32)
+        bounds = self.draw(st.none() | st.tuples(bound, bound).map(sorted))
+        value.observed_range = bounds
+        return value
+
     def graph(self, depth: int, outer: list[Value]) -> Graph:
         draw = self.draw
         graph = Graph(draw(AWKWARD_TEXT))
@@ -218,7 +225,7 @@ class _ModelBuilder:
                 value = graph.add_input(Value(self.name(), const=draw(arrays()), quant=self.maybe_quant()))
                 graph.add_constant(value)
             else:
-                value = graph.add_input(Value(self.name(), draw(st.none() | TYPES), quant=self.maybe_quant()))
+                value = graph.add_input(self.with_range(Value(self.name(), draw(st.none() | TYPES), quant=self.maybe_quant())))
             visible.append(value)
         for _ in range(draw(st.integers(0, 3))):
             value = Value(self.name(), const=draw(arrays()), quant=self.maybe_quant())
@@ -234,7 +241,7 @@ class _ModelBuilder:
         operand = st.none() | st.sampled_from(visible) if visible else st.none()
         inputs = draw(st.lists(operand, max_size=3))
         outputs = [
-            Value(self.name(), draw(st.none() | TYPES), quant=self.maybe_quant())
+            self.with_range(Value(self.name(), draw(st.none() | TYPES), quant=self.maybe_quant()))
             for _ in range(draw(st.integers(0, 3)))
         ]
         attributes = {}
@@ -373,6 +380,7 @@ def assert_same_graph(original: Graph, parsed: Graph) -> None:
                 assert_same_attr_value(attr_a.kind.element, a, b)
     for a, b in values:
         assert_same_quant(a.quant, b.quant)
+        assert a.observed_range == b.observed_range
 
 
 def assert_same_model(original: Model, parsed: Model) -> None:
