@@ -10,6 +10,9 @@ class IRError(Exception):
 class VerifyError(IRError):
     """A graph breaks an invariant (SSA, order, use-lists, types)."""
 
+    def __reduce__(self):  # travels from worker processes
+        return type(self), (self.problems,)
+
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         shown = problems[:10]
@@ -33,5 +36,8 @@ class ParseError(IRError):
     """Text IR that does not parse; carries the source, line and column."""
 
     def __init__(self, source: str, line: int, column: int, message: str) -> None:
-        self.source, self.line, self.column = source, line, column
+        self.source, self.line, self.column, self.message = source, line, column, message
         super().__init__(f"{source}:{line}:{column}: {message}")
+
+    def __reduce__(self):  # travels from worker processes
+        return type(self), (self.source, self.line, self.column, self.message)

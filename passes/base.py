@@ -29,8 +29,11 @@ class PassError(Exception):
 class PipelineError(Exception):
     """A pipeline text or its options are wrong; carries the column in the text."""
 
+    def __reduce__(self):  # travels from worker processes
+        return type(self), (self.text, self.column, self.message)
+
     def __init__(self, text: str, column: int, message: str) -> None:
-        self.text, self.column = text, column
+        self.text, self.column, self.message = text, column, message
         pointer = " " * (column - 1) + "^"
         super().__init__(f"pipeline column {column}: {message}\n  {text}\n  {pointer}")
 
