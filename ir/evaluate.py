@@ -6,13 +6,19 @@ than running the small constant subgraphs folding sees.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import onnx
 
-from .core import Node, Value
+from .core import Model, Node, Value
 from .errors import EvaluationError
-from .onnx_export import nodes_to_onnx
+from .naming import unique_names
+from .onnx_export import nodes_to_onnx, to_onnx_with_outputs
+
+_PROTOBUF_LIMIT = 2**31 - 1
 
 _MIN_IR_VERSION = 4  # initializers that are not graph inputs
 
@@ -42,3 +48,47 @@ def evaluate(
         if not isinstance(array, np.ndarray):
             raise EvaluationError(f"%{value.name} evaluates to a {type(array).__name__}, not a tensor")
     return arrays
+
+
+class ValueTap:
+    """An ONNX Runtime session over the whole model that also returns chosen inner values.
+
+    Calibration runs the float model and reads activations that are not graph outputs;
+    this adds them as outputs of an exported copy. Models past the 2 GB protobuf limit
+    go through a temporary file with external data, as ONNX Runtime requires.
+    """
+
+    def __init__(self, model: Model, values: Sequence[Value], *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.values = list(values)
+        proto = to_onnx_with_outputs(model, self.values)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        with tempfile.TemporaryDirectory() as scratch:
+            source = _session_source(proto, Path(scratch))
+            try:
+                self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            except Exception as err:  # ORT's pybind errors share no narrower base
+                lines = str(err).strip().splitlines() or [type(err).__name__]
+                raise EvaluationError(f"ONNX Runtime cannot load the model to observe it: {lines[0]}") from None
+        names = unique_names(model.graph)  # the names to_onnx_with_outputs gave them
+        self._names = [names[v] for v in self.values]
+        self.input_names = [i.name for i in self._session.get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The arrays of the tapped values for one batch of inputs, in the order given."""
+        try:
+            return self._session.run(self._names, feeds)
+        except Exception as err:
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            raise EvaluationError(f"ONNX Runtime failed on a calibration batch: {lines[0]}") from None
+
+
+def _session_source(proto, scratch: Path) -> bytes | str:
+    if proto.ByteSize() < _PROTOBUF_LIMIT:
+        return proto.SerializeToString()
+    path = scratch / "model.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, location="model.onnx.data")
+    return str(path)

@@ -45,6 +45,16 @@ def to_onnx(model: Model) -> onnx.ModelProto:
     return proto
 
 
+def to_onnx_with_outputs(model: Model, values: Sequence[Value]) -> onnx.ModelProto:
+    """The model with `values` (of its main graph) appended to the graph outputs."""
+    names = unique_names(model.graph)
+    proto = to_onnx(model)
+    present = {o.name for o in proto.graph.output}
+    exporter = _Exporter(names)
+    proto.graph.output.extend(exporter.value_info(v) for v in values if names[v] not in present)
+    return proto
+
+
 def nodes_to_onnx(
     nodes: Sequence[Node], outputs: Sequence[Value], opset_imports: dict[str, int], ir_version: int
 ) -> onnx.ModelProto:

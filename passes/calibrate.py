@@ -1,0 +1,288 @@
+"""calibrate: stream calibration data through the float model and record observed ranges.
+
+1. The values insert-observers marked (`value.meta["observer"]`, in the main graph) are
+   tapped: an ONNX Runtime session returns them beside the model's outputs.
+2. Batches stream through one at a time; each observer sees its value's array and
+   keeps a fixed-size state, so memory does not grow with the number of samples.
+3. When tapping every value at once would hold more than `memory_budget_mb` of
+   activations per batch, the values are split into groups and the data is read once
+   per group.
+4. With `jobs > 1` the data is sharded over worker processes whose observers merge;
+   min-max results equal the single-process ones, histogram observers match within
+   their stated tolerance.
+5. Each observed value gets `observed_range` (printed as `range=[lo, hi]`) and keeps its
+   observer in `value.meta["observer_state"]` for the passes that choose scales.
+6. With `cache=FILE`, the observers are saved keyed by a hash of the model, the data
+   and the observer settings, and a later compile with the same key skips the run.
+
+    %c1: f32[N,8,16,16] = Conv(...)            %c1: f32[N,8,16,16] range=[-3.1, 4.2] = Conv(...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import multiprocessing
+import operator
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from qcompiler import ir
+from qcompiler.ir.evaluate import ValueTap
+from qcompiler.ir.fileio import atomic_output
+
+from .base import Pass, PassError, register_pass
+from .observers import Observer, get_observer
+from .progress import Progress
+
+_CACHE_VERSION = 1
+
+
+@register_pass
+class Calibrate(Pass):
+    """Run calibration data through the float model and record each observed value's range."""
+
+    name = "calibrate"
+
+    @dataclass
+    class Options:
+        """memory_budget_mb: activations held per batch before values are split into groups;
+        jobs: worker processes (the data must support sharding); cache: a file to reuse
+        results from; progress: a progress line (auto = on a terminal only)."""
+
+        memory_budget_mb: int = 1024
+        jobs: int = 1
+        cache: str = ""
+        progress: Literal["auto", "on", "off"] = "auto"
+
+    def requires(self, model: ir.Model, ctx) -> None:
+        if ctx.calibration_data is None and _observed_values(model):
+            raise PassError("calibrate needs calibration data (qc compile --calib DATA, or PassContext(calibration_data=...))")
+        if self.options.jobs < 1:
+            raise PassError("calibrate{jobs=...} must be at least 1")
+
+    def run(self, model: ir.Model, ctx) -> bool:
+        values = _observed_values(model)
+        if not values:
+            return False
+        specs = [_observer_spec(v) for v in values]
+        start = time.perf_counter()
+        key = _cache_key(model, ctx.calibration_data, specs) if self.options.cache else None
+        observers = _load_cache(Path(self.options.cache), key) if key else None
+        if observers is None:
+            observers = self._observe(model, values, specs, ctx.calibration_data)
+            if key:
+                _save_cache(Path(self.options.cache), key, observers)
+        else:
+            self.stats["cache_hits"] += 1
+        for value, observer in zip(values, observers):
+            value.observed_range = _overall_range(value, observer)
+            value.meta["observer_state"] = observer
+        self.stats["values"] += len(values)
+        ctx.report["calibrate"] = {
+            "values": len(values),
+            "samples": self.stats["samples"],
+            "groups": self.stats["groups"],
+            "seconds": round(time.perf_counter() - start, 3),
+            "cache": "hit" if self.stats["cache_hits"] else ("written" if key else "off"),
+        }
+        return True
+
+    def _observe(self, model: ir.Model, values: list[ir.Value], specs: list[tuple], data) -> list[Observer]:
+        groups = _groups(model, values, data, self.options.memory_budget_mb << 20)
+        self.stats["groups"] += len(groups)
+        observers: list[Observer | None] = [None] * len(values)
+        for group in groups:
+            tapped = [values[i] for i in group]
+            group_specs = [specs[i] for i in group]
+            if self.options.jobs == 1:
+                found, samples = _observe_all(model, tapped, group_specs, data, self._progress(data))
+            else:
+                found, samples = self._observe_parallel(model, tapped, group_specs, data)
+            for i, observer in zip(group, found):
+                observers[i] = observer
+            self.stats["samples"] = samples
+        return observers
+
+    def _observe_parallel(self, model, tapped, specs, data) -> tuple[list[Observer], int]:
+        if not hasattr(data, "shard"):
+            raise PassError(f"calibrate{{jobs={self.options.jobs}}}: this calibration data cannot be sharded "
+                            "(use a file or folder source, or jobs=1)")
+        jobs = self.options.jobs
+        work = [(model, tapped, specs, data.shard(i, jobs)) for i in range(jobs)]
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            results = pool.map(_observe_shard_in_worker, work)
+        seen = [(observers, samples) for observers, samples in results if samples]  # shards may be empty
+        if not seen:
+            raise PassError("the calibration data holds no samples")
+        merged, samples = seen[0]
+        for shard_observers, shard_samples in seen[1:]:
+            for observer, other in zip(merged, shard_observers):
+                observer.merge(other)
+            samples += shard_samples
+        return merged, samples
+
+    def _progress(self, data) -> Progress:
+        total = operator.length_hint(data) or None  # generators have no length
+        enabled = {"auto": None, "on": True, "off": False}[self.options.progress]
+        return Progress("calibrate", total, "batches", enabled=enabled)
+
+
+def _observed_values(model: ir.Model) -> list[ir.Value]:
+    graph = model.graph
+    candidates = [*graph.inputs, *(v for node in graph.nodes for v in node.outputs)]
+    return [v for v in candidates if "observer" in v.meta]
+
+
+def _observer_spec(value: ir.Value) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """(observer name, options) from the marks insert-observers left: `k=v,...` text."""
+    name = value.meta["observer"]
+    options = []
+    for item in filter(None, str(value.meta.get("observer_options", "")).split(",")):
+        key, _, text = item.partition("=")
+        options.append((key.strip(), _option_value(text.strip())))
+    return name, tuple(options)
+
+
+def _option_value(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    if text == "none":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _make_observers(specs: list[tuple]) -> list[Observer]:
+    return [get_observer(name)(**dict(options)) for name, options in specs]
+
+
+def _observe_shard(model, values, specs, data, progress: Progress, threads: int) -> tuple[list[Observer], int]:
+    """Feed every batch of `data` to fresh observers of `values`; (observers, batches seen)."""
+    observers = _make_observers(specs)
+    tap = ValueTap(model, values, threads=threads)
+    batches = 0
+    try:
+        for batch, feeds in enumerate(data):
+            arrays = tap.run({name: feeds[name] for name in tap.input_names if name in feeds})
+            for value, observer, array in zip(values, observers, arrays):
+                try:
+                    observer.update(array)
+                except ValueError as err:
+                    raise PassError(f"calibration batch {batch}: value %{value.name}: {err}") from None
+            batches += 1
+            progress.advance()
+    finally:
+        progress.close()
+    return observers, batches
+
+
+def _observe_all(model, values, specs, data, progress: Progress) -> tuple[list[Observer], int]:
+    observers, batches = _observe_shard(model, values, specs, data, progress, threads=0)
+    if batches == 0:
+        raise PassError("the calibration data holds no samples")
+    return observers, batches
+
+
+def _observe_shard_in_worker(work) -> tuple[list[Observer], int]:
+    """One worker's shard; it may be empty when there are more workers than batches."""
+    model, values, specs, data = work
+    return _observe_shard(model, values, specs, data, Progress("", None, enabled=False), threads=1)
+
+
+def _overall_range(value: ir.Value, observer: Observer) -> tuple[float, float]:
+    """The value's range; a per-channel observer's arrays are spanned by their extremes."""
+    try:
+        lo, hi = observer.range()
+    except RuntimeError as err:  # it saw only empty tensors
+        raise PassError(f"value %{value.name}: {err}") from None
+    lo, hi = float(np.min(lo)), float(np.max(hi))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise PassError(f"value %{value.name}: calibration produced a non-finite range ({lo}, {hi})")
+    return lo, hi
+
+
+def _groups(model: ir.Model, values: list[ir.Value], data, budget: int) -> list[list[int]]:
+    """Split the values so each group's activations per batch fit the budget (greedy, in order).
+
+    Sizes come from static shapes; symbolic dims take their size from the first batch's
+    inputs where an input has a dim of that name (read only when some value needs it);
+    dims nothing tells count as 1.
+    """
+    symbolic = any(isinstance(d, str) for v in values for d in (v.shape or ()))
+    dims = _dims_from_first_batch(model, data) if symbolic else {}
+    groups: list[list[int]] = [[]]
+    used = 0
+    for index, value in enumerate(values):
+        size = _value_bytes(value, dims)
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(index)
+        used += size
+    return groups
+
+
+def _dims_from_first_batch(model: ir.Model, data) -> dict[str, int]:
+    first = next(iter(data), None)
+    if first is None:
+        raise PassError("the calibration data holds no samples")
+    dims: dict[str, int] = {}
+    for value in model.graph.inputs:
+        array = first.get(value.name)
+        if array is None or value.shape is None:
+            continue
+        for dim, size in zip(value.shape, getattr(array, "shape", ())):
+            if isinstance(dim, str):
+                dims.setdefault(dim, int(size))
+    return dims
+
+
+def _value_bytes(value: ir.Value, dims: dict[str, int]) -> int:
+    if not isinstance(value.type, ir.TensorType) or value.shape is None:
+        return 0
+    count = 1
+    for dim in value.shape:
+        count *= dim if isinstance(dim, int) else dims.get(dim, 1) if isinstance(dim, str) else 1
+    return count * max(value.type.dtype.bitwidth // 8, 1)
+
+
+def _cache_key(model: ir.Model, data, specs: list[tuple]) -> str:
+    if not hasattr(data, "fingerprint"):
+        raise PassError("calibrate{cache=...}: this calibration data has no fingerprint to key a cache with")
+    digest = hashlib.sha256()
+    digest.update(ir.print_model(model, weights="summary").encode())
+    digest.update(data.fingerprint().encode())
+    digest.update(repr(specs).encode())
+    return digest.hexdigest()
+
+
+def _load_cache(path: Path, key: str) -> list[Observer] | None:
+    """The cached observers when the file exists and its key matches; None otherwise.
+
+    The cache is a pickle the compiler wrote itself; do not point it at files from others.
+    """
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return None
+    if entry.get("version") != _CACHE_VERSION or entry.get("key") != key:
+        return None
+    return entry["observers"]
+
+
+def _save_cache(path: Path, key: str, observers: list[Observer]) -> None:
+    with atomic_output(path) as staged, staged.open("wb") as f:
+        pickle.dump({"version": _CACHE_VERSION, "key": key, "observers": observers}, f)
