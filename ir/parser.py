@@ -139,6 +139,7 @@ class _Decl:
     type: Type | None = None
     quant: Any = None  # _QuantRecord
     observed: Any = None  # _RangeRecord
+    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -269,7 +270,7 @@ class _ToRecords(lark.Transformer):
         results, (domain, op_type), operands, *tail = children
         parts = dict(tail)  # the optional parts, each tagged with its rule's name
         return _NodeRecord(results, domain, op_type, operands, parts.get("attributes", []),
-                           parts.get("node_name", ""), parts.get("node_meta", {}))
+                           parts.get("node_name", ""), parts.get("annotations", {}))
 
     def node_results(self, children):
         return children
@@ -279,10 +280,12 @@ class _ToRecords(lark.Transformer):
 
     def value_decl(self, children):
         ref = _ref(children[0])
-        type_ = next((c for c in children[1:] if not isinstance(c, _QuantRecord | _RangeRecord)), None)
-        quant = next((c for c in children[1:] if isinstance(c, _QuantRecord)), None)
-        observed = next((c for c in children[1:] if isinstance(c, _RangeRecord)), None)
-        return _Decl(ref, type_, quant, observed)
+        meta = next((c[1] for c in children[1:] if isinstance(c, tuple) and c[0] == "annotations"), {})
+        rest = [c for c in children[1:] if not isinstance(c, tuple)]
+        type_ = next((c for c in rest if not isinstance(c, _QuantRecord | _RangeRecord)), None)
+        quant = next((c for c in rest if isinstance(c, _QuantRecord)), None)
+        observed = next((c for c in rest if isinstance(c, _RangeRecord)), None)
+        return _Decl(ref, type_, quant, observed, meta)
 
     def observed_range(self, children):
         return _RangeRecord(list(children[0]))
@@ -315,10 +318,10 @@ class _ToRecords(lark.Transformer):
         token = children[0]
         return ("node_name", _unquote(token[token.index('"'):]))
 
-    def node_meta(self, children):
-        return ("node_meta", dict(children))
+    def annotations(self, children):
+        return ("annotations", dict(children))
 
-    def node_meta_entry(self, children):
+    def annotation(self, children):
         key, value = children
         return (_unquote(key) if key.type == "STRING" else str(key), value)
 
@@ -536,7 +539,7 @@ class _Builder:
             if name in scope:
                 where = "in this graph" if name in local else "in an enclosing graph"
                 raise self.error(decl.ref.token, f"%{name} is already defined {where}")
-            value = Value(name, decl.type, quant=self.quant(decl.quant) if decl.quant else None, **extra)
+            value = Value(name, decl.type, quant=self.quant(decl.quant) if decl.quant else None, meta=decl.meta, **extra)
             if decl.observed is not None:
                 value.observed_range = self.observed_range(decl)
             scope[name] = value

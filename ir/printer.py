@@ -140,8 +140,8 @@ def _model_header(model: Model) -> str:
     return " ".join(parts)
 
 
-def _node_meta(meta: dict) -> str:
-    """` meta{...}` with the annotations passes leave on a node, sorted by key.
+def _annotations(meta: dict) -> str:
+    """` meta{...}` with the annotations passes leave on a node or value, sorted by key.
 
     Only plain literals print; anything else in `meta` is an analysis cache, which a
     reparsed model recomputes, so it is left out rather than refused.
@@ -214,7 +214,7 @@ class _Printer:
             text += f" {self.quant(value.quant)}"
         if value.observed_range is not None:
             text += f" range=[{', '.join(format_float(b) for b in value.observed_range)}]"
-        return text
+        return text + _annotations(value.meta)
 
     def node(self, node: Node, depth: int, lines: list[str]) -> None:
         results = ", ".join(self.decl(v) for v in node.outputs) or "()"
@@ -223,7 +223,7 @@ class _Printer:
             op = f"{_domain(node.domain)}::{op}"
         operands = ", ".join(self.ref(v) for v in node.inputs)
         head = f"{'  ' * depth}{results} = {op}({operands})"
-        tail = (f" name={quote(node.name)}" if node.name else "") + _node_meta(node.meta)
+        tail = (f" name={quote(node.name)}" if node.name else "") + _annotations(node.meta)
         if not node.attributes:
             lines.append(head + tail)
         elif not any(True for _ in node.subgraphs()):

@@ -214,6 +214,7 @@ class _ModelBuilder:
         bound = st.floats(allow_nan=False, allow_infinity=False, width=32)
         bounds = self.draw(st.none() | st.tuples(bound, bound).map(sorted))
         value.observed_range = bounds
+        value.meta.update(self.draw(META))  # annotations, e.g. insert-observers' marks
         return value
 
     def graph(self, depth: int, outer: list[Value]) -> Graph:
@@ -381,6 +382,7 @@ def assert_same_graph(original: Graph, parsed: Graph) -> None:
     for a, b in values:
         assert_same_quant(a.quant, b.quant)
         assert a.observed_range == b.observed_range
+        assert_same_meta(a.meta, b.meta)
 
 
 def assert_same_model(original: Model, parsed: Model) -> None:
