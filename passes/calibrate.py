@@ -62,7 +62,7 @@ class Calibrate(Pass):
 
     def requires(self, model: ir.Model, ctx) -> None:
         if ctx.calibration_data is None and _observed_values(model):
-            raise PassError("calibrate needs calibration data (qc compile --calib DATA, or PassContext(calibration_data=...))")
+            raise PassError("calibrate needs calibration data (--calib DATA on the command line, or PassContext(calibration_data=...))")
         if self.options.jobs < 1:
             raise PassError("calibrate{jobs=...} must be at least 1")
 

@@ -64,10 +64,13 @@ class PassManager:
     def _run_pass(self, step: PassStep, model: ir.Model, ctx: PassContext, result: PassResult, remaining: str) -> bool:
         pass_: Pass = step.instantiate(self.pipeline.text)
         event = PassEvent(pass_, len(result.ran) + 1, str(self.pipeline), remaining)
+        try:
+            pass_.requires(model, ctx)  # an unmet precondition is the caller's to fix: no reproducer
+        except PassError as error:
+            raise PassError(f"pass {pass_.name!r} ({event.index}) cannot run: {error}") from None
         for instrument in ctx.instruments:
             instrument.before_pass(model, event, ctx)
         try:
-            pass_.requires(model, ctx)
             changed = bool(pass_.run(model, ctx))
             pass_.ensures(model, ctx)
         except Exception as error:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qcompiler import __version__, ir, passes
+from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.modelio import read_model, write_dump
 
 
@@ -89,6 +90,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="print the IR to stderr after this pass (repeatable)")
     opt.add_argument("--print-ir-after-change", action="store_true",
                      help="with --print-ir-after: only when the pass changed the model")
+    opt.add_argument("--calib", metavar="DATA",
+                     help="calibration data for the calibrate pass: .npz (samples on axis 0), .npy, "
+                     "or a folder of .npz/.npy files")
     opt.add_argument("--dump-dir", metavar="DIR", help="write NNN_<pass>.qir after every pass")
     opt.add_argument("--timing", action="store_true", help="print a per-pass time and statistics table")
     opt.add_argument("--no-verify", dest="verify", action="store_false",
@@ -184,7 +188,8 @@ def _opt(args: argparse.Namespace) -> int:
         instruments.append(passes.DumpDir(Path(args.dump_dir)))
     if args.timing:
         instruments.append(passes.Timing())
-    result = manager.run(model, passes.PassContext(instruments=instruments))
+    calibration_data = open_calibration_data(args.calib, input_specs(model)) if args.calib else None
+    result = manager.run(model, passes.PassContext(instruments=instruments, calibration_data=calibration_data))
     for warning in result.warnings:
         print(f"qc: warning: {warning}", file=sys.stderr)
     _write_output(model, args)

@@ -137,3 +137,26 @@ def test_installed_package_offers_passes_through_the_entry_point_group(tmp_path)
     result = subprocess.run(["qc", "passes"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "acme-relu-to-leaky: Replace Relu by LeakyRelu with a chosen slope." in result.stdout.splitlines()
+
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "conv_relu"
+
+
+def test_opt_calibrates_with_data_from_the_command_line(tmp_path):
+    result = qc("opt", GOLDEN / "model.onnx", "--pipeline", "fuse,insert-observers,calibrate",
+                "--calib", GOLDEN / "inputs.npz", "-o", "calibrated.qir", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    model = ir.parse_file(tmp_path / "calibrated.qir")
+    relu1 = next(n for n in model.graph.nodes if n.name == "relu1").outputs[0]
+    with np.load(GOLDEN / "inputs.npz") as inputs:
+        x = inputs["x"]
+    assert relu1.meta["observer"] == "minmax" and relu1.observed_range[0] == 0.0
+    assert model.graph.inputs[0].observed_range == (float(x.min()), float(x.max()))
+
+
+def test_opt_names_bad_calibration_data(tmp_path):
+    np.savez(tmp_path / "wrong.npz", y=np.zeros((2, 3, 16, 16), np.float32))
+    result = qc("opt", GOLDEN / "model.onnx", "--pipeline", "insert-observers,calibrate",
+                "--calib", "wrong.npz", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "wrong.npz" in result.stderr and "'x'" in result.stderr
