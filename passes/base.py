@@ -9,17 +9,15 @@ a pass bumps as it works (`self.stats["folded"] += 1`); the timing instrument pr
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from .registry import Registry
 
 if TYPE_CHECKING:
     from qcompiler.ir import Model
 
     from .context import PassContext
-
-KEBAB_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
 
 class PassError(Exception):
@@ -67,7 +65,7 @@ class Pass:
         """Check postconditions; raise PassError when the pass broke its promise."""
 
 
-_REGISTRY: dict[str, type[Pass]] = {}
+_PASSES: Registry[type[Pass]] = Registry("pass")
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
@@ -76,26 +74,12 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     Refuses a second pass under the same name, a name that is not kebab-case, and an
     Options that is not a dataclass.
     """
-    name = cls.name
-    if not KEBAB_NAME.fullmatch(name or ""):
-        raise ValueError(f"pass {cls.__qualname__} needs a kebab-case name, not {name!r}")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        other = _REGISTRY[name]
-        raise ValueError(f"pass name {name!r} is taken by {other.__module__}.{other.__qualname__}")
-    if not dataclasses.is_dataclass(cls.Options):
-        raise ValueError(f"{cls.__qualname__}.Options must be a dataclass")
-    _REGISTRY[name] = cls
-    return cls
+    return _PASSES.register(cls)
 
 
 def get_pass(name: str) -> type[Pass]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown pass {name!r}{hint}") from None
+    return _PASSES.get(name)
 
 
 def registered_passes() -> dict[str, type[Pass]]:
-    return dict(sorted(_REGISTRY.items()))
+    return _PASSES.all()

@@ -33,7 +33,6 @@ power-of-two widths: the data spans between bins/2 and bins cells.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import numbers
 import types
@@ -44,7 +43,7 @@ import numpy as np
 
 from qcompiler.ir import DType, QuantParams
 
-from .base import KEBAB_NAME
+from .registry import Registry
 
 
 class Observer:
@@ -107,34 +106,20 @@ class Observer:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Observer]] = {}
+_OBSERVERS: Registry[type[Observer]] = Registry("observer")
 
 
 def register_observer(cls: type[Observer]) -> type[Observer]:
     """Class decorator: make an observer known by its name; a taken name is refused."""
-    name = cls.name
-    if not KEBAB_NAME.fullmatch(name or ""):
-        raise ValueError(f"observer {cls.__qualname__} needs a kebab-case name, not {name!r}")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        other = _REGISTRY[name]
-        raise ValueError(f"observer name {name!r} is taken by {other.__module__}.{other.__qualname__}")
-    if not dataclasses.is_dataclass(getattr(cls, "Options", None)):
-        raise ValueError(f"{cls.__qualname__}.Options must be a dataclass")
-    _REGISTRY[name] = cls
-    return cls
+    return _OBSERVERS.register(cls)
 
 
 def get_observer(name: str) -> type[Observer]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown observer {name!r}{hint}") from None
+    return _OBSERVERS.get(name)
 
 
 def registered_observers() -> dict[str, type[Observer]]:
-    return dict(sorted(_REGISTRY.items()))
+    return _OBSERVERS.all()
 
 
 # -- min-max ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 
 from qcompiler.ir import Graph, Node, Use, Value
 
-from .base import KEBAB_NAME
+from .registry import KEBAB_NAME
 
 
 def constant_value(value: Value | None) -> np.ndarray | None:
