@@ -6,8 +6,10 @@ Importing this package registers the built-in passes.
 from . import calibrate as _calibrate  # noqa: F401  (registers the pass)
 from . import canonicalize as _canonicalize  # noqa: F401  (registers the pass)
 from . import cleanup as _cleanup  # noqa: F401  (registers the pass)
+from . import fold_weights as _fold_weights  # noqa: F401  (registers the pass)
 from . import fuse as _fuse  # noqa: F401  (registers the pass)
 from . import insert_observers as _insert_observers  # noqa: F401  (registers the pass)
+from . import place_qdq as _place_qdq  # noqa: F401  (registers the pass)
 from .base import Pass, PassError, PipelineError, get_pass, register_pass, registered_passes
 from .context import PassContext
 from .instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier

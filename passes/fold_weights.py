@@ -1,0 +1,170 @@
+"""fold-weights: store each planned weight as an int8 initializer and each bias as int32, behind a DequantizeLinear.
+
+1. Every weight of a quantized op's plan (rules.py: Conv axis 0, ConvTranspose axis 1,
+   Gemm's B axis 0 or 1 by transB, MatMul's 2-D B axis 1) is quantized per channel along
+   the plan's axis from its per-channel min/max (`QuantParams.from_range`; symmetric
+   int8 by default), or per tensor when `per_channel=false` or the plan has no axis.
+   The int8 array becomes a new initializer carrying the parameters; a DequantizeLinear
+   (with `axis` when per channel) feeds the op where the float weight was, and the float
+   weight goes when nothing else reads it. A channel of zeros gets scale 1.0 (from_range,
+   as ONNX Runtime does): its codes are all 0, exact, and its bias scale stays positive.
+2. The bias (plan.bias) becomes int32 with zero point 0 and scale s_in * s_w[c]: s_in is
+   the scale of the DequantizeLinear feeding the activation input (placed by place-qdq),
+   s_w the weight's, per output channel. A weight with k channel scales and a bias of
+   n = k * group entries uses s_w[c mod k]: ConvTranspose's axis 1 counts channels within
+   a group, so output channel g * k + j has scale s_w[j] (rules.conv_transpose).
+3. A bias stays float when the activation input is not read through a DequantizeLinear
+   with a constant scalar scale (not quantized: ONNX Runtime then runs the op in float
+   anyway) or the scales do not line up with the bias; counted as `biases_float`.
+4. Bias codes beyond int32 are clipped to it (a bias over 2^31 * s_in * s_w is far out of
+   any trained range) and counted as `biases_clipped`, so the report shows it.
+5. Weights that are not initializers holding data (an elided blob, a Constant node's
+   output) are left float and counted as `weights_skipped`. A weight shared by several
+   ops is quantized once per axis and read through one DequantizeLinear.
+6. Per-channel DequantizeLinear needs opset 13: with `per_channel=true` a lower opset is
+   refused with a PassError asking to convert the model first.
+7. `reduce_range=true` quantizes weights with one bit less (codes within [-64, 64]).
+   ONNX Runtime's u8 x s8 kernels on x86 CPUs without VNNI (AVX2 `vpmaddubsw`) add
+   pairs of products in int16 and saturate: 255 * 127 * 2 overflows, 255 * 64 * 2 does
+   not. On such a CPU a full-range model loses ~15 dB SQNR once ORT fuses QLinearConv
+   (the float reference of the same Q/DQ graph does not), so set it there; it is ORT's
+   own `reduce_range`. Off by default: VNNI CPUs and other runtimes need no headroom.
+
+    const %w: f32[8,3,3,3]                  const %w_quantized: i8[8,3,3,3] q<i8, axis=0, scale=[...], zp=[...]>
+    const %b: f32[8]                        const %b_quantized: i32[8] q<i32, axis=0, scale=[s_in*s_w...], zp=[...]>
+    %x_dq = DequantizeLinear(%x_q, ...)  => %w_dq = DequantizeLinear(%w_quantized, %w_scale, %w_zp) {axis=0}
+    %y = Conv(%x_dq, %w, %b)                %b_dq = DequantizeLinear(%b_quantized, %b_scale, %b_zp) {axis=0}
+                                            %y = Conv(%x_dq, %w_dq, %b_dq)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, Value
+from qcompiler.ir.quant import dtype_range, quantize
+
+from .base import Pass, PassError, register_pass
+from .rules import Bias, plans
+
+_PER_CHANNEL_OPSET = 13
+_WEIGHT_DTYPES = {"int8": DType.INT8}
+
+
+@register_pass
+class FoldWeights(Pass):
+    """Quantize weights to int8 initializers (per channel) and biases to int32, each behind a DequantizeLinear."""
+
+    name = "fold-weights"
+
+    @dataclass
+    class Options:
+        """per_channel: one scale per output channel (else per tensor); weight_dtype: the
+        integer type of weights; symmetric: zero point 0 (what integer kernels want);
+        reduce_range: one bit less for CPUs without VNNI (rule 7)."""
+
+        per_channel: bool = True
+        weight_dtype: Literal["int8"] = "int8"
+        symmetric: bool = True
+        reduce_range: bool = False
+
+    def requires(self, model: Model, ctx) -> None:
+        if self.options.per_channel and model.opset < _PER_CHANNEL_OPSET:
+            raise PassError(f"fold-weights{{per_channel=true}} needs opset >= {_PER_CHANNEL_OPSET} for per-channel "
+                            f"DequantizeLinear; the model has {model.opset}: convert it first "
+                            f"(onnx.version_converter.convert_version), or use per_channel=false")
+
+    def run(self, model: Model, ctx) -> bool:
+        graph = model.graph
+        names = NameAllocator(graph)
+        folded: dict[tuple[Value, int | None], Value] = {}  # (float weight, axis) -> its DQ output
+        before = sum(self.stats.values())
+        for node, plan in plans(model).items():
+            for weight in plan.weights:
+                self._fold_weight(graph, names, node, weight.input, weight.axis, folded)
+            if plan.bias is not None:
+                self._fold_bias(graph, names, node, plan.bias)
+        return sum(self.stats.values()) > before
+
+    def _fold_weight(self, graph: Graph, names: NameAllocator, node: Node, index: int, axis: int | None,
+                     folded: dict[tuple[Value, int | None], Value]) -> None:
+        value = node.inputs[index]
+        data = value.const if value.is_const else None
+        if not isinstance(data, np.ndarray):
+            self.stats["weights_skipped"] += 1
+            return
+        axis = axis if self.options.per_channel else None
+        if (value, axis) not in folded:
+            params = _weight_params(data, axis, _WEIGHT_DTYPES[self.options.weight_dtype], self.options.symmetric,
+                                    self.options.reduce_range)
+            folded[value, axis] = _dequantized(graph, names, node, value, quantize(data, params), params)
+            self.stats["weights_folded"] += 1
+        node.set_input(index, folded[value, axis])
+        _drop_if_unread(graph, value)
+
+    def _fold_bias(self, graph: Graph, names: NameAllocator, node: Node, bias: Bias) -> None:
+        value = node.inputs[bias.input]
+        data = value.const if value.is_const else None
+        scale = _bias_scale(node.inputs[bias.activation], node.inputs[bias.weight], len(data)) \
+            if isinstance(data, np.ndarray) else None
+        if scale is None:
+            self.stats["biases_float"] += 1
+            return
+        params = QuantParams(DType.INT32, scale, np.zeros(scale.shape, np.int32), axis=None if scale.ndim == 0 else 0)
+        qmin, qmax = dtype_range(DType.INT32)
+        codes = np.rint(data.astype(np.float32) / scale)
+        self.stats["biases_clipped"] += int(np.count_nonzero((codes < qmin) | (codes > qmax)))
+        node.set_input(bias.input, _dequantized(graph, names, node, value, quantize(data, params), params))
+        _drop_if_unread(graph, value)
+        self.stats["biases_folded"] += 1
+
+
+def _weight_params(data: np.ndarray, axis: int | None, dtype: DType, symmetric: bool,
+                   reduce_range: bool) -> QuantParams:
+    """Parameters covering each channel's [min, max] along `axis` (the whole tensor when None);
+    with `reduce_range` the range is doubled, so codes use one bit less (rule 7)."""
+    reduce = None if axis is None else tuple(d for d in range(data.ndim) if d != axis % data.ndim)
+    widen = 2.0 if reduce_range else 1.0
+    return QuantParams.from_range(widen * data.min(axis=reduce), widen * data.max(axis=reduce), dtype,
+                                  symmetric=symmetric, axis=axis)
+
+
+def _dq_scale(value: Value | None) -> np.ndarray | None:
+    """The scale of the DequantizeLinear making `value`, when it is a constant."""
+    producer = value.producer if value is not None else None
+    if producer is None or producer.op_type != "DequantizeLinear" or producer.domain:
+        return None
+    scale = producer.inputs[1]
+    return scale.const.astype(np.float32) if scale.is_const and isinstance(scale.const, np.ndarray) else None
+
+
+def _bias_scale(activation: Value | None, weight: Value | None, channels: int) -> np.ndarray | None:
+    """s_in * s_w per output channel (rule 2), a scalar when both are per tensor; None when unknown."""
+    s_in, s_w = _dq_scale(activation), _dq_scale(weight)
+    if s_in is None or s_w is None or s_in.ndim != 0:
+        return None
+    if s_w.ndim == 0:
+        return s_in * s_w
+    if channels % s_w.size:
+        return None
+    return s_in * np.tile(s_w, channels // s_w.size)
+
+
+def _dequantized(graph: Graph, names: NameAllocator, node: Node, value: Value, codes: np.ndarray,
+                 params: QuantParams) -> Value:
+    """A DequantizeLinear of `codes` (a new initializer carrying `params`), inserted before `node`."""
+    stored = graph.add_constant(Value(names.fresh(f"{value.name}_quantized"), const=codes, quant=params))
+    scale = graph.add_constant(Value(names.fresh(f"{value.name}_scale"), const=params.scale))
+    zero_point = graph.add_constant(Value(names.fresh(f"{value.name}_zp"), const=params.zero_point))
+    attributes = {} if params.axis is None else {"axis": params.axis}
+    output = Value(names.fresh(f"{value.name}_dq"), value.type)
+    graph.insert_before(node, Node("DequantizeLinear", [stored, scale, zero_point], [output], attributes=attributes))
+    return output
+
+
+def _drop_if_unread(graph: Graph, value: Value) -> None:
+    if not value.uses() and value in graph.constants and value not in graph.inputs:
+        graph.remove_constant(value)
