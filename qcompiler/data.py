@@ -430,11 +430,37 @@ def _header_shape(archive: zipfile.ZipFile, member: str) -> tuple:
 
 
 def _read_file(path: Path, name: str | None, mmap: bool = False) -> dict[str, np.ndarray]:
-    """An .npy (as {name: array}) or an .npz (all its arrays)."""
+    """An .npy (as {name: array}) or an .npz (all its arrays).
+
+    With `mmap`, arrays are mapped rather than read, so a large data set costs no
+    memory until its rows are used: .npy files directly, .npz members when stored
+    uncompressed (as np.savez writes them; np.savez_compressed members are read whole).
+    """
     if name is not None:
         return {name: np.load(path, mmap_mode="r" if mmap else None)}
     with np.load(path) as archive:
-        return {key: archive[key] for key in archive.files}
+        if not mmap:
+            return {key: archive[key] for key in archive.files}
+        members = {info.filename: info for info in archive.zip.infolist()}
+        return {key: _map_member(path, members[f"{key}.npy"]) if members[f"{key}.npy"].compress_type == zipfile.ZIP_STORED
+                else archive[key] for key in archive.files}
+
+
+def _map_member(path: Path, member: zipfile.ZipInfo) -> np.ndarray:
+    """Memory-map one uncompressed .npy member of a zip: its data starts after the
+    zip local header (30 bytes, the name and an extra field) and the .npy header."""
+    with path.open("rb") as f:
+        f.seek(member.header_offset)
+        local = f.read(30)
+        name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        f.seek(member.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise CalibrationDataError(str(path), f"array {member.filename!r} holds Python objects")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 class _Folder(_Source):

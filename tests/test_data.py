@@ -398,3 +398,17 @@ def test_errors_survive_pickling_from_worker_processes():
     assert isinstance(copy, ir.IRError) and str(copy) == str(error) == (
         "calib/: sample 3 (calib/3.npz): input 'x': cannot read: truncated")
     assert (copy.sample, copy.file, copy.input) == (3, "calib/3.npz", "x")
+
+
+def test_npz_rows_are_memory_mapped_not_read_whole(tmp_path):
+    """A large .npz (as np.savez writes it) costs memory only for the rows in use."""
+    from qcompiler.data import _read_file
+
+    x = np.random.default_rng(0).standard_normal((6, 3, 4)).astype(np.float32)
+    np.savez(tmp_path / "stored.npz", x=x, index=np.arange(6))
+    np.savez_compressed(tmp_path / "packed.npz", x=x)
+    stored = _read_file(tmp_path / "stored.npz", None, mmap=True)
+    assert isinstance(stored["x"], np.memmap) and np.array_equal(stored["x"], x)
+    assert np.array_equal(stored["index"], np.arange(6))
+    packed = _read_file(tmp_path / "packed.npz", None, mmap=True)
+    assert not isinstance(packed["x"], np.memmap) and np.array_equal(packed["x"], x)
