@@ -432,35 +432,62 @@ def _header_shape(archive: zipfile.ZipFile, member: str) -> tuple:
 def _read_file(path: Path, name: str | None, mmap: bool = False) -> dict[str, np.ndarray]:
     """An .npy (as {name: array}) or an .npz (all its arrays).
 
-    With `mmap`, arrays are mapped rather than read, so a large data set costs no
-    memory until its rows are used: .npy files directly, .npz members when stored
-    uncompressed (as np.savez writes them; np.savez_compressed members are read whole).
+    With `mmap`, C-ordered arrays of an .npy, and of .npz members stored uncompressed
+    (as np.savez writes them), are read a row at a time from the file, so memory does
+    not grow with the data set (memory-mapped pages would count as resident once read);
+    other arrays are read whole.
     """
     if name is not None:
-        return {name: np.load(path, mmap_mode="r" if mmap else None)}
+        return {name: _rows_or_whole(path, 0, lambda: np.load(path)) if mmap else np.load(path)}
     with np.load(path) as archive:
         if not mmap:
             return {key: archive[key] for key in archive.files}
         members = {info.filename: info for info in archive.zip.infolist()}
-        return {key: _map_member(path, members[f"{key}.npy"]) if members[f"{key}.npy"].compress_type == zipfile.ZIP_STORED
-                else archive[key] for key in archive.files}
+        arrays = {}
+        for key in archive.files:
+            member = members[f"{key}.npy"]
+            stored = member.compress_type == zipfile.ZIP_STORED
+            arrays[key] = _rows_or_whole(path, _member_start(path, member), lambda key=key: archive[key]) if stored else archive[key]
+        return arrays
 
 
-def _map_member(path: Path, member: zipfile.ZipInfo) -> np.ndarray:
-    """Memory-map one uncompressed .npy member of a zip: its data starts after the
-    zip local header (30 bytes, the name and an extra field) and the .npy header."""
+def _member_start(path: Path, member: zipfile.ZipInfo) -> int:
+    """Where a stored zip member's bytes begin: after the 30-byte local header, its name and extra field."""
     with path.open("rb") as f:
         f.seek(member.header_offset)
         local = f.read(30)
-        name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-        f.seek(member.header_offset + 30 + name_length + extra_length)
+    name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    return member.header_offset + 30 + name_length + extra_length
+
+
+def _rows_or_whole(path: Path, start: int, whole: Callable[[], np.ndarray]) -> np.ndarray | _RowFile:
+    with path.open("rb") as f:
+        f.seek(start)
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read(f)
         offset = f.tell()
-    if dtype.hasobject:
-        raise CalibrationDataError(str(path), f"array {member.filename!r} holds Python objects")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    if fortran or dtype.hasobject or not shape:
+        return whole()
+    return _RowFile(path, offset, tuple(shape), dtype)
+
+
+class _RowFile:
+    """Rows of an array stored in a file, read on demand with one pread per slice."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple, dtype: np.dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        first, stop, _ = rows.indices(self.shape[0])
+        count = max(stop - first, 0)
+        with self.path.open("rb") as f:
+            data = os.pread(f.fileno(), count * self.row_bytes, self.offset + first * self.row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
 
 
 class _Folder(_Source):

@@ -400,15 +400,18 @@ def test_errors_survive_pickling_from_worker_processes():
     assert (copy.sample, copy.file, copy.input) == (3, "calib/3.npz", "x")
 
 
-def test_npz_rows_are_memory_mapped_not_read_whole(tmp_path):
-    """A large .npz (as np.savez writes it) costs memory only for the rows in use."""
+def test_npz_and_npy_rows_are_read_on_demand_not_whole(tmp_path):
+    """A large .npz (as np.savez writes it) or .npy costs memory only for the rows in use."""
     from qcompiler.data import _read_file
 
     x = np.random.default_rng(0).standard_normal((6, 3, 4)).astype(np.float32)
     np.savez(tmp_path / "stored.npz", x=x, index=np.arange(6))
     np.savez_compressed(tmp_path / "packed.npz", x=x)
+    np.save(tmp_path / "single.npy", x)
     stored = _read_file(tmp_path / "stored.npz", None, mmap=True)
-    assert isinstance(stored["x"], np.memmap) and np.array_equal(stored["x"], x)
-    assert np.array_equal(stored["index"], np.arange(6))
+    assert not isinstance(stored["x"], np.ndarray) and len(stored["x"]) == 6
+    assert np.array_equal(stored["x"][2:4], x[2:4]) and np.array_equal(stored["index"][5:6], [5])
+    single = _read_file(tmp_path / "single.npy", "x", mmap=True)["x"]
+    assert not isinstance(single, np.ndarray) and np.array_equal(single[0:6], x)
     packed = _read_file(tmp_path / "packed.npz", None, mmap=True)
-    assert not isinstance(packed["x"], np.memmap) and np.array_equal(packed["x"], x)
+    assert isinstance(packed["x"], np.ndarray) and np.array_equal(packed["x"], x)
