@@ -179,6 +179,7 @@ def _observe_shard(model, values, specs, data, progress: Progress, threads: int)
                     observer.update(array)
                 except ValueError as err:
                     raise PassError(f"calibration batch {batch}: value %{value.name}: {err}") from None
+            del arrays  # one batch of activations at a time, as the memory budget assumes
             batches += 1
             progress.advance()
     finally:
