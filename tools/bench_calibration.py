@@ -11,6 +11,13 @@ run kills only itself:
                      .npz opened with open_calibration_data
     ort-METHOD       onnxruntime.quantization's create_calibrator, collect_data, compute_data
 
+Each side keeps its own defaults: ours taps what insert-observers marks without a
+prior fuse (the input and every Conv/Relu/Add/GlobalAveragePool/Gemm output; MaxPool
+and Flatten follow their input), percentile 99.99 two-sided and entropy over 2048 bins;
+ORT taps every float tensor, percentile 99.999 symmetric over 2048 bins, entropy over
+128 bins. ORT's histogram calibrators keep every sample's activations until
+collect_data ends, so their memory grows with N.
+
 All feed one sample per run (batch 1). Columns: `setup` is session creation (float),
 IR -> ONNX export of the tapped model plus its session (ours), create_calibrator:
 shape-inferred load, augmentation, writing and loading the augmented model (ort).
