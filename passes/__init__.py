@@ -18,6 +18,7 @@ from .pipeline import parse_pipeline, register_pipeline, registered_pipelines
 from .plugins import PluginError, load_entry_point_plugins, load_plugin_file
 
 register_pipeline("default", "canonicalize,fuse,cleanup")
+register_pipeline("int8", "canonicalize,fuse,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
 
 __all__ = [
     "CrashReproducer", "DumpDir", "Instrument", "Pass", "PassContext", "PassError", "PassManager",

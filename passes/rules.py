@@ -103,6 +103,15 @@ def register_rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
     return register
 
 
+def has_rule(node: Node) -> bool:
+    """Whether some rule decides this node's plan (without one, the node stays float)."""
+    return _rule_of(node) is not None
+
+
+def _rule_of(node: Node) -> Rule | None:
+    return _RULES.get(("" if node.domain == "ai.onnx" else node.domain, node.op_type))
+
+
 def _qualified(key: tuple[str, str]) -> str:
     return f"{key[0]}::{key[1]}" if key[0] else key[1]
 
@@ -356,7 +365,7 @@ def _units(model: Model) -> list[_Unit]:
 
 def _own_plan(node: Node, model: Model) -> QuantPlan | None:
     """The rule's plan, or None when it would quantize a value that is not float (rule 5)."""
-    rule = _RULES.get(("" if node.domain == "ai.onnx" else node.domain, node.op_type))
+    rule = _rule_of(node)
     plan = rule(node, model) if rule is not None else None
     if plan is None:
         return None

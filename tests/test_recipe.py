@@ -1,0 +1,107 @@
+"""Recipes: TOML into pass options and overrides, with errors that name the file, section and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from qcompiler import ir, passes
+from qcompiler.recipe import Recipe, RecipeError, apply_pass_options
+from qcompiler.target import reduce_range_advice
+
+RECIPE = """
+target = "tensorrt"
+pipeline = "int8"
+
+[passes.insert-observers]
+method = "percentile"
+percentile = 99.9
+
+[passes.fold-weights]
+per_channel = false
+
+[overrides]
+exclude = ["head"]
+force = ["residual"]
+
+[overrides.op_type.Softmax]
+observer = "minmax"
+
+[overrides.node.conv1]
+observer = "entropy"
+bins = 1024
+activations = "int16"
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def test_recipe_reads_every_section(tmp_path):
+    recipe = Recipe.load(write(tmp_path, RECIPE))
+    assert (recipe.target, recipe.pipeline) == ("tensorrt", "int8")
+    assert recipe.pass_options == {"insert-observers": {"method": ["percentile"], "percentile": ["99.9"]},
+                                   "fold-weights": {"per_channel": ["false"]}}
+    assert recipe.observer_config() == {
+        "by_op_type": {"Softmax": {"method": "minmax"}},
+        "by_node": {"conv1": {"method": "entropy", "bins": 1024}},
+        "exclude": ["head"], "force": ["residual"],
+    }
+
+
+def test_pass_options_fill_steps_but_pipeline_text_wins():
+    pipeline = passes.parse_pipeline("canonicalize,int8,fold-weights{per_channel=true}")
+    options = {"fold-weights": {"per_channel": ["false"], "reduce_range": ["true"]},
+               "insert-observers": {"method": ["mse"]}}
+    merged = apply_pass_options(pipeline, options)
+    assert str(merged) == ("canonicalize,canonicalize,fuse,insert-observers{method=mse},calibrate,place-qdq,"
+                           "fold-weights{per_channel=false,reduce_range=true},cleanup,"
+                           "fold-weights{per_channel=true,reduce_range=true}")
+    # the merged text is itself a valid pipeline that prints back the same
+    assert str(passes.parse_pipeline(str(merged))) == str(merged)
+
+
+def test_activation_overrides_mark_nodes():
+    graph = ir.Graph("g")
+    x = graph.add_input(ir.Value("x", ir.TensorType(ir.DType.FLOAT, (1, 4))))
+    first = graph.append(ir.Node("Relu", [x], [ir.Value("a")], name="conv1"))
+    last = graph.append(ir.Node("Softmax", [first.outputs[0]], [ir.Value("b")], name="sm"))
+    graph.set_outputs([last.outputs[0]])
+    model = ir.Model(graph, {"": 17})
+    recipe = Recipe.from_dict({"overrides": {"op_type": {"Softmax": {"activations": "uint16"}},
+                                             "node": {"conv1": {"activations": "int16"}}}})
+    assert recipe.mark_activations(model) == 2
+    assert [n.meta.get("activations") for n in graph.nodes] == ["int16", "uint16"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('colour = "red"', "unknown key 'colour'"),
+    ("[passes.fold-weight]\nper_channel = true", "[passes.fold-weight]: unknown pass 'fold-weight'; did you mean 'fold-weights'?"),
+    ("[passes.fold-weights]\nchannels = 3", "[passes.fold-weights]: pass 'fold-weights' has no option 'channels'"),
+    ('[passes.fold-weights]\nper_channel = "yes"', "option 'per_channel' of pass 'fold-weights': expected true or false"),
+    ("[overrides.node.c1]\nactivations = \"int4\"", "[overrides.node.c1] activations: 'int4' is not one of"),
+    ("[overrides.node.c1]\nobserver = \"maxmin\"", "[overrides.node.c1] observer: unknown observer 'maxmin'"),
+    ("[overrides.node.c1]\nprecision = \"fp16\"", "unknown key 'precision' in [overrides.node.c1]"),
+    ("[overrides]\nexclude = \"head\"", "[overrides] exclude must be a list of node names"),
+    ("target = [", "not valid TOML"),
+])
+def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as caught:
+        Recipe.load(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("machine, flags, reduce", [
+    ("x86_64", frozenset({"avx2", "fma"}), True),
+    ("x86_64", frozenset({"avx2", "avx512_vnni"}), False),
+    ("x86_64", frozenset({"avx2", "avx_vnni"}), False),
+    ("aarch64", frozenset({"asimddp"}), False),
+    ("x86_64", frozenset(), False),
+])
+def test_reduce_range_follows_the_cpu(machine, flags, reduce):
+    advice, why = reduce_range_advice(machine, flags)
+    assert advice is reduce and why
