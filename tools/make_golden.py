@@ -1,17 +1,26 @@
 """Generate the golden cases under golden/ from code, with fixed seeds.
 
 Each case is a folder: model.onnx, inputs.npz (held-out inputs) and outputs.npz
-(ONNX Runtime's float outputs on them). By default this only compares what it would
-write with what is there and prints the differences; `--write` replaces the files.
+(ONNX Runtime's float outputs on them). The cases built in golden_models.py add
+calib.npz (calibration inputs, apart from the held-out ones) and expected.json (the
+figures a compiled model must reach, golden_models.EXPECTED), and a labelled case
+labels.npz. By default this only compares what it would write with what is there and
+prints the differences; `--write` replaces the files that differ.
 
-    python tools/make_golden.py            # check: exit 1 when a case is stale
-    python tools/make_golden.py --write    # regenerate
+A trained case (digits_cnn) is read back from its folder: its model and data are the
+source of truth and only the derived files are regenerated, unless `--retrain` trains
+it again (that needs scikit-learn).
+
+    python tools/make_golden.py                                # check: exit 1 when a case is stale
+    python tools/make_golden.py --write                        # regenerate
+    python tools/make_golden.py --retrain digits_cnn --write   # train again, then regenerate
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from golden_models import EXPECTED, MEASURED_WITH, Case, mlp_case, mobilenet_like, resnet_like, stored_digits, \
+    train_digits, transformer_block, unet_like
 from onnx import TensorProto, helper, numpy_helper
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
 
-def conv_relu() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def conv_relu() -> Case:
     """A small residual CNN classifier with a symbolic batch: Conv/Relu/MaxPool/Add/GAP/Gemm."""
     rng = np.random.default_rng(0)
 
@@ -57,39 +68,68 @@ def conv_relu() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="qcompiler-golden")
     model.ir_version = 8
     inputs = {"x": np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)}
-    return model, inputs
+    return Case(model, inputs)
 
 
-CASES: dict[str, Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray]]]] = {"conv_relu": conv_relu}
+def digits_cnn() -> Case:
+    return stored_digits(GOLDEN / "digits_cnn")
 
 
-def case_files(name: str) -> dict[str, bytes]:
-    model, inputs = CASES[name]()
-    onnx.checker.check_model(model)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, inputs)))
-    return {"model.onnx": model.SerializeToString(), "inputs.npz": _npz(inputs), "outputs.npz": _npz(outputs)}
+CASES: dict[str, Callable[[], Case]] = {
+    "conv_relu": conv_relu,
+    "resnet_like": resnet_like,
+    "mobilenet_like": mobilenet_like,
+    "mlp": mlp_case,
+    "transformer_block": transformer_block,
+    "unet_like": unet_like,
+    "digits_cnn": digits_cnn,
+}
+TRAINED: dict[str, Callable[[], Case]] = {"digits_cnn": train_digits}
+
+
+def case_files(name: str, retrain: bool = False) -> dict[str, bytes]:
+    case = (TRAINED[name] if retrain else CASES[name])()
+    onnx.checker.check_model(case.model)
+    session = ort.InferenceSession(case.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, case.inputs)))
+    files = {"model.onnx": case.model.SerializeToString(), "inputs.npz": _npz(case.inputs),
+             "outputs.npz": _npz(outputs)}
+    if case.calib is not None:
+        files["calib.npz"] = _npz(case.calib)
+    if case.labels is not None:
+        files["labels.npz"] = _npz({"labels": case.labels})
+    if name in EXPECTED:
+        files["expected.json"] = _expected_json(name, outputs, case.labels)
+    return files
+
+
+def _expected_json(name: str, outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> bytes:
+    """The case's thresholds, plus the float model's top-1 accuracy where there are labels."""
+    (logits,) = outputs.values()
+    accuracy = None if labels is None else round(float(np.mean(logits.argmax(axis=1) == labels)), 4)
+    expected = {**EXPECTED[name], "float_accuracy": accuracy, "measured_with": MEASURED_WITH}
+    return (json.dumps(expected, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
 
 def stale_files(name: str, files: dict[str, bytes]) -> list[str]:
     """Files that differ from what is on disk (.npz by content: zip headers carry times)."""
-    stale = []
-    for filename, content in files.items():
-        path = GOLDEN / name / filename
-        if not path.exists():
-            stale.append(f"{name}/{filename}: missing")
-        elif filename.endswith(".npz"):
-            tolerance = {"rtol": 1e-5, "atol": 1e-6} if filename == "outputs.npz" else {"rtol": 0, "atol": 0}
-            stale.extend(f"{name}/{filename}: {d}" for d in _array_differences(path, content, **tolerance))
-        elif path.read_bytes() != content:
-            stale.append(f"{name}/{filename}: differs")
-    return stale
+    return [f"{name}/{filename}: {d}" for filename, content in files.items()
+            for d in _differences(GOLDEN / name / filename, content)]
+
+
+def _differences(path: Path, content: bytes) -> list[str]:
+    if not path.exists():
+        return ["missing"]
+    if path.suffix == ".npz":
+        tolerance = {"rtol": 1e-5, "atol": 1e-6} if path.name == "outputs.npz" else {"rtol": 0, "atol": 0}
+        return _array_differences(path, content, **tolerance)
+    return [] if path.read_bytes() == content else ["differs"]
 
 
 def _array_differences(path: Path, content: bytes, rtol: float, atol: float) -> list[str]:
@@ -107,23 +147,31 @@ def _array_differences(path: Path, content: bytes, rtol: float, atol: float) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="replace stale golden files")
+    parser.add_argument("--retrain", action="append", default=[], choices=sorted(TRAINED),
+                        help="train this case again instead of reading its stored model and data")
     parser.add_argument("cases", nargs="*", default=sorted(CASES), help="cases to check (default: all)")
     args = parser.parse_args(argv)
-    stale_any = False
+    failed = False
     for name in args.cases:
-        files = case_files(name)
+        try:
+            files = case_files(name, retrain=name in args.retrain)
+        except FileNotFoundError as error:
+            print(error)
+            failed = True
+            continue
         stale = stale_files(name, files)
         for line in stale:
             print(line)
         if stale and args.write:
             (GOLDEN / name).mkdir(parents=True, exist_ok=True)
             for filename, content in files.items():
-                (GOLDEN / name / filename).write_bytes(content)
+                if _differences(GOLDEN / name / filename, content):
+                    (GOLDEN / name / filename).write_bytes(content)
             print(f"{name}: written")
-        stale_any |= bool(stale) and not args.write
+        failed |= bool(stale) and not args.write
         if not stale:
             print(f"{name}: up to date")
-    return 1 if stale_any else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
