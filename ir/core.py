@@ -371,6 +371,16 @@ class Graph:
         if value not in self._constants:
             value._graph = None
 
+    def freeze_input(self, value: Value) -> None:
+        """An input with a default becomes a plain constant: callers can no longer feed it.
+
+        Old exporters list every weight as an input with a default; quantizing one as a
+        weight is only right once it can no longer change at run time.
+        """
+        if value not in self._constants:
+            raise ValueError(f"{value!r} has no default to freeze")
+        self._inputs.remove(value)
+
     def set_outputs(self, values: Sequence[Value]) -> None:
         for index, old in enumerate(self._outputs):
             del old._uses[Use(self, index)]

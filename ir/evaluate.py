@@ -67,7 +67,7 @@ class ValueTap:
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         with tempfile.TemporaryDirectory() as scratch:
-            source = _session_source(proto, Path(scratch))
+            source = session_source(proto, Path(scratch))
             try:
                 self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
             except Exception as err:  # ORT's pybind errors share no narrower base
@@ -86,7 +86,7 @@ class ValueTap:
             raise EvaluationError(f"ONNX Runtime failed on a calibration batch: {lines[0]}") from None
 
 
-def _session_source(proto, scratch: Path) -> bytes | str:
+def session_source(proto, scratch: Path) -> bytes | str:
     if proto.ByteSize() < _PROTOBUF_LIMIT:
         return proto.SerializeToString()
     path = scratch / "model.onnx"

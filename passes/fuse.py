@@ -11,6 +11,10 @@
 3. conv-act, convtranspose-act, gemm-act, matmul-act, add-act: an op whose only reader is
    an activation (Relu, Clip with constant bounds, LeakyRelu, Sigmoid, HardSigmoid,
    HardSwish) is grouped with it; an op already in a group brings the activation in.
+   With `activations=target` (the default) only activations the target's integer
+   kernels absorb are grouped: on ort-cpu Relu and Clip, which ONNX Runtime folds into
+   the QuantizeLinear after a QLinearConv. A HardSwish grouped there would leave the
+   Conv without a QuantizeLinear on its output, and ONNX Runtime would run it in float.
 4. layernorm: the decomposed LayerNorm (ReduceMean, Sub, Pow 2 or Mul by itself,
    ReduceMean, Add eps, Sqrt, Div, Mul gamma, Add beta; both means over the same
    trailing axes) becomes LayerNormalization at opset >= 17, else its nodes are grouped.
@@ -36,6 +40,7 @@ import functools
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -48,6 +53,7 @@ from .patterns import (
 )
 
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish")
+_ABSORBED_BY_TARGET = {"ort-cpu": ("Relu", "Clip")}  # targets not listed absorb every activation
 _INTERNAL = (used_only_inside, not_graph_output)
 
 
@@ -58,8 +64,9 @@ class _Env:
     folding 2000 BatchNorms take half a minute.
     """
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, activations: tuple[str, ...] = _ACTIVATIONS) -> None:
         self.opset = model.opset
+        self.activations = activations
         self.names = NameAllocator(model.graph)
         self.labels = {n.meta.get("group") for n in model.graph.all_nodes()}
         self.next_label: Counter[str] = Counter()
@@ -309,7 +316,7 @@ def _patterns(env: _Env) -> list[Pattern]:
         return functools.partial(function, env)
 
     acts = [
-        Pattern(name, Op(_ACTIVATIONS, Op(ops, bind="op"), bind="act"), functools.partial(_group_act, env, name),
+        Pattern(name, Op(env.activations, Op(ops, bind="op"), bind="act"), functools.partial(_group_act, env, name),
                 (*_INTERNAL, _act_free), benefit=1)
         for name, ops in (("conv-act", "Conv"), ("convtranspose-act", "ConvTranspose"), ("gemm-act", "Gemm"),
                           ("matmul-act", "MatMul"), ("add-act", "Add"))
@@ -335,10 +342,12 @@ PATTERN_NAMES: tuple[str, ...] = tuple(p.name for p in _patterns(_Env(Model(Grap
 
 @dataclass
 class FuseOptions:
-    """patterns: names to apply (all when empty); max_iterations: sweeps before giving up."""
+    """patterns: names to apply (all when empty); max_iterations: sweeps before giving up;
+    activations: group those the target's integer kernels absorb (target) or all (rule 3)."""
 
     patterns: tuple[str, ...] = ()
     max_iterations: int = 10
+    activations: Literal["target", "all"] = "target"
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.patterns if p not in PATTERN_NAMES]
@@ -356,7 +365,8 @@ class Fuse(Pass):
     Options = FuseOptions
 
     def run(self, model: Model, ctx) -> bool:
-        env = _Env(model)
+        absorbed = _ABSORBED_BY_TARGET.get(ctx.target, _ACTIVATIONS)
+        env = _Env(model, absorbed if self.options.activations == "target" else _ACTIVATIONS)
         selected = [p for p in _patterns(env) if not self.options.patterns or p.name in self.options.patterns]
         graphs = [model.graph, *(sub for node in model.graph.all_nodes() for sub in node.subgraphs())]
         changed = False

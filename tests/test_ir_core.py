@@ -202,3 +202,15 @@ def test_fresh_name_avoids_every_name_in_the_model():
     graph, _, _ = chain()
     assert graph.fresh_name("r0") == "r0_1"
     assert graph.fresh_name("new") == "new"
+
+
+def test_freeze_input_turns_a_default_into_a_constant():
+    graph, x, (a, _, _) = chain()
+    bias = graph.add_input(Value("bias", const=np.ones((2, 3), np.float32)))
+    graph.add_constant(bias)
+    add = graph.append(Node("Add", [a.outputs[0], bias], [Value("sum", F32)]))
+    with pytest.raises(ValueError, match="no default"):
+        graph.freeze_input(x)
+    graph.freeze_input(bias)
+    assert graph.inputs == (x,) and bias in graph.constants and bias.uses() == (Use(add, 1),)
+    graph.verify()
