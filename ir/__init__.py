@@ -8,6 +8,7 @@ from .evaluate import evaluate
 from .naming import NameAllocator
 from .onnx_export import save_model, to_onnx
 from .onnx_import import load_model
+from .opset import convert_opset
 from .quant import QuantParams
 from .shapes import refresh_types
 from .tensors import ElidedTensor, SparseTensor

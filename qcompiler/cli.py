@@ -10,12 +10,13 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Sequence
-
 from pathlib import Path
 
 from qcompiler import __version__, ir, passes
+from qcompiler.compiler import DEFAULT_PIPELINE
+from qcompiler.compiler import compile as compile_model
 from qcompiler.data import input_specs, open_calibration_data
-from qcompiler.modelio import read_model, write_dump
+from qcompiler.modelio import check_writable, read_model, write_dump, write_text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +67,29 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="store tensors in OUTPUT.data (automatic above 2 GB)")
     _add_import_options(export)
     export.set_defaults(run=_export)
+
+    compile_ = commands.add_parser(
+        "compile", help="quantize a model: calibrate, place Q/DQ, fold weights, validate",
+        description="Quantize MODEL with calibration data and write it as ONNX in QDQ form. The float "
+        "and quantized models are then run side by side in ONNX Runtime and a report is printed.",
+    )
+    compile_.add_argument("model", help="the float model: .onnx (or .qir)")
+    compile_.add_argument("--calib", metavar="DATA", required=True,
+                          help="calibration data: .npz (samples on axis 0), .npy, or a folder of .npz/.npy files")
+    compile_.add_argument("-o", "--output", required=True, help="the quantized .onnx file to write")
+    compile_.add_argument("--recipe", metavar="FILE.toml", help="pass options and per-op/per-node overrides")
+    compile_.add_argument("--pipeline", help=f"passes to run (default: the recipe's, else {DEFAULT_PIPELINE!r})")
+    compile_.add_argument("--target", choices=["ort-cpu", "tensorrt"], help="the runtime to place Q/DQ for "
+                          "(default: the recipe's, else ort-cpu)")
+    compile_.add_argument("--eval", metavar="DATA", help="held-out data to validate on (default: the calibration data)")
+    compile_.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
+    compile_.add_argument("--dump-dir", metavar="DIR", help="write NNN_<pass>.qir after every pass")
+    compile_.add_argument("--on-quantized", choices=["error", "keep"], default="error",
+                          help="a model that already holds Q/DQ nodes: refuse it (default), or keep its "
+                          "parameters and quantize the rest")
+    compile_.add_argument("--timing", action="store_true", help="print a per-pass time and statistics table")
+    _add_plugin_option(compile_)
+    compile_.set_defaults(run=_compile)
 
     list_passes = commands.add_parser(
         "passes", help="list the passes, their options and the named pipelines",
@@ -141,6 +165,25 @@ def _dump(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     model = _read(args, weights=args.weights)
     ir.save_model(model, args.output, external_data=args.external_data or None)
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    _load_plugins(args)
+    for path in (args.output, args.report):
+        if path is not None:
+            check_writable(path)
+    result = compile_model(args.model, args.calib, recipe=args.recipe, pipeline=args.pipeline, target=args.target,
+                           eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized,
+                           log=lambda message: print(f"qc: {message}", file=sys.stderr))
+    result.save(args.output)
+    if args.report:
+        write_text(args.report, result.report.to_json())
+    if args.timing:
+        sys.stderr.write(passes.Timing(rows=[(p.name, p.seconds, p.changed, p.stats)
+                                             for p in result.report.passes]).table())
+    print("\n".join(result.report.summary()))
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -26,6 +26,17 @@ def write_text(path: str | Path, text: str) -> None:
         staged.write_text(text, encoding="utf-8")
 
 
+def check_writable(path: str | Path) -> None:
+    """Fail before long work when `path` cannot be written: its folder is missing or read-only."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise OSError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OSError(f"cannot write {path}: folder {folder} is not writable")
+    if Path(path).is_dir():
+        raise OSError(f"cannot write {path}: it is a folder")
+
+
 def write_dump(model: ir.Model, path: str | Path | None, weights: str) -> str:
     """Print `model`; with `weights` an .npz path, elided constants are saved there.
 

@@ -1,0 +1,208 @@
+"""compile(): a float model in; a quantized model and a measured report out.
+
+1. The model is a path (.onnx or .qir), ONNX bytes or ModelProto, or an ir.Model
+   (compiled in place). A model that already holds QuantizeLinear/DequantizeLinear or
+   QLinear* nodes is refused unless `on_quantized="keep"`: then its pairs keep their
+   parameters (place-qdq leaves values in QDQ form alone) and the rest is quantized.
+2. Settings: arguments beat the recipe, which beats defaults (target ort-cpu, the
+   `int8` pipeline). The target becomes place-qdq's `target` option. On ort-cpu,
+   fold-weights' `reduce_range` follows the CPU compiled on (target.py) unless set.
+3. Models below opset 13 are converted to 13 (per-channel DequantizeLinear needs it)
+   by `ir.convert_opset`, which checks the converted model computes the same.
+   Initializers listed as graph inputs (older exporters list every weight) become
+   plain constants, so they are quantized as the weights they are.
+4. The pipeline runs with the IR verifier after each pass; `dump_dir` keeps the IR
+   after every pass.
+5. Validation: the float and quantized models run in ONNX Runtime on `eval` data (the
+   calibration data when none is given, with a warning: figures on the data the scales
+   were fitted to flatter the result); the report holds per-output SQNR, cosine, max
+   error, top-1 agreement, sizes, Q/DQ counts, the integer kernels ONNX Runtime chose,
+   and float vs quantized latency at batch 1 with a verdict when int8 is slower.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from qcompiler import ir, passes
+from qcompiler.data import CalibrationData, input_specs, open_calibration_data
+from qcompiler.kernels import kernel_report
+from qcompiler.modelio import read_model
+from qcompiler.passes.rules import has_rule
+from qcompiler.recipe import Recipe, apply_pass_options
+from qcompiler.report import CompileReport, PassRecord
+from qcompiler.target import reduce_range_advice
+from qcompiler.validate import compare_models, latency_verdict, measure_latency
+
+DEFAULT_PIPELINE = "int8"
+_PER_CHANNEL_OPSET = 13
+_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_FLOAT_DTYPES = frozenset({ir.DType.FLOAT, ir.DType.FLOAT16, ir.DType.BFLOAT16, ir.DType.DOUBLE})
+_QUANTIZED_OPS = _QDQ_OPS | {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+
+
+@dataclass
+class CompileResult:
+    """The quantized model (IR) and the report of how it was made and how it measures."""
+
+    model: ir.Model
+    report: CompileReport
+
+    def save(self, path: str | Path) -> None:
+        """Write the model as ONNX (atomically: a failed write leaves no partial file)."""
+        ir.save_model(self.model, path)
+
+
+def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
+            pipeline: str | None = None, target: str | None = None, eval: Any = None,
+            dump_dir: str | Path | None = None, on_quantized: str = "error",
+            log: Callable[[str], None] | None = None) -> CompileResult:
+    """Quantize `model` with calibration data `calib`; see the module docstring for each argument's role."""
+    say = log or (lambda message: None)
+    start = time.perf_counter()
+    recipe = _recipe(recipe)
+    model, source = _read(model)
+    _check_not_quantized(model, source, on_quantized)
+    target = target or recipe.target or "ort-cpu"
+    report = CompileReport(source=source, target=target, pipeline="")
+    model = _convert_if_old(model, report)
+    _freeze_weight_inputs(model, report)
+    options = _pass_options(recipe, target, report)
+    steps = apply_pass_options(passes.parse_pipeline(pipeline or recipe.pipeline or DEFAULT_PIPELINE), options)
+    report.pipeline = str(steps)
+    float_proto = ir.to_onnx(model)
+    specs = input_specs(model)
+    calibration = _checked_data(calib, specs) if calib is not None else None
+    if eval is not None:
+        _checked_data(eval, specs)
+    recipe.mark_activations(model)
+    timing = passes.Timing(stream=io.StringIO())
+    instruments: list[passes.Instrument] = [passes.Verifier(), timing]
+    if dump_dir is not None:
+        instruments.append(passes.DumpDir(Path(dump_dir)))
+    context = passes.PassContext(config={"insert-observers": recipe.observer_config()},
+                                 calibration_data=calibration, target=target, instruments=instruments)
+    say(f"running {report.pipeline}")
+    result = passes.PassManager(steps).run(model, context)
+    report.warnings.extend(result.warnings)
+    report.passes = [PassRecord(name, seconds, changed, dict(stats)) for name, seconds, changed, stats in timing.rows]
+    report.compile_seconds = time.perf_counter() - start
+    _describe(model, float_proto, report)
+    _validate(float_proto, model, eval if eval is not None else calib, eval is None, specs, report, say)
+    return CompileResult(model, report)
+
+
+def _recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
+    if recipe is None:
+        return Recipe()
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    return Recipe.load(recipe)
+
+
+def _read(model: Any) -> tuple[ir.Model, str]:
+    if isinstance(model, ir.Model):
+        return model, model.graph.name or "model"
+    if isinstance(model, str | Path):
+        return read_model(model), str(model)
+    if isinstance(model, bytes | onnx.ModelProto):
+        return ir.load_model(model), "model"
+    raise TypeError(f"compile() takes a path, ONNX bytes, a ModelProto or an ir.Model, not {type(model).__name__}")
+
+
+def _check_not_quantized(model: ir.Model, source: str, on_quantized: str) -> None:
+    if on_quantized not in ("error", "keep"):
+        raise ValueError(f"on_quantized must be 'error' or 'keep', not {on_quantized!r}")
+    found = [n for n in model.graph.nodes if n.op_type in _QUANTIZED_OPS]
+    if found and on_quantized == "error":
+        kinds = ", ".join(sorted({n.op_type for n in found}))
+        raise ir.IRError(f"{source} is already quantized ({len(found)} nodes: {kinds}; first: "
+                         f"{found[0].name or found[0].op_type!r}): compile with on_quantized='keep' "
+                         f"(--on-quantized keep) to keep its parameters and quantize the rest")
+
+
+def _convert_if_old(model: ir.Model, report: CompileReport) -> ir.Model:
+    if model.opset >= _PER_CHANNEL_OPSET:
+        return model
+    before = model.opset
+    model = ir.load_model(ir.convert_opset(ir.to_onnx(model), _PER_CHANNEL_OPSET))
+    report.settings["opset"] = f"{before} -> {model.opset}: per-channel DequantizeLinear needs 13 (outputs checked)"
+    return model
+
+
+def _freeze_weight_inputs(model: ir.Model, report: CompileReport) -> None:
+    """Initializers listed as graph inputs (older exporters do it for every weight) become
+    constants, so the rules see weights in them; nobody feeds a weight at run time."""
+    defaults = [v for v in model.graph.inputs if v.is_const]
+    for value in defaults:
+        model.graph.freeze_input(value)
+    if defaults:
+        report.settings["weight inputs"] = (f"{len(defaults)} initializers listed as graph inputs are "
+                                            f"treated as constants (no longer inputs of the quantized model)")
+
+
+def _pass_options(recipe: Recipe, target: str, report: CompileReport) -> dict[str, dict[str, list[str]]]:
+    """The recipe's pass options plus the target's defaults (rule 2)."""
+    options = {name: dict(values) for name, values in recipe.pass_options.items()}
+    options.setdefault("place-qdq", {}).setdefault("target", [target])
+    fold = options.setdefault("fold-weights", {})
+    if target == "ort-cpu" and "reduce_range" not in fold:
+        reduce, why = reduce_range_advice()
+        fold["reduce_range"] = ["true" if reduce else "false"]
+        report.settings["reduce_range"] = f"{'on' if reduce else 'off'}: {why}"
+    return options
+
+
+def _describe(model: ir.Model, float_proto: onnx.ModelProto, report: CompileReport) -> None:
+    ops = Counter(n.op_type for n in model.graph.nodes)
+    report.qdq_nodes = {op: ops[op] for op in sorted(_QDQ_OPS)}
+    report.ops_without_rule = dict(Counter(n.op_type for n in model.graph.nodes
+                                           if n.op_type not in _QDQ_OPS and not has_rule(n)
+                                           and any(_is_float(v) for v in n.outputs)))
+    report.size_bytes = {"float": float_proto.ByteSize(), "quantized": ir.to_onnx(model).ByteSize()}
+
+
+def _checked_data(source: Any, specs) -> CalibrationData:
+    """The data, with its first batch read now: a mismatch with the model fails before any work."""
+    data = open_calibration_data(source, specs)
+    next(iter(data), None)
+    return data
+
+
+def _is_float(value: ir.Value) -> bool:
+    return value.type is not None and getattr(value.type, "dtype", None) in _FLOAT_DTYPES
+
+
+def _validate(float_proto: onnx.ModelProto, model: ir.Model, data: Any, on_calibration: bool, specs,
+              report: CompileReport, say: Callable[[str], None]) -> None:
+    if data is None:
+        report.warnings.append("not validated: no evaluation or calibration data")
+        return
+    evaluation = open_calibration_data(data, specs)
+    report.validation_data = "calibration data" if on_calibration else "evaluation data"
+    if on_calibration:
+        report.warnings.append("validated on the calibration data: pass evaluation data held out from "
+                               "calibration (--eval) for figures that are not flattered")
+    say(f"validating on the {report.validation_data}")
+    quant_proto = ir.to_onnx(model)
+    report.outputs = compare_models(float_proto, quant_proto, evaluation)
+    report.warnings.extend(f"output {m.name}: {m.nonfinite} NaN/Inf values in the quantized model"
+                           for m in report.outputs if m.nonfinite)
+    report.kernels = kernel_report(model)
+    first = next(iter(open_calibration_data(data, specs, batch_size=1)))
+    report.latency = measure_latency(float_proto, quant_proto, first, threads=1)
+    report.latency_verdict = latency_verdict(report.latency)
+    if round(report.latency.ratio, 1) > 1.0:  # what the verdict calls slower
+        report.warnings.append(f"{report.latency_verdict}: Q/DQ overhead outweighs the integer kernels at this "
+                               f"size; keep the float model, or quantize only the large layers")
+

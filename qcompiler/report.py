@@ -1,0 +1,83 @@
+"""The compile report: what was done to the model, and how the result measures against the float one.
+
+Every figure comes from a measurement in this compile (ONNX Runtime runs, byte counts,
+node counts); `summary()` gives the lines the CLI prints and `to_json()` the file
+`--report` writes. Non-finite numbers (an exact output's SQNR) are written as "inf".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PassRecord:
+    name: str
+    seconds: float
+    changed: bool
+    stats: dict[str, int]
+
+
+@dataclass
+class CompileReport:
+    source: str
+    target: str
+    pipeline: str
+    settings: dict[str, str] = field(default_factory=dict)
+    passes: list[PassRecord] = field(default_factory=list)
+    compile_seconds: float = 0.0
+    size_bytes: dict[str, int] = field(default_factory=dict)
+    qdq_nodes: dict[str, int] = field(default_factory=dict)
+    ops_without_rule: dict[str, int] = field(default_factory=dict)
+    validation_data: str = ""
+    outputs: list[Any] = field(default_factory=list)  # validate.OutputMetrics
+    kernels: Any = None  # kernels.KernelReport
+    latency: Any = None  # validate.LatencyPair
+    latency_verdict: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def summary(self) -> list[str]:
+        """A few lines for a person: accuracy, integer share, size, speed, warnings."""
+        lines = [f"compiled {self.source} for {self.target} in {self.compile_seconds:.1f} s"]
+        for metrics in self.outputs:
+            top1 = "" if metrics.top1_agreement is None else f", top-1 agreement {metrics.top1_agreement:.1%}"
+            lines.append(f"  output {metrics.name}: SQNR {metrics.sqnr_db:.1f} dB, cosine {metrics.cosine:.4f}, "
+                         f"max abs error {metrics.max_abs_error:.3g}{top1}  ({self.validation_data})")
+        if self.kernels is not None:
+            lines.append(f"  integer kernels: {self.kernels.integer_share:.0%} of Conv/MatMul/Gemm MACs")
+        if self.size_bytes:
+            before, after = self.size_bytes["float"], self.size_bytes["quantized"]
+            lines.append(f"  size: {_mb(before)} -> {_mb(after)} ({after / max(before, 1):.0%})")
+        lines.append(f"  Q/DQ nodes: {self.qdq_nodes.get('QuantizeLinear', 0)} QuantizeLinear, "
+                     f"{self.qdq_nodes.get('DequantizeLinear', 0)} DequantizeLinear")
+        if self.ops_without_rule:
+            ops = ", ".join(f"{op} x{n}" for op, n in sorted(self.ops_without_rule.items()))
+            lines.append(f"  stay float (no rule): {ops}")
+        if self.latency_verdict:
+            lines.append(f"  speed: {self.latency_verdict}")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        return lines
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

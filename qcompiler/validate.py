@@ -1,0 +1,279 @@
+"""How far a quantized model's outputs stray from its float original, and how fast each runs.
+
+1. Both models run in ONNX Runtime (CPUExecutionProvider, default graph optimizations,
+   as a deployment gets them) on the same feeds, batch by batch. Outputs pair up by name
+   when both models have the same output names, else by position, and take the float
+   model's names; a model is an `ir.Model`, serialized ONNX bytes or a path. An `ir.Model` past the 2 GB protobuf limit reaches ONNX Runtime
+   through a temporary file with external data (ir/evaluate.py).
+2. Metrics are float64 sums kept per output (sum ref^2, sum (ref-q)^2, sum q^2,
+   sum ref*q, max |ref-q|, rows whose argmax agrees), so memory holds one batch
+   whatever the amount of data, and the result equals the one-shot value over all
+   batches joined:
+   - SQNR = 10 log10(sum ref^2 / sum (ref-q)^2) dB: +inf when the outputs are identical,
+     -inf when the reference is all zeros and the quantized output is not;
+   - cosine of the flattened outputs: 1 when both are all zeros, 0 when only one is;
+   - top-1 agreement only for classifier-like outputs (float, rank 2 [batch, classes],
+     classes >= 2): the share of rows whose argmax agrees. None for any other output.
+3. Positions where either output is NaN or Inf are left out of every sum, so one bad
+   value does not hide the error of the rest; `nonfinite` counts them in the quantized
+   output and `summary` puts the count first. SQNR and cosine are NaN when no position
+   is left to compare.
+4. Latency runs the two models interleaved, alternating which goes first, so machine
+   noise (other processes, frequency scaling) hits both alike. Each model gets `warmup`
+   untimed runs, then up to `repeat` timed ones, stopping once either model has spent
+   `budget_s` seconds: it runs after every compile, so it stays cheap on large models.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import onnx
+
+from qcompiler import ir
+from qcompiler.ir.evaluate import session_source
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+    from qcompiler.passes.progress import Progress
+
+ModelSource = Union[ir.Model, onnx.ModelProto, bytes, str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """The error of one quantized output against the float one, over `samples` rows (axis 0)."""
+
+    name: str
+    sqnr_db: float
+    cosine: float
+    max_abs_error: float
+    top1_agreement: float | None
+    samples: int
+    nonfinite: int
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Wall-clock milliseconds of one model's timed runs."""
+
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+
+@dataclass(frozen=True)
+class LatencyPair:
+    """Latency of both models on one feed of `batch` rows with `threads` intra-op threads (0: ORT's default)."""
+
+    float_model: Latency
+    quant_model: Latency
+    batch: int
+    threads: int
+
+    @property
+    def ratio(self) -> float:
+        """Quantized median over float median: above 1, the quantized model is slower."""
+        return self.quant_model.median_ms / self.float_model.median_ms
+
+
+def open_session(model: ModelSource, *, threads: int = 0, options: onnxruntime.SessionOptions | None = None,
+                 label: str = "the") -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session over `model` with `threads` intra-op threads (0: all cores).
+
+    `options` lets a caller ask for more (an optimized-model file); warnings stay quiet.
+    Raises EvaluationError, naming `label`, when ONNX Runtime rejects the model.
+    """
+    import onnxruntime as ort  # 0.1 s to import; only validation needs it
+
+    options = options or ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as scratch:
+        if isinstance(model, ir.Model | onnx.ModelProto):
+            source = session_source(ir.to_onnx(model) if isinstance(model, ir.Model) else model, Path(scratch))
+        else:
+            source = model if isinstance(model, bytes) else os.fspath(model)
+        try:
+            return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ORT's pybind errors share no narrower base
+            raise ir.EvaluationError(f"ONNX Runtime cannot load {label} model: {_first_line(err)}") from None
+
+
+def compare_models(float_model: ModelSource, quant_model: ModelSource, data: Iterable[Mapping[str, np.ndarray]], *,
+                   threads: int = 0, progress: Progress | None = None) -> list[OutputMetrics]:
+    """Metrics of each output of `quant_model` against `float_model` over every feed of `data`.
+
+    `progress` (anything with advance() and close()) advances once per batch.
+    """
+    reference = open_session(float_model, threads=threads, label="the float")
+    quantized = open_session(quant_model, threads=threads, label="the quantized")
+    names = [output.name for output in reference.get_outputs()]
+    quant_names = [output.name for output in quantized.get_outputs()]
+    if len(quant_names) != len(names):
+        raise ir.EvaluationError(f"the float model has {len(names)} output(s), the quantized model "
+                                 f"{len(quant_names)}; they cannot be compared")
+    paired = names if sorted(quant_names) == sorted(names) else None  # by name, else by position
+    sums = [_Sums(name) for name in names]
+    batches = 0
+    try:
+        for batch, feeds in enumerate(data):
+            expected = _run(reference, _inputs(reference, feeds), f"the float model, batch {batch}")
+            actual = _run(quantized, _inputs(quantized, feeds), f"the quantized model, batch {batch}", paired)
+            for output, ref, quant in zip(sums, expected, actual):
+                output.add(ref, quant)
+            batches += 1
+            if progress is not None:
+                progress.advance()
+    finally:
+        if progress is not None:
+            progress.close()
+    if batches == 0:
+        raise ValueError("no data to compare the models on")
+    return [output.metrics() for output in sums]
+
+
+def measure_latency(float_model: ModelSource, quant_model: ModelSource, feeds: Mapping[str, np.ndarray], *,
+                    threads: int = 1, warmup: int = 2, repeat: int = 50, budget_s: float = 1.0) -> LatencyPair:
+    """Median and p90 latency of both models on one feed (rule 4); at least one timed run each.
+
+    `feeds` is one batch, e.g. the first of the validation data; its axis 0 is the batch
+    the verdict names.
+    """
+    sessions = [open_session(float_model, threads=threads, label="the float"),
+                open_session(quant_model, threads=threads, label="the quantized")]
+    labels = ["the float model", "the quantized model"]
+    inputs = [_inputs(session, feeds) for session in sessions]
+    spent, times = [0.0, 0.0], [[], []]
+    for _ in range(warmup):
+        for k, session in enumerate(sessions):
+            start = time.perf_counter()
+            _run(session, inputs[k], labels[k])
+            spent[k] += time.perf_counter() - start
+        if max(spent) >= budget_s:
+            break
+    for turn in range(max(repeat, 1)):
+        for k in (0, 1) if turn % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            _run(sessions[k], inputs[k], labels[k])
+            times[k].append(time.perf_counter() - start)
+        if max(sum(t) for t in times) >= budget_s:
+            break
+    first = next(iter(feeds.values()), None)
+    batch = int(first.shape[0]) if first is not None and np.ndim(first) else 1
+    return LatencyPair(_latency(times[0]), _latency(times[1]), batch, threads)
+
+
+def latency_verdict(pair: LatencyPair) -> str:
+    """One line: which side is faster and by how much, with the medians and the setting they hold for."""
+    threads = "ORT's default threads" if pair.threads == 0 else f"{pair.threads} thread{'s' * (pair.threads != 1)}"
+    where = (f"({_ms(pair.quant_model.median_ms)} vs {_ms(pair.float_model.median_ms)} "
+             f"at batch {pair.batch}, {threads})")
+    ratio = pair.ratio
+    factor = max(ratio, 1 / ratio)
+    if round(factor, 1) <= 1.0:
+        return f"int8 runs as fast as float here {where}"
+    return f"int8 is {factor:.1f}x {'slower' if ratio > 1 else 'faster'} than float here {where}"
+
+
+def summary(metrics: Iterable[OutputMetrics]) -> str:
+    """A line per output: SQNR, cosine, max error, top-1 agreement; non-finite values first, as a warning."""
+    lines = []
+    for m in metrics:
+        parts = [f"SQNR {m.sqnr_db:.1f} dB", f"cosine {m.cosine:.5f}", f"max |error| {m.max_abs_error:.4g}"]
+        if m.top1_agreement is not None:
+            parts.append(f"top-1 agreement {100 * m.top1_agreement:.1f}%")
+        warning = f"{m.nonfinite} NaN/Inf value(s) in the quantized output; " if m.nonfinite else ""
+        lines.append(f"{m.name}: {warning}{', '.join(parts)} ({m.samples} samples)")
+    return "\n".join(lines)
+
+
+class _Sums:
+    """The running sums of one output (rules 2, 3)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.signal = self.noise = self.quant_energy = self.dot = self.max_error = 0.0
+        self.compared = self.samples = self.nonfinite = self.agreeing = 0
+        self.classifier = True
+
+    def add(self, ref: np.ndarray, quant: np.ndarray) -> None:
+        if ref.shape != quant.shape:
+            raise ir.EvaluationError(f"output {self.name!r} has shape {ref.shape} in the float model but "
+                                     f"{quant.shape} in the quantized model")
+        self.samples += ref.shape[0] if ref.ndim else 1
+        self.classifier = self.classifier and ref.ndim == 2 and ref.shape[1] >= 2 and ref.dtype.kind == "f"
+        if self.classifier:
+            self.agreeing += int(np.count_nonzero(ref.argmax(axis=1) == quant.argmax(axis=1)))
+        r = np.asarray(ref, dtype=np.float64).ravel()
+        q = np.asarray(quant, dtype=np.float64).ravel()
+        finite_q = np.isfinite(q)
+        self.nonfinite += int(q.size - np.count_nonzero(finite_q))
+        finite = finite_q & np.isfinite(r)
+        if not finite.all():
+            r, q = r[finite], q[finite]
+        error = r - q
+        self.signal += float(r @ r)
+        self.noise += float(error @ error)
+        self.quant_energy += float(q @ q)
+        self.dot += float(r @ q)
+        self.compared += error.size
+        if error.size:
+            self.max_error = max(self.max_error, float(np.abs(error).max()))
+
+    def metrics(self) -> OutputMetrics:
+        top1 = self.agreeing / self.samples if self.classifier and self.samples else None
+        return OutputMetrics(self.name, self._sqnr(), self._cosine(), self.max_error, top1, self.samples,
+                             self.nonfinite)
+
+    def _sqnr(self) -> float:
+        if not self.compared:
+            return math.nan
+        if self.noise == 0:
+            return math.inf
+        if self.signal == 0:
+            return -math.inf
+        return 10 * math.log10(self.signal / self.noise)
+
+    def _cosine(self) -> float:
+        if not self.compared:
+            return math.nan
+        if self.signal == 0 or self.quant_energy == 0:
+            return 1.0 if self.signal == self.quant_energy else 0.0
+        return self.dot / math.sqrt(self.signal * self.quant_energy)
+
+
+def _inputs(session: onnxruntime.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of `feeds` that `session` takes; a missing one is ONNX Runtime's error to report."""
+    return {arg.name: feeds[arg.name] for arg in session.get_inputs() if arg.name in feeds}
+
+
+def _run(session: onnxruntime.InferenceSession, inputs: dict[str, np.ndarray], where: str,
+         outputs: list[str] | None = None) -> list[np.ndarray]:
+    try:
+        return session.run(outputs, inputs)
+    except Exception as err:  # ORT's pybind errors share no narrower base
+        raise ir.EvaluationError(f"ONNX Runtime failed on {where}: {_first_line(err)}") from None
+
+
+def _latency(seconds: list[float]) -> Latency:
+    ms = np.array(seconds) * 1e3
+    return Latency(float(np.median(ms)), float(np.percentile(ms, 90)), len(ms))
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

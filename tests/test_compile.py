@@ -1,0 +1,136 @@
+"""The compile driver end to end: every golden case meets its figures, recipes reach the passes,
+bad input is refused cleanly, and the report's numbers match independent measurements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import run_onnx
+
+import qcompiler
+from qcompiler import ir
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "golden"
+CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "expected.json").exists())
+
+
+def compile_case(name: str, **options) -> qcompiler.CompileResult:
+    folder = GOLDEN / name
+    return qcompiler.compile(folder / "model.onnx", folder / "calib.npz", eval=folder / "inputs.npz", **options)
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict[str, qcompiler.CompileResult]:
+    return {name: compile_case(name) for name in CASES}
+
+
+def quantized_outputs(result: qcompiler.CompileResult, folder: Path) -> list[np.ndarray]:
+    with np.load(folder / "inputs.npz") as inputs:
+        return run_onnx(ir.to_onnx(result.model), dict(inputs))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden_case_meets_its_figures(compiled, name):
+    folder = GOLDEN / name
+    expected = json.loads((folder / "expected.json").read_text())
+    result = compiled[name]
+    got = quantized_outputs(result, folder)
+    with np.load(folder / "outputs.npz") as outputs:
+        reference = [outputs[k] for k in outputs.files]
+    # the report's SQNR, recomputed here from the stored float outputs with numpy
+    for metrics, want, have in zip(result.report.outputs, reference, got, strict=True):
+        sqnr = 10 * np.log10(np.sum(want.astype(np.float64) ** 2) / np.sum((want.astype(np.float64) - have) ** 2))
+        assert metrics.sqnr_db == pytest.approx(sqnr, abs=0.05)
+        assert sqnr >= expected["min_sqnr_db"], f"{name}: SQNR {sqnr:.1f} dB"
+        if expected["min_top1_agreement"] is not None:
+            agreement = np.mean(want.argmax(-1) == have.argmax(-1))
+            assert metrics.top1_agreement == pytest.approx(agreement)
+            assert agreement >= expected["min_top1_agreement"]
+    if expected["max_accuracy_drop"] is not None:
+        with np.load(folder / "labels.npz") as labels:
+            accuracy = np.mean(got[0].argmax(-1) == labels["labels"])
+        assert accuracy >= expected["float_accuracy"] - expected["max_accuracy_drop"], f"int8 accuracy {accuracy:.3f}"
+    if expected["min_integer_flop_share"] is not None:
+        assert result.report.kernels.integer_share >= expected["min_integer_flop_share"], result.report.kernels.float_nodes
+    assert result.report.qdq_nodes["QuantizeLinear"] > 0 and result.report.size_bytes["quantized"] < result.report.size_bytes["float"]
+
+
+def test_report_names_ops_without_rule_and_lists_passes(compiled):
+    report = compiled["transformer_block"].report
+    assert report.ops_without_rule.get("Erf") == 2  # GELU's Erf has no rule: it stays float, and says so
+    assert "Shape" not in report.ops_without_rule  # integer shape arithmetic is not a float op left behind
+    assert [p.name for p in report.passes] == ["canonicalize", "fuse", "insert-observers", "calibrate", "place-qdq",
+                                              "fold-weights", "cleanup"]
+    assert report.passes[3].stats["samples"] == 64
+    text = report.to_json()
+    assert json.loads(text)["pipeline"] == report.pipeline
+    assert report.validation_data == "evaluation data"
+
+
+def test_validating_on_calibration_data_is_flagged():
+    folder = GOLDEN / "mlp"
+    result = qcompiler.compile(folder / "model.onnx", folder / "calib.npz")
+    assert result.report.validation_data == "calibration data"
+    assert any("validated on the calibration data" in w for w in result.report.warnings)
+
+
+def test_recipe_reaches_the_passes(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[passes.fold-weights]\nper_channel = false\n\n[overrides]\nexclude = ["/features/features.4/Gemm"]\n')
+    model = ir.load_model(GOLDEN / "mlp/model.onnx")
+    names = [n.name for n in model.graph.nodes if n.op_type == "Gemm"]
+    assert "/features/features.4/Gemm" in names, names
+    result = compile_case("mlp", recipe=recipe)
+    weight_dqs = [n for n in result.model.graph.nodes if n.op_type == "DequantizeLinear" and n.inputs[0].is_const]
+    assert weight_dqs and all("axis" not in n.attributes for n in weight_dqs)  # per tensor, as the recipe says
+    excluded = next(n for n in result.model.graph.nodes if n.name == "/features/features.4/Gemm")
+    assert excluded.inputs[1].is_const and excluded.inputs[1].dtype == ir.DType.FLOAT  # its weight stays float
+    assert "fold-weights{per_channel=false" in result.report.pipeline
+
+
+def test_an_already_quantized_model_is_refused_or_kept(tmp_path):
+    first = compile_case("digits_cnn")
+    path = tmp_path / "int8.onnx"
+    first.save(path)
+    with pytest.raises(ir.IRError, match="already quantized .*on_quantized='keep'"):
+        qcompiler.compile(path, GOLDEN / "digits_cnn/calib.npz")
+    kept = qcompiler.compile(path, GOLDEN / "digits_cnn/calib.npz", eval=GOLDEN / "digits_cnn/inputs.npz",
+                             on_quantized="keep")
+    assert kept.report.qdq_nodes == first.report.qdq_nodes  # its pairs keep their parameters; nothing is added
+    np.testing.assert_array_equal(quantized_outputs(kept, GOLDEN / "digits_cnn")[0],
+                                  quantized_outputs(first, GOLDEN / "digits_cnn")[0])
+
+
+@pytest.mark.parametrize("opset, ir_version", [(9, 3), (13, 7)])
+def test_weights_listed_as_inputs_are_quantized_as_weights(opset, ir_version):
+    """Every weight an input with a default, as old exporters write: opset 9 is converted to 13."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = ir_version
+    data = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    result = qcompiler.compile(proto, data)
+    assert result.model.opset == 13 and [v.name for v in result.model.graph.inputs] == ["x"]
+    assert ("opset" in result.report.settings) == (opset < 13)
+    assert any(v.dtype == ir.DType.INT8 for v in result.model.graph.constants)
+    assert result.report.kernels.integer_share == 1.0
+    assert result.report.outputs[0].sqnr_db > 25
+
+
+def test_calibration_data_that_does_not_match_is_refused(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 3, 8, 8), np.float32))
+    with pytest.raises(ir.IRError, match="x"):
+        qcompiler.compile(GOLDEN / "digits_cnn/model.onnx", bad)
