@@ -11,8 +11,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tomllib
 from onnx import numpy_helper
 from helpers import run_onnx
+
+import qcompiler
+from qcompiler import ir
+from qcompiler.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -43,10 +48,20 @@ def test_quick_start_commands_run(workdir):
     for step in steps[1:]:
         result = subprocess.run(shlex.split(step), capture_output=True, text=True, cwd=workdir)
         assert result.returncode == 0, result.stderr
-    with np.load(workdir / "golden/conv_relu/inputs.npz") as inputs, np.load(workdir / "golden/conv_relu/outputs.npz") as outputs:
-        got = run_onnx(str(workdir / "conv_relu.onnx"), dict(inputs))
-        np.testing.assert_allclose(got[0], outputs["logits"], rtol=1e-5, atol=1e-6)
-    assert (workdir / "conv_relu.qir").read_text().startswith('weights "conv_relu.npz"')
+        assert "integer kernels: 100% of Conv/MatMul/Gemm MACs" in result.stdout
+    with np.load(workdir / "golden/digits_cnn/inputs.npz") as inputs, \
+            np.load(workdir / "golden/digits_cnn/labels.npz") as labels:
+        logits = run_onnx(str(workdir / "digits_int8.onnx"), dict(inputs))[0]
+        assert np.mean(logits.argmax(-1) == labels["labels"]) >= 0.96
+
+
+def test_recipe_example_compiles(workdir):
+    (recipe_text,) = blocks("toml")
+    recipe = Recipe.from_dict(tomllib.loads(recipe_text))
+    result = qcompiler.compile("golden/mlp/model.onnx", "golden/mlp/calib.npz", recipe=recipe)
+    head = next(n for n in result.model.graph.nodes if n.name == "/head/Gemm")
+    assert head.inputs[1].dtype == ir.DType.FLOAT  # excluded: its weight stays float
+    assert "insert-observers{method=percentile,percentile=99.99}" in result.report.pipeline
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
@@ -56,7 +71,8 @@ def test_python_example_runs(index, workdir):
 
 def test_python_example_writes_a_working_model(workdir):
     """Its relu6 model matches the same edit made directly on the ONNX protobuf."""
-    exec(compile(blocks("python")[0], "README.md python block 0", "exec"), {})
+    (block,) = [b for b in blocks("python") if "relu6.onnx" in b]
+    exec(compile(block, "README.md relu6 example", "exec"), {})
     proto = onnx.load(workdir / "golden/conv_relu/model.onnx")
     relu = next(n for n in proto.graph.node if n.op_type == "Relu")
     relu.op_type = "Clip"
