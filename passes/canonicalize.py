@@ -30,7 +30,10 @@
        %w (const) ─ Identity ─ %y (output)       =>    unchanged
 
 6. Dead nodes and unread constants go (dce.py).
-7. Types are refreshed by ONNX shape inference (ir.refresh_types): a static dim it
+7. A Sum of two inputs becomes an Add (the same broadcasting from opset 8; before, Sum
+   and Add both need equal shapes): older exporters write residual connections as Sum,
+   and only Add has a quantization rule and an integer kernel (QLinearAdd).
+8. Types are refreshed by ONNX shape inference (ir.refresh_types): a static dim it
    finds wins, otherwise the dim the IR had stays.
 
 All rules apply inside subgraphs too: folding there may read the enclosing graphs'
@@ -98,6 +101,7 @@ class Canonicalize(Pass):
             for graph in foldable:
                 changes += self._fold(graph, model, is_constant, ctx)
         changes += self._bypass_noops(model, is_constant)
+        changes += self._sums_to_adds(model)
         nodes, constants = eliminate_dead_code(model.graph)
         self.stats["dead_nodes"] += nodes
         self.stats["dead_constants"] += constants
@@ -160,6 +164,15 @@ class Canonicalize(Pass):
                 self.stats[_STAT.get(node.op_type, "noops")] += 1
                 removed += 1
         return removed
+
+
+    def _sums_to_adds(self, model: Model) -> int:
+        """Rule 7; returns how many Sums became Adds."""
+        sums = [n for n in model.graph.all_nodes() if n.op_type == "Sum" and not n.domain and len(n.inputs) == 2]
+        for node in sums:
+            node.op_type = "Add"
+        self.stats["sums_to_adds"] += len(sums)
+        return len(sums)
 
 
 def _graphs(graph: Graph) -> Iterator[Graph]:
