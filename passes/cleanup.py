@@ -20,6 +20,7 @@ from qcompiler.ir import Graph, Model, Node, Value
 
 from .base import Pass, register_pass
 from .dce import eliminate_dead_code
+from .rules import is_qdq
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -63,10 +64,10 @@ def _same_value(x: Value | None, y: Value | None) -> bool:
 def _remove_requantize(graph: Graph) -> int:
     removed = 0
     for node in graph.all_nodes():
-        if node.op_type != "QuantizeLinear" or node.domain:
+        if not is_qdq(node, "QuantizeLinear"):
             continue
         source = node.inputs[0].producer if node.inputs[0] is not None else None
-        if source is None or source.op_type != "DequantizeLinear" or source.domain:
+        if not is_qdq(source, "DequantizeLinear"):
             continue
         if _same_params(node, source) and node.outputs[0].dtype == source.inputs[0].dtype:
             node.outputs[0].replace_all_uses_with(source.inputs[0])
@@ -77,10 +78,10 @@ def _remove_requantize(graph: Graph) -> int:
 def _merge_duplicate_qdq(graph: Graph) -> int:
     merged = 0
     for node in graph.all_nodes():
-        if node.op_type not in _QDQ or node.domain or node.inputs[0] is None or not node.outputs[0].uses():
+        if not any(is_qdq(node, op) for op in _QDQ) or node.inputs[0] is None or not node.outputs[0].uses():
             continue  # not a Q/DQ, or already merged into a twin
         for twin in node.inputs[0].consumers():
-            if twin is node or twin.op_type != node.op_type or twin.domain or twin.inputs[0] is not node.inputs[0]:
+            if twin is node or twin.op_type != node.op_type or twin.domain != node.domain or twin.inputs[0] is not node.inputs[0]:
                 continue
             if twin.graph is node.graph and _same_params(node, twin) and twin.outputs[0].uses():
                 twin.outputs[0].replace_all_uses_with(node.outputs[0])

@@ -48,7 +48,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from qcompiler.ir.quant import dtype_range, quantize
 
 from .base import Pass, PassError, register_pass
-from .rules import Bias, plans
+from .rules import Bias, is_qdq, plans
 
 _PER_CHANNEL_OPSET = 13
 _WEIGHT_DTYPES = {"int8": DType.INT8}
@@ -135,7 +135,7 @@ def _weight_params(data: np.ndarray, axis: int | None, dtype: DType, symmetric: 
 def _dq_scale(value: Value | None) -> np.ndarray | None:
     """The scale of the DequantizeLinear making `value`, when it is a constant."""
     producer = value.producer if value is not None else None
-    if producer is None or producer.op_type != "DequantizeLinear" or producer.domain:
+    if not is_qdq(producer, "DequantizeLinear"):
         return None
     scale = producer.inputs[1]
     return scale.const.astype(np.float32) if scale.is_const and isinstance(scale.const, np.ndarray) else None

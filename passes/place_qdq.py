@@ -7,7 +7,13 @@
    observed range is an error naming both values: run calibrate first.
 2. The target decides the dtype and where pairs go:
    - `ort-cpu`: every listed value; `activations=uint8` is asymmetric uint8 (ONNX
-     Runtime's default and its fastest u8 x s8 kernels), `int8` is symmetric int8.
+     Runtime's default and its fastest u8 x s8 kernels), `int8` is symmetric int8,
+     `int16` symmetric int16 (zero point 0, codes -32767..32767: ONNX Runtime's QInt16),
+     `uint16` asymmetric uint16. ONNX Runtime has no 16-bit integer kernels on CPU: ops
+     reading 16-bit DQs run in float, trading speed for up to 48 dB less activation
+     noise. Weights then bound the accuracy: int8 weights (fold-weights, or ONNX
+     Runtime's WeightBiasQuantization, which quantizes float Conv/Gemm weights read
+     between DQ and Q per tensor) leave ~40 dB, and reduce_range only costs there.
    - `tensorrt`: symmetric int8 only, and only on activation inputs of compute ops
      (Conv, ConvTranspose, Gemm, MatMul); outputs stay float, as TensorRT's explicit
      quantization expects. `activations=uint8` is refused.
@@ -26,7 +32,20 @@
    QuantizeLinear) are left alone, so the pass can run again and pre-quantized parts of
    a model keep their pairs. Values inside fusion groups are never listed (rules.py).
 7. QuantizeLinear exists from opset 10; a lower opset is refused with a PassError asking
-   to convert the model first (fold-weights needs 13 for per-channel weights).
+   to convert the model first (fold-weights needs 13 for per-channel weights). 16-bit
+   pairs are ai.onnx ops from opset 21; below it they are ONNX Runtime's contrib
+   com.microsoft QuantizeLinear/DequantizeLinear (same inputs and semantics, 16-bit
+   types accepted), and the model gains a com.microsoft opset import when it has none.
+   Pairs of either domain count as QDQ form for rule 6.
+8. Per node: `node.meta["activations"] = "int16"` (any dtype the target accepts) sets
+   the dtype of the values the node reads or produces as activations: its plan's
+   `activations` inputs and its `outputs` and `output_follows` outputs (rules.py); in a
+   fusion group a mark on any member counts for the whole group, whose plans list only
+   its boundary values. Values following one leader share one set of parameters, so a
+   mark reaches all of them (a MaxPool output and the Relu output it follows). When
+   marks disagree on a value (read by an int16 node and an int8 node) the wider dtype
+   wins, and at equal width the signed one (symmetric, so it serves both). Values no
+   mark reaches take the pass option. A mark the target does not accept is refused.
 
     %r = Relu(%c) range=[0, 5.8]               %r = Relu(%c)
     %p = MaxPool(%r)                    =>     %r_q: u8 q<u8, scale=0.0227, zp=0> = QuantizeLinear(%r, %r_scale, %r_zp)
@@ -39,16 +58,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, TensorType, Value
 
 from .base import Pass, PassError, register_pass
-from .rules import QuantPlan, plans, quantized_values
+from .rules import QuantPlan, is_qdq, plans, quantized_values
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _MIN_OPSET = 10
+_16BIT_OPSET = 21  # ai.onnx QuantizeLinear/DequantizeLinear take int16/uint16 from here
+_CONTRIB_DOMAIN = "com.microsoft"
+_MARK = "activations"  # node.meta key of rule 8
 
 
 @dataclass(frozen=True)
@@ -62,11 +85,15 @@ class _Target:
 
 
 _TARGETS = {
-    "ort-cpu": _Target("uint8", frozenset({"uint8", "int8"}), compute_inputs_only=False),
+    "ort-cpu": _Target("uint8", frozenset({"uint8", "int8", "uint16", "int16"}), compute_inputs_only=False),
     "tensorrt": _Target("int8", frozenset({"int8"}), compute_inputs_only=True),
 }
-# activation dtype -> (DType, symmetric)
-_ACTIVATION_DTYPES = {"uint8": (DType.UINT8, False), "int8": (DType.INT8, True)}
+# activation dtype -> (DType, symmetric), narrowest first: rule 8 keeps the later of two
+_ACTIVATION_DTYPES = {
+    "uint8": (DType.UINT8, False), "int8": (DType.INT8, True),
+    "uint16": (DType.UINT16, False), "int16": (DType.INT16, True),
+}
+_WIDTH = {name: rank for rank, name in enumerate(_ACTIVATION_DTYPES)}
 
 
 @register_pass
@@ -77,43 +104,87 @@ class PlaceQdq(Pass):
 
     @dataclass
     class Options:
-        """target: ort-cpu or tensorrt (rule 2); activations: uint8 (asymmetric), int8
-        (symmetric), or auto: the target's default."""
+        """target: ort-cpu or tensorrt (rule 2); activations: uint8, uint16 (asymmetric),
+        int8, int16 (symmetric), or auto: the target's default. Nodes may override (rule 8)."""
 
         target: Literal["ort-cpu", "tensorrt"] = "ort-cpu"
-        activations: Literal["auto", "uint8", "int8"] = "auto"
+        activations: Literal["auto", "uint8", "int8", "uint16", "int16"] = "auto"
 
     def requires(self, model: Model, ctx) -> None:
         target = _TARGETS[self.options.target]
+        accepted = " or ".join(sorted(target.accepts))
         if self.options.activations not in target.accepts | {"auto"}:
             raise PassError(f"place-qdq{{target={self.options.target}}} takes "
-                            f"activations={' or '.join(sorted(target.accepts))}, not {self.options.activations}")
+                            f"activations={accepted}, not {self.options.activations}")
+        for node in model.graph.nodes:
+            mark = node.meta.get(_MARK)
+            if mark is not None and mark not in target.accepts:
+                raise PassError(f"node {node.name or node.outputs[0].name!r} asks for {_MARK}={mark!r}; "
+                                f"place-qdq{{target={self.options.target}}} takes {accepted}")
         if model.opset < _MIN_OPSET:
             raise PassError(f"place-qdq needs opset >= {_MIN_OPSET} for QuantizeLinear; the model has "
                             f"{model.opset}: convert it first (onnx.version_converter.convert_version)")
 
     def run(self, model: Model, ctx) -> bool:
         target = _TARGETS[self.options.target]
-        choice = target.default if self.options.activations == "auto" else self.options.activations
-        dtype, symmetric = _ACTIVATION_DTYPES[choice]
+        default = target.default if self.options.activations == "auto" else self.options.activations
         node_plans = plans(model)
-        values = _selected(quantized_values(model, node_plans), node_plans, target)
+        leaders = quantized_values(model, node_plans)
+        marked = _marked_dtypes(leaders, node_plans)
+        values = _selected(leaders, node_plans, target)
         graph = model.graph
         names = NameAllocator(graph)
         by_leader: dict[Value, tuple[QuantParams, Value, Value]] = {}
         placed: dict[Value, Node] = {}  # value -> the DQ its readers now read
         for value, leader in values.items():
             if leader not in by_leader:
-                params = _params(value, leader, dtype, symmetric)
+                params = _params(value, leader, *_ACTIVATION_DTYPES[marked.get(leader, default)])
                 scale, zero_point = _constants(graph, names, leader.name, params)
                 by_leader[leader] = (params, scale, zero_point)
             params, scale, zero_point = by_leader[leader]
             value.quant = params
-            placed[value] = _place(graph, names, value, params, scale, zero_point)
+            domain = _qdq_domain(model.opset, params.dtype)
+            if domain:
+                model.opset_imports.setdefault(domain, 1)
+            placed[value] = _place(graph, names, value, params, scale, zero_point, domain)
             self.stats["qdq_pairs"] += 1
         if not target.compute_inputs_only:
             self.stats["requantized"] += _requantize_concat_inputs(graph, names, node_plans, placed)
         return bool(values)
+
+
+def _marked_dtypes(leaders: dict[Value, Value], node_plans: dict[Node, QuantPlan]) -> dict[Value, str]:
+    """Rule 8: leader -> the widest dtype marked on a node reading or producing one of its followers."""
+    group_marks: dict[str, str] = {}
+    for node in node_plans:
+        label, mark = node.meta.get("group"), node.meta.get(_MARK)
+        if label is not None and mark is not None:
+            group_marks[label] = _wider(group_marks.get(label), mark)
+    chosen: dict[Value, str] = {}
+    for node, plan in node_plans.items():
+        label = node.meta.get("group")
+        mark = group_marks.get(label) if label is not None else node.meta.get(_MARK)
+        if mark is None:
+            continue
+        for value in _activation_values(node, plan):
+            leader = leaders[value]
+            chosen[leader] = _wider(chosen.get(leader), mark)
+    return chosen
+
+
+def _wider(current: str | None, mark: str) -> str:
+    return mark if current is None or _WIDTH[mark] > _WIDTH[current] else current
+
+
+def _activation_values(node: Node, plan: QuantPlan) -> Iterator[Value]:
+    """The values `node` reads or produces as activations (rule 8)."""
+    yield from (node.inputs[i] for i in plan.activations)
+    yield from (node.outputs[i] for i in (*plan.outputs, *(o for o, _ in plan.output_follows)))
+
+
+def _qdq_domain(opset: int, dtype: DType) -> str:
+    """The domain of a pair of `dtype` (rule 7)."""
+    return "" if dtype.bitwidth <= 8 or opset >= _16BIT_OPSET else _CONTRIB_DOMAIN
 
 
 def _selected(values: dict[Value, Value], node_plans: dict[Node, QuantPlan], target: _Target) -> dict[Value, Value]:
@@ -126,10 +197,10 @@ def _selected(values: dict[Value, Value], node_plans: dict[Node, QuantPlan], tar
 
 
 def _in_qdq_form(value: Value) -> bool:
-    if value.producer is not None and value.producer.op_type == "DequantizeLinear" and not value.producer.domain:
+    if is_qdq(value.producer, "DequantizeLinear"):
         return True
     readers = value.consumers()
-    return bool(readers) and all(n.op_type == "QuantizeLinear" and not n.domain for n in readers)
+    return bool(readers) and all(is_qdq(n, "QuantizeLinear") for n in readers)
 
 
 def _params(value: Value, leader: Value, dtype: DType, symmetric: bool) -> QuantParams:
@@ -146,16 +217,16 @@ def _constants(graph: Graph, names: NameAllocator, hint: str, params: QuantParam
 
 
 def _pair(names: NameAllocator, source: Value, params: QuantParams, scale: Value, zero_point: Value,
-          hint: str, dq_name: str) -> tuple[Node, Node]:
+          hint: str, dq_name: str, domain: str) -> tuple[Node, Node]:
     """Q(source) -> DQ, not yet in a graph; the Q output (`<hint>_q`) carries the parameters."""
     q_out = Value(names.fresh(f"{hint}_q"), TensorType(params.dtype, source.shape), quant=params)
-    quantize = Node("QuantizeLinear", [source, scale, zero_point], [q_out])
+    quantize = Node("QuantizeLinear", [source, scale, zero_point], [q_out], domain=domain)
     dq_out = Value(dq_name, source.type)
-    return quantize, Node("DequantizeLinear", [q_out, scale, zero_point], [dq_out])
+    return quantize, Node("DequantizeLinear", [q_out, scale, zero_point], [dq_out], domain=domain)
 
 
 def _place(graph: Graph, names: NameAllocator, value: Value, params: QuantParams, scale: Value,
-           zero_point: Value) -> Node:
+           zero_point: Value, domain: str) -> Node:
     """Insert Q/DQ after `value`'s definition and point its readers at the DQ (rules 3, 4)."""
     hint, uses = value.name, value.uses()  # before the Q becomes a reader too
     takes_output = value.producer is not None and value.is_graph_output()
@@ -163,7 +234,7 @@ def _place(graph: Graph, names: NameAllocator, value: Value, params: QuantParams
         dq_name, value.name = value.name, names.fresh(f"{value.name}_float")
     else:
         dq_name = names.fresh(f"{value.name}_dq")
-    quantize, dequantize = _pair(names, value, params, scale, zero_point, hint, dq_name)
+    quantize, dequantize = _pair(names, value, params, scale, zero_point, hint, dq_name, domain)
     dq_out = dequantize.outputs[0]
     for use in uses:
         if isinstance(use.user, Node):
@@ -189,7 +260,7 @@ def _requantize_concat_inputs(graph: Graph, names: NameAllocator, node_plans: di
             if source is None or _read_at(source) == params:
                 continue
             quantize, dequantize = _pair(names, source, params, scale, zero_point, f"{source.name}_rq",
-                                         names.fresh(f"{source.name}_rq_dq"))
+                                         names.fresh(f"{source.name}_rq_dq"), output_dq.domain)
             graph.insert_before(node, quantize)
             graph.insert_before(node, dequantize)
             node.set_input(index, dequantize.outputs[0])
@@ -200,6 +271,4 @@ def _requantize_concat_inputs(graph: Graph, names: NameAllocator, node_plans: di
 def _read_at(value: Value) -> QuantParams | None:
     """The parameters a DQ output was quantized with (its Q output's), else None."""
     producer = value.producer
-    if producer is None or producer.op_type != "DequantizeLinear" or producer.domain:
-        return None
-    return producer.inputs[0].quant
+    return producer.inputs[0].quant if is_qdq(producer, "DequantizeLinear") else None

@@ -119,6 +119,14 @@ def _qualified(key: tuple[str, str]) -> str:
 # -- reading the graph -------------------------------------------------------------------
 
 
+QDQ_DOMAINS = frozenset({"", "com.microsoft"})  # com.microsoft's pairs take 16-bit types below opset 21
+
+
+def is_qdq(node: Node | None, op_type: str) -> bool:
+    """`node` is a QuantizeLinear or DequantizeLinear (`op_type`) of a domain Q/DQ pairs use."""
+    return node is not None and node.op_type == op_type and node.domain in QDQ_DOMAINS
+
+
 def is_constant(value: Value | None) -> bool:
     """Data fixed at compile time: an initializer (not an input default) or a Constant's output."""
     if value is None:

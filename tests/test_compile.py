@@ -134,3 +134,14 @@ def test_calibration_data_that_does_not_match_is_refused(tmp_path):
     np.savez(bad, x=np.zeros((4, 3, 8, 8), np.float32))
     with pytest.raises(ir.IRError, match="x"):
         qcompiler.compile(GOLDEN / "digits_cnn/model.onnx", bad)
+
+
+def test_int16_activations_below_opset_21_use_contrib_pairs(compiled):
+    """Opset 17 has no 16-bit QuantizeLinear: com.microsoft's pairs carry them, biases still fold to int32."""
+    result = compile_case("digits_cnn", recipe={"passes": {"place-qdq": {"activations": "int16"}}})
+    pairs = [n for n in result.model.graph.nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    activation_pairs = [n for n in pairs if n.op_type == "QuantizeLinear"]
+    assert activation_pairs and all(n.domain == "com.microsoft" for n in activation_pairs)
+    fold = next(p for p in result.report.passes if p.name == "fold-weights")
+    assert fold.stats["biases_folded"] == 3 and "biases_float" not in fold.stats
+    assert result.report.outputs[0].sqnr_db > compiled["digits_cnn"].report.outputs[0].sqnr_db
