@@ -3,8 +3,8 @@
 Each case is a folder: model.onnx, inputs.npz (held-out inputs) and outputs.npz
 (ONNX Runtime's float outputs on them). The cases built in golden_models.py add
 calib.npz (calibration inputs, apart from the held-out ones) and expected.json (the
-figures a compiled model must reach, golden_models.EXPECTED), and a labelled case
-labels.npz. By default this only compares what it would write with what is there and
+figures a compiled model must reach, golden_models.EXPECTED), a labelled case
+labels.npz, and the two smallest compiled.qir: the IR `qc compile` makes of them. By default this only compares what it would write with what is there and
 prints the differences; `--write` replaces the files that differ.
 
 A trained case (digits_cnn) is read back from its folder: its model and data are the
@@ -19,9 +19,11 @@ it again (that needs scikit-learn).
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +33,9 @@ import onnxruntime as ort
 from golden_models import EXPECTED, MEASURED_WITH, Case, mlp_case, mobilenet_like, resnet_like, stored_digits, \
     train_digits, transformer_block, unet_like
 from onnx import TensorProto, helper, numpy_helper
+
+import qcompiler
+from qcompiler import ir
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -85,6 +90,8 @@ CASES: dict[str, Callable[[], Case]] = {
     "digits_cnn": digits_cnn,
 }
 TRAINED: dict[str, Callable[[], Case]] = {"digits_cnn": train_digits}
+COMPILED_DUMPS = ("mlp", "digits_cnn")  # the two smallest: their compiled IR is reviewed line by line
+DUMP_RECIPE = {"passes": {"fold-weights": {"reduce_range": True}}}
 
 
 def case_files(name: str, retrain: bool = False) -> dict[str, bytes]:
@@ -100,7 +107,19 @@ def case_files(name: str, retrain: bool = False) -> dict[str, bytes]:
         files["labels.npz"] = _npz({"labels": case.labels})
     if name in EXPECTED:
         files["expected.json"] = _expected_json(name, outputs, case.labels)
+    if name in COMPILED_DUMPS:
+        files["compiled.qir"] = _compiled_dump(files["model.onnx"], files["calib.npz"])
     return files
+
+
+def _compiled_dump(model: bytes, calib: bytes) -> bytes:
+    """The IR `qc compile` makes of the case, large constants summarized. reduce_range is
+    pinned so the dump does not depend on the CPU it was made on."""
+    with tempfile.TemporaryDirectory() as scratch:
+        calib_path = Path(scratch) / "calib.npz"
+        calib_path.write_bytes(calib)
+        result = qcompiler.compile(model, calib_path, recipe=DUMP_RECIPE)
+    return ir.print_model(result.model).encode()
 
 
 def _expected_json(name: str, outputs: dict[str, np.ndarray], labels: np.ndarray | None) -> bytes:
@@ -129,7 +148,13 @@ def _differences(path: Path, content: bytes) -> list[str]:
     if path.suffix == ".npz":
         tolerance = {"rtol": 1e-5, "atol": 1e-6} if path.name == "outputs.npz" else {"rtol": 0, "atol": 0}
         return _array_differences(path, content, **tolerance)
-    return [] if path.read_bytes() == content else ["differs"]
+    old = path.read_bytes()
+    if old == content:
+        return []
+    if path.suffix == ".qir":
+        diff = difflib.unified_diff(old.decode().splitlines(), content.decode().splitlines(), lineterm="", n=0)
+        return ["differs:\n" + "\n".join(list(diff)[2:22])]
+    return ["differs"]
 
 
 def _array_differences(path: Path, content: bytes, rtol: float, atol: float) -> list[str]:
