@@ -1,0 +1,454 @@
+"""Side by side: qcompiler's compile against ONNX Runtime's quantizer and NNCF, on the same models and data.
+
+For people, not CI. The models are ResNet-50, MobileNetV2 and BERT-base built from code
+(tools/bench_models.py; --quick shrinks them) and the trained digits CNN of
+golden/digits_cnn (skipped with a note while that folder has no model). Every tool gets
+the same float model, the same calibration samples (batch 1, one per row of the .npz)
+and is judged on the same held-out evaluation samples:
+
+    qcompiler  qcompiler.compile(model, calib, eval=..., target="ort-cpu"), its defaults
+    ort        onnxruntime.quantization: quant_pre_process, then quantize_static with
+               QDQ format, per_channel=True, MinMax calibration, its other defaults
+    ort-rr     the same with reduce_range=True, which ONNX Runtime advises on CPUs
+               without VNNI (the u8 x s8 kernels saturate there)
+    nncf       nncf.quantize (its defaults; model_type=TRANSFORMER for BERT, as its
+               documentation asks for transformers), subset_size = the calibration count
+
+1. Each tool runs in its own fresh interpreter, which writes its quantized model and
+   prints its figures as one JSON line. `compile s` is measured inside it around the
+   quantize call(s), reading the model included: qcompiler's is report.compile_seconds
+   (it reads the .npz itself; the validation after it is excluded), ORT's is
+   quant_pre_process plus quantize_static, NNCF's onnx.load plus nncf.quantize, both fed
+   calibration rows already in memory. `peak RSS` is that process's VmHWM, everything
+   included: qcompiler's also covers the validation its compile runs, so its peak when
+   validation starts (read through compile's `log` messages) is noted under the table.
+   Not ru_maxrss: Linux carries the forking parent's peak across exec into it, so every
+   child would start at this benchmark's own size. `idle MB` is the same process's
+   VmHWM right after importing numpy, onnx, onnxruntime and the tool's package, before
+   touching the model: the share of the peak that is only the libraries (NNCF imports
+   torch; symbolic shape inference, which qcompiler and quant_pre_process both run,
+   imports onnxruntime.tools, which imports torch when it is installed).
+2. SQNR per output, over all evaluation samples, is computed here with numpy from ONNX
+   Runtime runs of the float and each quantized model: 10 log10(sum ref^2 / sum
+   (ref - q)^2). It does not reuse qcompiler.validate, so the tool under test does not
+   grade itself; qcompiler's own figure is kept in the JSON, and a disagreement over
+   0.05 dB is printed. The table shows each model's worst output.
+3. Latency: one fresh process runs the float and every quantized model in ONNX Runtime
+   (default graph optimizations, batch 1 = the first evaluation sample) with
+   intra_op_num_threads 1, then 2. Models take turns (round-robin, the starting model
+   rotating each round); a turn is enough back-to-back runs to fill BLOCK_S seconds,
+   each run timed. The figure is each model's median run divided by the float model's.
+   Other work on the machine skews it, 2 threads most (a run waits for its slowest
+   thread): the 1-minute load average is printed before and after.
+4. Integer share: the share of Conv/Gemm/MatMul multiply-accumulates ONNX Runtime runs
+   in integer kernels, read from its optimized graph by qcompiler.kernels, the same way
+   for every tool's model.
+5. Models and data are cached in --work-dir (default: a temporary folder removed at the
+   end), so repeated runs skip the export; quantized models are rewritten every run.
+
+    python tools/bench.py [--quick] [--models resnet50 bert ...] [--tools qcompiler ort ...]
+                          [--samples 32] [--eval-samples 16] [--repeat 7] [--work-dir DIR] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from bench_calibration import _peak_rss_mb
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "golden" / "digits_cnn"
+MODELS = ("resnet50", "mobilenetv2", "bert", "digits")
+TOOLS = ("qcompiler", "ort", "ort-rr", "nncf")
+THREADS = (1, 2)
+BLOCK_S = 0.25
+SQNR_CHECK_DB = 0.05
+COLUMNS = ("tool", "compile s", "peak RSS MB", "idle MB", "SQNR dB", "latency 1T", "latency 2T", "int share")
+
+
+# -- the quantizers, each in its own process -------------------------------------------------
+
+
+def _rows(npz: Path) -> list[dict[str, np.ndarray]]:
+    """One feed per sample: row i of every array, keeping a batch axis of 1."""
+    with np.load(npz) as data:
+        return [{k: data[k][i:i + 1] for k in data.files} for i in range(len(data[data.files[0]]))]
+
+
+def _run_qcompiler(model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> dict:
+    import qcompiler
+
+    compile_model = qcompiler.compile  # loads the driver, so the idle figure covers it
+    idle = _peak_rss_mb()
+    peaks: dict[str, float] = {}  # VmHWM at each progress message: "validating ..." is where compiling ends
+    start = time.perf_counter()
+    result = compile_model(str(model), str(calib), eval=str(evaluate), target="ort-cpu",
+                           log=lambda message: peaks.setdefault(message.split()[0], _peak_rss_mb()))
+    call = time.perf_counter() - start
+    result.save(out)
+    report = result.report
+    return {"compile_s": report.compile_seconds, "idle_mb": idle, "call_s": call,
+            "peak_before_validation_mb": peaks.get("validating"), "pipeline": report.pipeline,
+            "settings": report.settings, "report_sqnr_db": {m.name: m.sqnr_db for m in report.outputs},
+            "report_integer_share": report.kernels.integer_share if report.kernels else None,
+            "pass_seconds": [[record.name, record.seconds] for record in report.passes],
+            "warnings": report.warnings}
+
+
+def _run_ort(reduce_range: bool):
+    def run(model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> dict:
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                              quant_pre_process, quantize_static)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.rows = iter(_rows(calib))
+
+            def get_next(self) -> dict | None:
+                return next(self.rows, None)
+
+        idle = _peak_rss_mb()
+        pre = out.with_name(f"{out.stem}.pre.onnx")
+        reader = Reader()
+        start = time.perf_counter()
+        quant_pre_process(str(model), str(pre))
+        middle = time.perf_counter()
+        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
+        end = time.perf_counter()
+        pre.unlink()
+        return {"compile_s": end - start, "idle_mb": idle, "preprocess_s": middle - start,
+                "quantize_s": end - middle}
+
+    return run
+
+
+def _run_nncf(model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> dict:
+    import nncf
+    import onnx
+
+    idle = _peak_rss_mb()
+    rows = _rows(calib)
+    start = time.perf_counter()
+    proto = onnx.load(str(model))
+    quantized = nncf.quantize(proto, nncf.Dataset(rows), subset_size=len(rows),
+                              model_type=nncf.ModelType.TRANSFORMER if transformer else None)
+    seconds = time.perf_counter() - start
+    onnx.save_model(quantized, str(out))
+    return {"compile_s": seconds, "idle_mb": idle}
+
+
+RUNNERS = {"qcompiler": _run_qcompiler, "ort": _run_ort(False), "ort-rr": _run_ort(True), "nncf": _run_nncf}
+
+
+def child(tool: str, model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> None:
+    """Quantize in this process and print one JSON line; numpy, onnx and onnxruntime load first (rule 1)."""
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+    figures = RUNNERS[tool](model, calib, evaluate, out, transformer)
+    print(json.dumps({**figures, "peak_mb": _peak_rss_mb()}))
+
+
+def quantize(tool: str, model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> dict:
+    """Run one tool in a fresh interpreter: its figures, or {"error": ...}."""
+    if tool == "nncf" and not _importable("nncf"):
+        return {"error": "nncf: not installed"}
+    command = [sys.executable, __file__, "--child", tool, "--model", str(model), "--calib", str(calib),
+               "--eval", str(evaluate), "--out", str(out)] + (["--transformer"] if transformer else [])
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return {**json.loads(done.stdout.strip().splitlines()[-1]), "model": str(out)}
+    last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return {"error": f"failed: {last[:100]}"}
+
+
+def say(message: str) -> None:
+    """Progress goes to stderr, so stdout holds only the tables."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _importable(module: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
+
+
+# -- latency, in its own process -------------------------------------------------------------
+
+
+def _session(path: str, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def latency_child(paths: list[str], feeds: Path, rounds: int) -> None:
+    """Median milliseconds per model and thread count (rule 3), printed as one JSON line."""
+    feed = _rows(feeds)[0]
+    medians: dict[str, list[float]] = {}
+    for threads in THREADS:
+        sessions = [_session(path, threads) for path in paths]
+        turns = []
+        for session in sessions:
+            start = time.perf_counter()
+            for _ in range(2):
+                session.run(None, feed)
+            turns.append(max(1, math.ceil(BLOCK_S / ((time.perf_counter() - start) / 2))))
+        times: list[list[float]] = [[] for _ in paths]
+        for round_ in range(rounds):
+            for i in range(len(paths)):
+                k = (round_ + i) % len(paths)
+                for _ in range(turns[k]):
+                    start = time.perf_counter()
+                    sessions[k].run(None, feed)
+                    times[k].append(time.perf_counter() - start)
+        medians[str(threads)] = [1e3 * statistics.median(t) for t in times]
+        del sessions
+    print(json.dumps(medians))
+
+
+def measure_latency(paths: list[str], feeds: Path, rounds: int) -> dict[int, list[float]] | str:
+    """{threads: [median ms per path]}, or the error line when the latency process fails."""
+    command = [sys.executable, __file__, "--latency-child", *paths, "--eval", str(feeds), "--repeat", str(rounds)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1][:100]
+    return {int(k): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+# -- accuracy and integer share, here --------------------------------------------------------
+
+
+def outputs(path: str, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every output of the model over all feeds, joined on axis 0 (ONNX Runtime, default options)."""
+    session = _session(path, 0)
+    names = [o.name for o in session.get_outputs()]
+    runs = [session.run(None, feed) for feed in feeds]
+    return {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(names)}
+
+
+def sqnr_db(reference: np.ndarray, quantized: np.ndarray) -> float:
+    """10 log10(sum ref^2 / sum (ref - q)^2) in float64; inf when identical (rule 2)."""
+    ref = reference.astype(np.float64)
+    noise = float(np.sum((ref - quantized.astype(np.float64)) ** 2))
+    return math.inf if noise == 0 else 10 * math.log10(float(np.sum(ref**2)) / noise)
+
+
+def integer_share(path: str) -> float | None:
+    """Share of Conv/Gemm/MatMul MACs in integer kernels (rule 4); None when the report cannot be made."""
+    from qcompiler import ir
+    from qcompiler.kernels import kernel_report
+
+    try:
+        return kernel_report(ir.load_model(path)).integer_share
+    except Exception:  # a model our IR cannot read: the column says "?"
+        return None
+
+
+# -- one model ------------------------------------------------------------------------------
+
+
+def prepare_case(name: str, size, work: Path, samples: int, evaluate: int):
+    """The model and data files (bench_models.Case), or None for a golden case that is not there yet."""
+    import bench_models
+
+    if name == "digits":
+        return bench_models.stored_case(DIGITS, work, samples, evaluate) if (DIGITS / "model.onnx").exists() else None
+    return bench_models.prepare(name, size, work, samples, evaluate)
+
+
+def bench_model(case, tools: list[str], rounds: int) -> dict:
+    """Every tool on one case: figures per tool, float latency, and per-output SQNR."""
+    home = case.calib.parent
+    transformer = case.name == "bert"
+    results: dict[str, dict] = {}
+    for tool in tools:
+        say(f"{case.name}: {tool} ...")
+        results[tool] = quantize(tool, case.model, case.calib, case.eval, home / f"{tool}.onnx", transformer)
+    done = [tool for tool in tools if "error" not in results[tool]]
+    say(f"{case.name}: accuracy and integer share ...")
+    feeds = _rows(case.eval)
+    reference = outputs(str(case.model), feeds)
+    for tool in done:
+        got = outputs(results[tool]["model"], feeds)
+        results[tool]["sqnr_db"] = {k: sqnr_db(reference[k], got[k]) for k in reference}
+        results[tool]["integer_share"] = integer_share(results[tool]["model"])
+    say(f"{case.name}: latency ...")
+    load = os.getloadavg()[0]
+    timed = measure_latency([str(case.model), *(results[t]["model"] for t in done)], case.eval, rounds)
+    float_ms: dict[int, float] = {}
+    if isinstance(timed, str):
+        for tool in done:
+            results[tool]["latency_error"] = timed
+    else:
+        float_ms = {threads: ms[0] for threads, ms in timed.items()}
+        for i, tool in enumerate(done, start=1):
+            results[tool]["latency_ms"] = {threads: ms[i] for threads, ms in timed.items()}
+            results[tool]["latency_ratio"] = {threads: ms[i] / ms[0] for threads, ms in timed.items()}
+    return {"model": str(case.model), "float_ms": float_ms, "load_average": [load, os.getloadavg()[0]],
+            "tools": results}
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def worst_sqnr(result: dict) -> float:
+    return min(result["sqnr_db"].values())
+
+
+def table_rows(bench: dict) -> Iterator[list[str]]:
+    """The cells of each tool's row (COLUMNS), the float model first."""
+    float_ms = bench["float_ms"]
+    yield ["float", "-", "-", "-", "-", *(f"1.00 ({float_ms[t]:.3g} ms)" if t in float_ms else "-"
+                                         for t in THREADS), "0%"]
+    for tool, r in bench["tools"].items():
+        if "error" in r:
+            yield [tool, r["error"]]
+            continue
+        ratios = r.get("latency_ratio", {})
+        share = r.get("integer_share")
+        yield [tool, f"{r['compile_s']:.2f}", f"{r['peak_mb']:.0f}", f"{r['idle_mb']:.0f}", f"{worst_sqnr(r):.2f}",
+               *(f"{ratios[t]:.2f}" if t in ratios else "?" for t in THREADS),
+               "?" if share is None else f"{100 * share:.1f}%"]
+
+
+def print_table(title: str, bench: dict) -> None:
+    rows = list(table_rows(bench))
+    full = [row for row in rows if len(row) == len(COLUMNS)]
+    widths = [max(len(COLUMNS[i]), *(len(row[i]) for row in full)) for i in range(len(COLUMNS))]
+    widths[0] = max(widths[0], *(len(row[0]) for row in rows))
+    print(f"\n== {title} ==")
+    print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(COLUMNS, widths))))
+    for row in rows:
+        if len(row) == 2:  # a tool that did not run: its reason spans the rest
+            print(f"{row[0].ljust(widths[0])}  {row[1]}")
+            continue
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    before, after = bench["load_average"]
+    print(f"  1-minute load average {before:.2f} before the latency runs, {after:.2f} after")
+    for line in notes(bench):
+        print(f"  {line}")
+
+
+def notes(bench: dict) -> Iterator[str]:
+    """What the table does not show: ORT's split, qcompiler's own SQNR when it disagrees, latency failures."""
+    for tool, r in bench["tools"].items():
+        if "preprocess_s" in r:
+            yield f"{tool}: quant_pre_process {r['preprocess_s']:.2f} s + quantize_static {r['quantize_s']:.2f} s"
+        if "call_s" in r:
+            yield f"{tool}: compile() call {r['call_s']:.2f} s with its validation"
+        if r.get("peak_before_validation_mb"):
+            yield f"{tool}: peak RSS {r['peak_before_validation_mb']:.0f} MB when validation starts"
+        for name, own in r.get("report_sqnr_db", {}).items():
+            ours = r["sqnr_db"].get(name)
+            if ours is not None and abs(own - ours) > SQNR_CHECK_DB:
+                yield f"{tool}: its report says {own:.2f} dB on {name}, this bench measures {ours:.2f} dB"
+        if "latency_error" in r:
+            yield f"{tool}: latency not measured: {r['latency_error']}"
+
+
+def targets(name: str, bench: dict) -> dict[str, tuple[bool, float, float]]:
+    """The goals qcompiler is held to against ORT's quantize_static (and, on ResNet-50, the float model).
+
+    Each is (met, qcompiler's figure, the figure it is held to); no noise margin: a tie
+    within noise can go either way, which the figures show.
+    """
+    ours, ort = bench["tools"].get("qcompiler", {}), bench["tools"].get("ort", {})
+    checks: dict[str, tuple[bool, float, float]] = {}
+    if name == "resnet50" and "latency_ratio" in ours:
+        checks["qcompiler >= 2x faster than float (1T ratio)"] = (ours["latency_ratio"][1] <= 0.5,
+                                                                  ours["latency_ratio"][1], 0.5)
+    if "error" in ours or "error" in ort or not ours or not ort:
+        return checks
+    pairs = {"SQNR >= ort's (dB)": (worst_sqnr(ours), worst_sqnr(ort), 1),
+             "compile time <= ort's (s)": (ours["compile_s"], ort["compile_s"], -1)}
+    if "latency_ratio" in ours and "latency_ratio" in ort:
+        pairs.update({f"latency <= ort's ({t}T ratio)": (ours["latency_ratio"][t], ort["latency_ratio"][t], -1)
+                      for t in THREADS})
+    for goal, (mine, theirs, sign) in pairs.items():
+        checks[goal] = (sign * mine >= sign * theirs, mine, theirs)
+    return checks
+
+
+# -- the driver -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--samples", type=int, default=32, help="calibration samples")
+    parser.add_argument("--eval-samples", type=int, default=16, help="evaluation samples, drawn apart")
+    parser.add_argument("--repeat", type=int, help="latency rounds, each model's median over them (default 7, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="small models: width 0.25 at 64x64, a 2-layer BERT")
+    parser.add_argument("--width", type=float, help="CNN width multiplier (overrides the size)")
+    parser.add_argument("--resolution", type=int, help="CNN input size in pixels (overrides the size)")
+    parser.add_argument("--work-dir", type=Path, help="cache of models and data (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--child", choices=TOOLS, help=argparse.SUPPRESS)
+    parser.add_argument("--latency-child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--calib", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--eval", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--transformer", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.model, args.calib, args.eval, args.out, args.transformer)
+        return 0
+    if args.latency_child:
+        latency_child(args.latency_child, args.eval, args.repeat)
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        run(args, args.work_dir or Path(scratch))
+    return 0
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    import bench_models
+
+    size = bench_models.QUICK if args.quick else bench_models.FULL
+    size = replace(size, width=args.width or size.width, resolution=args.resolution or size.resolution)
+    rounds = args.repeat or (3 if args.quick else 7)
+    report = {"config": {"samples": args.samples, "eval_samples": args.eval_samples, "repeat": rounds,
+                         "size": vars(size), "tools": args.tools, "block_s": BLOCK_S}, "models": {}}
+    load = os.getloadavg()[0]
+    report["config"]["load_average_at_start"] = load
+    print(f"{os.cpu_count()} cores, 1-minute load average {load:.2f} at the start (other work skews latency)")
+    for name in args.models:
+        say(f"{name}: preparing ...")
+        case = prepare_case(name, size, work, args.samples, args.eval_samples)
+        if case is None:
+            print(f"\n== {name} ==\nskipped: {DIGITS.relative_to(ROOT)}/model.onnx is missing")
+            continue
+        bench = bench_model(case, args.tools, rounds)
+        bench["targets"] = targets(name, bench)
+        title = (f"{case.calib.parent.name}: {args.samples} calibration / {args.eval_samples} evaluation samples, "
+                 f"latency median of {rounds} rounds, ratios to float")
+        print_table(title, bench)
+        for goal, (met, mine, theirs) in bench["targets"].items():
+            print(f"  target {goal}: {'yes' if met else 'NO'} ({mine:.3g} vs {theirs:.3g})")
+        report["models"][name] = bench
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
