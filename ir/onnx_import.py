@@ -10,7 +10,9 @@ depends on it succeeding.
 
 from __future__ import annotations
 
+import functools
 import heapq
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -144,17 +146,35 @@ def _has_symbolic_inputs(proto: onnx.ModelProto) -> bool:
 
 
 def _ort_symbolic_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:
+    inference = _symbolic_shape_inference()
+    if inference is None:
         return proto
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+            inferred = inference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
         except Exception:  # fails on many real graphs; ONNX's inference still runs
             return proto
     return inferred if inferred is not None else proto
+
+
+@functools.cache
+def _symbolic_shape_inference():
+    """ONNX Runtime's SymbolicShapeInference, loaded from its file: importing the
+    `onnxruntime.tools` package imports torch when installed (1.7 s, 200 MB) for nothing."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "tools" / "symbolic_shape_infer.py"
+    file_spec = importlib.util.spec_from_file_location("_qcompiler_symbolic_shape_infer", path)
+    if file_spec is None or not path.exists():
+        return None
+    module = importlib.util.module_from_spec(file_spec)
+    try:
+        file_spec.loader.exec_module(module)
+    except Exception:  # a runtime without the tool: ONNX's own inference still runs
+        return None
+    return module.SymbolicShapeInference
 
 
 def _check_ops(proto: onnx.ModelProto, label: str) -> None:

@@ -43,3 +43,14 @@ def test_wheel_installs_all_packages(tmp_path):
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(target)
+
+
+def test_loading_a_model_with_symbolic_dims_does_not_import_torch():
+    """ONNX Runtime's symbolic shape inference is loaded from its file, not through
+    `onnxruntime.tools`, whose package import pulls in torch (seconds, hundreds of MB)."""
+    code = ("import sys; from qcompiler import ir; "
+            "m = ir.load_model('golden/digits_cnn/model.onnx'); "
+            "assert m.graph.inputs[0].shape[0] == 'batch'; "
+            "from qcompiler.ir.onnx_import import _symbolic_shape_inference as f; assert f() is not None; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
