@@ -200,3 +200,28 @@ def test_loop_and_scan_round_trip():
     loop = next(n for n in model.graph.nodes if n.op_type == "Loop")
     step = next(v for v in model.graph.constants if v.name == "step")
     assert [u.user.graph for u in step.uses()] == [loop.attributes["body"].value]
+
+
+def test_shape_inference_sees_large_weights_by_type_only():
+    """Large float initializers reach shape inference as typed inputs: the types found are the
+    same, the caller's proto is untouched, and initializers keep their order."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w_big"),
+               numpy_helper.from_array(np.array([0, -1], np.int64), "shape"),
+               numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w_small")]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w_big"], ["h"]), helper.make_node("Reshape", ["h", "shape"], ["r"]),
+         helper.make_node("MatMul", ["r", "w_small"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = proto.SerializeToString()
+    model = ir.load_model(proto)
+    assert proto.SerializeToString() == before
+    assert [v.name for v in model.graph.constants] == ["w_big", "shape", "w_small"]
+    assert [v.name for v in model.graph.inputs] == ["x"]
+    h, r, _ = (n.outputs[0] for n in model.graph.nodes)
+    assert h.shape == ("n", 64)  # from w_big's dims
+    assert r.shape == ("n", 64)  # data propagation read the small integer constant
