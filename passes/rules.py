@@ -42,7 +42,6 @@ from typing import NamedTuple
 
 from qcompiler.ir import DType, Model, Node, Value
 
-_FLOATS = frozenset({DType.FLOAT, DType.FLOAT16, DType.BFLOAT16, DType.DOUBLE})
 _NORMS = frozenset({"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"})
 
 
@@ -136,8 +135,12 @@ def is_constant(value: Value | None) -> bool:
     return value.is_const and value.graph is not None and value not in value.graph.inputs
 
 
-def _is_float(value: Value | None) -> bool:
-    return value is not None and value.dtype in _FLOATS
+_QUANTIZABLE_FLOATS = frozenset({DType.FLOAT, DType.FLOAT16, DType.BFLOAT16, DType.DOUBLE})
+
+
+def is_float(value: Value | None) -> bool:
+    """Whether `value` is a float16/32/64 or bfloat16 tensor: the kinds quantization touches (not float8)."""
+    return value is not None and value.dtype in _QUANTIZABLE_FLOATS
 
 
 def _attr(node: Node, key: str, default):
@@ -170,7 +173,7 @@ def _weighted(node: Node, weight_axis: int | None, bias: Bias | None) -> QuantPl
 def _bias(node: Node, index: int) -> Bias | None:
     """A 1-D float constant at `index` becomes the int32 bias; anything else stays float."""
     value = node.inputs[index] if len(node.inputs) > index else None
-    if not (is_constant(value) and _is_float(value) and value.shape is not None and len(value.shape) == 1):
+    if not (is_constant(value) and is_float(value) and value.shape is not None and len(value.shape) == 1):
         return None
     return Bias(index, 0, 1)
 
@@ -382,7 +385,7 @@ def _own_plan(node: Node, model: Model) -> QuantPlan | None:
         *(node.outputs[i] for i in (*plan.outputs, *(o for o, _ in plan.output_follows))),
         *([node.inputs[plan.bias.input]] if plan.bias else []),
     ]
-    return plan if all(_is_float(v) for v in touched) else None
+    return plan if all(is_float(v) for v in touched) else None
 
 
 def _group_plans(group: list[Node], head: QuantPlan) -> dict[Node, QuantPlan]:
@@ -407,8 +410,8 @@ def _group_plans(group: list[Node], head: QuantPlan) -> dict[Node, QuantPlan]:
     for node in group[1:]:
         plans[node] = QuantPlan(
             activations=tuple(i for i, v in enumerate(node.inputs)
-                              if _is_float(v) and not is_constant(v) and outside_input(node, i)),
-            outputs=tuple(i for i, v in enumerate(node.outputs) if _is_float(v) and leaves(node, i)),
+                              if is_float(v) and not is_constant(v) and outside_input(node, i)),
+            outputs=tuple(i for i, v in enumerate(node.outputs) if is_float(v) and leaves(node, i)),
             needs_quantized_inputs=head.needs_quantized_inputs,
         )
     return plans

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,10 @@ from typing import Any
 import onnx
 
 from qcompiler import ir, passes
-from qcompiler.data import CalibrationData, input_specs, open_calibration_data
+from qcompiler.data import CalibrationData, CalibrationDataError, InputSpec, input_specs, open_calibration_data
 from qcompiler.kernels import kernel_report
 from qcompiler.modelio import read_model
-from qcompiler.passes.rules import has_rule
+from qcompiler.passes.rules import has_rule, is_float
 from qcompiler.recipe import Recipe, apply_pass_options
 from qcompiler.report import CompileReport, PassRecord
 from qcompiler.target import reduce_range_advice
@@ -45,7 +45,6 @@ from qcompiler.validate import compare_models, latency_verdict, measure_latency
 DEFAULT_PIPELINE = "int8"
 _PER_CHANNEL_OPSET = 13
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-_FLOAT_DTYPES = frozenset({ir.DType.FLOAT, ir.DType.FLOAT16, ir.DType.BFLOAT16, ir.DType.DOUBLE})
 _QUANTIZED_OPS = _QDQ_OPS | {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
 
 
@@ -80,9 +79,8 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     report.pipeline = str(steps)
     float_proto = ir.to_onnx(model)
     specs = input_specs(model)
-    calibration = _checked_data(calib, specs) if calib is not None else None
-    if eval is not None:
-        _checked_data(eval, specs)
+    calibration = _checked_data(calib, specs, "calibration") if calib is not None else None
+    evaluation = _checked_data(eval, specs, "evaluation") if eval is not None else calibration
     recipe.mark_activations(model)
     timing = passes.Timing(stream=io.StringIO())
     instruments: list[passes.Instrument] = [passes.Verifier(), timing]
@@ -95,8 +93,9 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     report.warnings.extend(result.warnings)
     report.passes = [PassRecord(name, seconds, changed, dict(stats)) for name, seconds, changed, stats in timing.rows]
     report.compile_seconds = time.perf_counter() - start
-    _describe(model, float_proto, report)
-    _validate(float_proto, model, eval if eval is not None else calib, eval is None, specs, report, say)
+    quant_proto = ir.to_onnx(model)
+    _describe(model, float_proto, quant_proto, report)
+    _validate(float_proto, model, quant_proto, evaluation, eval is None, specs, report, say)
     return CompileResult(model, report)
 
 
@@ -163,46 +162,63 @@ def _pass_options(recipe: Recipe, target: str, report: CompileReport) -> dict[st
     return options
 
 
-def _describe(model: ir.Model, float_proto: onnx.ModelProto, report: CompileReport) -> None:
+def _describe(model: ir.Model, float_proto: onnx.ModelProto, quant_proto: onnx.ModelProto,
+              report: CompileReport) -> None:
     ops = Counter(n.op_type for n in model.graph.nodes)
     report.qdq_nodes = {op: ops[op] for op in sorted(_QDQ_OPS)}
     report.ops_without_rule = dict(Counter(n.op_type for n in model.graph.nodes
                                            if n.op_type not in _QDQ_OPS and not has_rule(n)
-                                           and any(_is_float(v) for v in n.outputs)))
-    report.size_bytes = {"float": float_proto.ByteSize(), "quantized": ir.to_onnx(model).ByteSize()}
+                                           and any(is_float(v) for v in n.outputs)))
+    report.size_bytes = {"float": float_proto.ByteSize(), "quantized": quant_proto.ByteSize()}
 
 
-def _checked_data(source: Any, specs) -> CalibrationData:
-    """The data, with its first batch read now: a mismatch with the model fails before any work."""
+def _checked_data(source: Any, specs, role: str) -> CalibrationData:
+    """The data, with its first batch read now: a mismatch with the model fails before any work.
+
+    A one-shot iterator is refused: calibration and validation each read the data again.
+    """
     data = open_calibration_data(source, specs)
+    if not data.replayable:
+        raise CalibrationDataError(repr(data), f"the {role} data is a one-shot iterator, and compile reads it more "
+                                   "than once (calibration, validation); pass a list, or a function returning "
+                                   "a fresh iterator (e.g. lambda: make_batches())")
     next(iter(data), None)
     return data
 
 
-def _is_float(value: ir.Value) -> bool:
-    return value.type is not None and getattr(value.type, "dtype", None) in _FLOAT_DTYPES
-
-
-def _validate(float_proto: onnx.ModelProto, model: ir.Model, data: Any, on_calibration: bool, specs,
+def _validate(float_proto: onnx.ModelProto, model: ir.Model, quant_proto: onnx.ModelProto,
+              evaluation: CalibrationData | None, on_calibration: bool, specs: list[InputSpec],
               report: CompileReport, say: Callable[[str], None]) -> None:
-    if data is None:
+    if evaluation is None:
         report.warnings.append("not validated: no evaluation or calibration data")
         return
-    evaluation = open_calibration_data(data, specs)
     report.validation_data = "calibration data" if on_calibration else "evaluation data"
     if on_calibration:
         report.warnings.append("validated on the calibration data: pass evaluation data held out from "
                                "calibration (--eval) for figures that are not flattered")
     say(f"validating on the {report.validation_data}")
-    quant_proto = ir.to_onnx(model)
-    report.outputs = compare_models(float_proto, quant_proto, evaluation)
+    first: list[dict] = []
+    report.outputs = compare_models(float_proto, quant_proto, _recording_first(evaluation, first))
     report.warnings.extend(f"output {m.name}: {m.nonfinite} NaN/Inf values in the quantized model"
                            for m in report.outputs if m.nonfinite)
-    report.kernels = kernel_report(model)
-    first = next(iter(open_calibration_data(data, specs, batch_size=1)))
-    report.latency = measure_latency(float_proto, quant_proto, first, threads=1)
+    report.kernels = kernel_report(model, exported=quant_proto)
+    report.latency = measure_latency(float_proto, quant_proto, _one_row(first[0], specs), threads=1)
     report.latency_verdict = latency_verdict(report.latency)
     if round(report.latency.ratio, 1) > 1.0:  # what the verdict calls slower
         report.warnings.append(f"{report.latency_verdict}: Q/DQ overhead outweighs the integer kernels at this "
                                f"size; keep the float model, or quantize only the large layers")
 
+
+def _recording_first(data: CalibrationData, first: list[dict]) -> Iterator[dict]:
+    """The feeds of `data`, keeping the first in `first` for the latency run."""
+    for feeds in data:
+        if not first:
+            first.append(feeds)
+        yield feeds
+
+
+def _one_row(feeds: dict, specs: list[InputSpec]) -> dict:
+    """Batch 1 for latency, unless the model's batch dim is fixed (then the feed as it is)."""
+    if any(spec.shape and isinstance(spec.shape[0], int) for spec in specs):
+        return feeds
+    return {name: array[:1] for name, array in feeds.items()}

@@ -169,6 +169,11 @@ class CalibrationData:
         feeds = samples // self._batch if self._drop_tail else -(-samples // self._batch)
         return len(range(self._index, feeds, self._count))
 
+    @property
+    def replayable(self) -> bool:
+        """False for a one-shot iterator (a generator): only one pass over it is possible."""
+        return not isinstance(self._source, _Once)
+
     def shard(self, index: int, count: int) -> CalibrationData:
         """Every `count`-th feed starting at `index`; the shards together hold each feed once."""
         if not 0 <= index < count:

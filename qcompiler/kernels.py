@@ -89,9 +89,12 @@ class KernelReport:
         return line
 
 
-def kernel_report(quant_model: ir.Model, *, threads: int = 1) -> KernelReport:
-    """The kernels ONNX Runtime chose for `quant_model` (any model: a float one reports share 0)."""
-    optimized = _optimized_graph(quant_model, threads)
+def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: onnx.ModelProto | None = None) -> KernelReport:
+    """The kernels ONNX Runtime chose for `quant_model` (any model: a float one reports share 0).
+
+    `exported` is `ir.to_onnx(quant_model)` when the caller has it already (export is not free on large models).
+    """
+    optimized = _optimized_graph(exported if exported is not None else quant_model, threads)
     kernels = list(_onnx_nodes(optimized.graph))
     ours = [node for node in quant_model.graph.all_nodes() if not node.domain and node.op_type in COMPUTE_OPS]
     integer = _claimed(ours, [k for k in kernels if k.op_type in INTEGER_KERNELS], unique_names(quant_model.graph))
@@ -148,7 +151,7 @@ def _dims(value: ir.Value | None) -> tuple[int, ...] | None:
     return None if shape is None else tuple(d if isinstance(d, int) else 1 for d in shape)
 
 
-def _optimized_graph(model: ir.Model, threads: int) -> onnx.ModelProto:
+def _optimized_graph(model: ir.Model | onnx.ModelProto, threads: int) -> onnx.ModelProto:
     import onnxruntime as ort
 
     options = ort.SessionOptions()

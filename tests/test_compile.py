@@ -136,6 +136,16 @@ def test_calibration_data_that_does_not_match_is_refused(tmp_path):
         qcompiler.compile(GOLDEN / "digits_cnn/model.onnx", bad)
 
 
+def test_one_shot_data_is_refused_before_any_work_and_replayable_data_is_read_twice():
+    folder = GOLDEN / "mlp"
+    with np.load(folder / "calib.npz") as arrays:
+        rows = [{name: arrays[name][i:i + 1] for name in arrays.files} for i in range(8)]
+    with pytest.raises(ir.IRError, match="one-shot iterator.*a function returning a fresh iterator"):
+        qcompiler.compile(folder / "model.onnx", iter(rows))
+    result = qcompiler.compile(folder / "model.onnx", lambda: iter(rows))
+    assert result.report.outputs[0].samples == 8  # calibrated and validated from the same function
+
+
 def test_int16_activations_below_opset_21_use_contrib_pairs(compiled):
     """Opset 17 has no 16-bit QuantizeLinear: com.microsoft's pairs carry them, biases still fold to int32."""
     result = compile_case("digits_cnn", recipe={"passes": {"place-qdq": {"activations": "int16"}}})
