@@ -29,6 +29,10 @@
    not. On such a CPU a full-range model loses ~15 dB SQNR once ORT fuses QLinearConv
    (the float reference of the same Q/DQ graph does not), so set it there; it is ORT's
    own `reduce_range`. Off by default: VNNI CPUs and other runtimes need no headroom.
+8. Nodes at precision fp16 (`node.meta["precision"]`, rules.PRECISIONS; they stay float)
+   store their float32 constant inputs as float16 initializers behind a Cast to float32:
+   half the bytes, float32 compute (ONNX Runtime's CPU provider has no fp16 Conv or
+   Gemm). A constant beyond float16's finite range stays float32 (`fp16_kept_fp32`).
 
     const %w: f32[8,3,3,3]                  const %w_quantized: i8[8,3,3,3] q<i8, axis=0, scale=[...], zp=[...]>
     const %b: f32[8]                        const %b_quantized: i32[8] q<i32, axis=0, scale=[s_in*s_w...], zp=[...]>
@@ -87,7 +91,25 @@ class FoldWeights(Pass):
                 self._fold_weight(graph, names, node, weight.input, weight.axis, folded)
             if plan.bias is not None:
                 self._fold_bias(graph, names, node, plan.bias)
+        for node in [n for n in graph.nodes if n.meta.get("precision") == "fp16"]:
+            self._store_fp16(graph, names, node)
         return sum(self.stats.values()) > before
+
+    def _store_fp16(self, graph: Graph, names: NameAllocator, node: Node) -> None:
+        """Rule 8: each float32 constant input becomes a float16 initializer read through a Cast."""
+        for index, value in enumerate(node.inputs):
+            data = value.const if value is not None and value.is_const and value in graph.constants else None
+            if not isinstance(data, np.ndarray) or data.dtype != np.float32:
+                continue
+            if np.abs(data).max(initial=0.0) > np.finfo(np.float16).max:
+                self.stats["fp16_kept_fp32"] += 1
+                continue
+            stored = graph.add_constant(Value(names.fresh(f"{value.name}_fp16"), const=data.astype(np.float16)))
+            output = Value(names.fresh(f"{value.name}_fp32"), value.type)
+            graph.insert_before(node, Node("Cast", [stored], [output], attributes={"to": int(DType.FLOAT)}))
+            node.set_input(index, output)
+            _drop_if_unread(graph, value)
+            self.stats["weights_fp16"] += 1
 
     def _fold_weight(self, graph: Graph, names: NameAllocator, node: Node, index: int, axis: int | None,
                      folded: dict[tuple[Value, int | None], Value]) -> None:

@@ -46,6 +46,14 @@
    marks disagree on a value (read by an int16 node and an int8 node) the wider dtype
    wins, and at equal width the signed one (symmetric, so it serves both). Values no
    mark reaches take the pass option. A mark the target does not accept is refused.
+   `node.meta["precision"] = "w8a16"` (rules.PRECISIONS) marks "int16" unless the node
+   has an explicit mark.
+9. Nodes an override keeps float (`rules.kept_float`: quantize=false, precision fp16 or
+   fp32, with their fusion groups) read the float value itself, not its DQ. Reading a
+   DQ, the op would still see the rounding the override is there to avoid, and ONNX
+   Runtime's WeightBiasQuantization would quantize a float Conv/Gemm/ConvTranspose's
+   weights per tensor and run it as QLinearConv anyway. The price: the producer's kernel
+   has a float reader besides its Q, so ONNX Runtime does not fuse that Q into it.
 
     %r = Relu(%c) range=[0, 5.8]               %r = Relu(%c)
     %p = MaxPool(%r)                    =>     %r_q: u8 q<u8, scale=0.0227, zp=0> = QuantizeLinear(%r, %r_scale, %r_zp)
@@ -65,7 +73,7 @@ from typing import Literal
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, TensorType, Value
 
 from .base import Pass, PassError, register_pass
-from .rules import QuantPlan, is_qdq, plans, quantized_values
+from .rules import PRECISIONS, QuantPlan, float_by_choice, is_qdq, plans, quantized_values
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _MIN_OPSET = 10
@@ -117,9 +125,13 @@ class PlaceQdq(Pass):
             raise PassError(f"place-qdq{{target={self.options.target}}} takes "
                             f"activations={accepted}, not {self.options.activations}")
         for node in model.graph.nodes:
-            mark = node.meta.get(_MARK)
+            precision, mark = node.meta.get("precision"), _mark(node)
+            if precision is not None and precision not in PRECISIONS:
+                raise PassError(f"node {node.name or node.outputs[0].name!r} asks for precision={precision!r}; "
+                                f"the levels are {', '.join(PRECISIONS)}")
             if mark is not None and mark not in target.accepts:
-                raise PassError(f"node {node.name or node.outputs[0].name!r} asks for {_MARK}={mark!r}; "
+                why = " (precision w8a16)" if node.meta.get(_MARK) is None else ""
+                raise PassError(f"node {node.name or node.outputs[0].name!r} asks for {_MARK}={mark!r}{why}; "
                                 f"place-qdq{{target={self.options.target}}} takes {accepted}")
         if model.opset < _MIN_OPSET:
             raise PassError(f"place-qdq needs opset >= {_MIN_OPSET} for QuantizeLinear; the model has "
@@ -131,7 +143,8 @@ class PlaceQdq(Pass):
         node_plans = plans(model)
         leaders = quantized_values(model, node_plans)
         marked = _marked_dtypes(leaders, node_plans)
-        values = _selected(leaders, node_plans, target)
+        raw_readers = float_by_choice(model)
+        values = _selected(leaders, node_plans, target, raw_readers)
         graph = model.graph
         names = NameAllocator(graph)
         by_leader: dict[Value, tuple[QuantParams, Value, Value]] = {}
@@ -146,7 +159,7 @@ class PlaceQdq(Pass):
             domain = _qdq_domain(model.opset, params.dtype)
             if domain:
                 model.opset_imports.setdefault(domain, 1)
-            placed[value] = _place(graph, names, value, params, scale, zero_point, domain)
+            placed[value] = _place(graph, names, value, params, scale, zero_point, domain, raw_readers)
             self.stats["qdq_pairs"] += 1
         if not target.compute_inputs_only:
             self.stats["requantized"] += _requantize_concat_inputs(graph, names, node_plans, placed)
@@ -157,19 +170,25 @@ def _marked_dtypes(leaders: dict[Value, Value], node_plans: dict[Node, QuantPlan
     """Rule 8: leader -> the widest dtype marked on a node reading or producing one of its followers."""
     group_marks: dict[str, str] = {}
     for node in node_plans:
-        label, mark = node.meta.get("group"), node.meta.get(_MARK)
+        label, mark = node.meta.get("group"), _mark(node)
         if label is not None and mark is not None:
             group_marks[label] = _wider(group_marks.get(label), mark)
     chosen: dict[Value, str] = {}
     for node, plan in node_plans.items():
         label = node.meta.get("group")
-        mark = group_marks.get(label) if label is not None else node.meta.get(_MARK)
+        mark = group_marks.get(label) if label is not None else _mark(node)
         if mark is None:
             continue
         for value in _activation_values(node, plan):
             leader = leaders[value]
             chosen[leader] = _wider(chosen.get(leader), mark)
     return chosen
+
+
+def _mark(node: Node) -> str | None:
+    """The activation dtype `node` asks for (rule 8): its own mark, else int16 for precision w8a16."""
+    mark = node.meta.get(_MARK)
+    return "int16" if mark is None and node.meta.get("precision") == "w8a16" else mark
 
 
 def _wider(current: str | None, mark: str) -> str:
@@ -187,20 +206,30 @@ def _qdq_domain(opset: int, dtype: DType) -> str:
     return "" if dtype.bitwidth <= 8 or opset >= _16BIT_OPSET else _CONTRIB_DOMAIN
 
 
-def _selected(values: dict[Value, Value], node_plans: dict[Node, QuantPlan], target: _Target) -> dict[Value, Value]:
+def _selected(values: dict[Value, Value], node_plans: dict[Node, QuantPlan], target: _Target,
+              raw_readers: set[Node]) -> dict[Value, Value]:
     """The listed values the target quantizes, minus those already in QDQ form (rule 6)."""
     if target.compute_inputs_only:
         inputs = {node.inputs[i] for node, plan in node_plans.items()
                   if not node.domain and node.op_type in COMPUTE_OPS for i in plan.activations}
         values = {v: leader for v, leader in values.items() if v in inputs}
-    return {v: leader for v, leader in values.items() if not _in_qdq_form(v)}
+    return {v: leader for v, leader in values.items()
+            if not _in_qdq_form(v, raw_readers) and not _read_raw_only(v, raw_readers)}
 
 
-def _in_qdq_form(value: Value) -> bool:
+def _read_raw_only(value: Value, raw_readers: set[Node]) -> bool:
+    """Every reader keeps float and reads the value itself (rule 9): a pair would be dead."""
+    readers = value.consumers()
+    return bool(readers) and not value.is_graph_output() and all(n in raw_readers for n in readers)
+
+
+def _in_qdq_form(value: Value, raw_readers: set[Node]) -> bool:
+    """Made by a DQ, or read by a Q and otherwise only by nodes kept float (rules 6, 9)."""
     if is_qdq(value.producer, "DequantizeLinear"):
         return True
     readers = value.consumers()
-    return bool(readers) and all(is_qdq(n, "QuantizeLinear") for n in readers)
+    return (any(is_qdq(n, "QuantizeLinear") for n in readers)
+            and all(is_qdq(n, "QuantizeLinear") or n in raw_readers for n in readers))
 
 
 def _params(value: Value, leader: Value, dtype: DType, symmetric: bool) -> QuantParams:
@@ -226,9 +255,10 @@ def _pair(names: NameAllocator, source: Value, params: QuantParams, scale: Value
 
 
 def _place(graph: Graph, names: NameAllocator, value: Value, params: QuantParams, scale: Value,
-           zero_point: Value, domain: str) -> Node:
-    """Insert Q/DQ after `value`'s definition and point its readers at the DQ (rules 3, 4)."""
-    hint, uses = value.name, value.uses()  # before the Q becomes a reader too
+           zero_point: Value, domain: str, raw_readers: set[Node]) -> Node:
+    """Insert Q/DQ after `value`'s definition and point its readers at the DQ (rules 3, 4, 9)."""
+    hint = value.name
+    uses = [use for use in value.uses() if use.user not in raw_readers]  # before the Q becomes a reader too
     takes_output = value.producer is not None and value.is_graph_output()
     if takes_output:
         dq_name, value.name = value.name, names.fresh(f"{value.name}_float")

@@ -9,6 +9,9 @@ the op stays float. `plans(model)` then applies what no single op can see:
 1. Overrides: `node.meta["quantize"] = false` keeps a node float; `true` makes it
    quantize even where a heuristic (rules 3 and 4) would keep it float. They print in
    dumps, so a hand-edited .qir carries them; insert-observers sets them from its config.
+   `node.meta["precision"]` names a level of `PRECISIONS` (assign-precision sets it):
+   fp16 and fp32 keep the node float like `quantize = false` (`kept_float`); w8a16 is
+   read by place-qdq (16-bit activations) and fp16 by fold-weights (fp16 weights).
 2. Fusion groups (`node.meta["group"]`, see fuse.py) are quantized as one, by the plan
    of their first node: no edge inside a group is quantized, so the op's output is not
    and the activation's output is. An override on any member applies to the group.
@@ -100,6 +103,21 @@ def register_rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
         return rule
 
     return register
+
+
+PRECISIONS = ("int8", "w8a16", "fp16", "fp32")  # the levels of rule 1, cheapest first
+
+
+def kept_float(node: Node) -> bool:
+    """Whether an override keeps `node` float (rule 1): quantize=false, or precision fp16/fp32."""
+    return node.meta.get("quantize") is False or node.meta.get("precision") in ("fp16", "fp32")
+
+
+def float_by_choice(model: Model) -> set[Node]:
+    """The nodes an override keeps float, with every member of their fusion groups (rule 2)."""
+    chosen = {node for node in model.graph.nodes if kept_float(node)}
+    labels = {node.meta["group"] for node in chosen if "group" in node.meta}
+    return chosen | {node for node in model.graph.nodes if node.meta.get("group") in labels}
 
 
 def has_rule(node: Node) -> bool:
@@ -361,7 +379,7 @@ def _units(model: Model) -> list[_Unit]:
         members.setdefault(node if label is None else ("group", label), []).append(node)
     units = []
     for group in members.values():  # dicts keep first-seen order: the order of the heads
-        if any(n.meta.get("quantize") is False for n in group):
+        if any(kept_float(n) for n in group):
             continue
         plan = _own_plan(group[0], model)
         forced = any(n.meta.get("quantize") is True for n in group)
