@@ -1,9 +1,11 @@
 """qcompiler's graph IR: values, nodes, graphs; ONNX import/export; the text form."""
 
 from .attributes import Attr, AttrKind
+from .clone import clone_model
 from .core import Graph, Model, Node, NodeList, Use, Value
 from .dtypes import DType
 from .errors import EvaluationError, ExportError, IRError, ModelLoadError, ParseError, VerifyError
+from .errorstats import ErrorStats
 from .evaluate import evaluate
 from .naming import NameAllocator
 from .onnx_export import save_model, to_onnx
@@ -15,11 +17,11 @@ from .tensors import ElidedTensor, SparseTensor
 from .types import Dim, MapType, OptionalType, SequenceType, Shape, SparseTensorType, TensorType, Type
 
 __all__ = [
-    "Attr", "AttrKind", "Dim", "DType", "ElidedTensor", "EvaluationError", "ExportError", "Graph",
+    "Attr", "AttrKind", "Dim", "DType", "ElidedTensor", "ErrorStats", "EvaluationError", "ExportError", "Graph",
     "IRError", "MapType", "Model", "ModelLoadError", "NameAllocator", "Node", "NodeList", "OptionalType", "ParseError",
     "QuantParams", "SequenceType", "Shape", "SparseTensor", "SparseTensorType", "TensorType",
     "Type", "Use", "Value", "VerifyError", "evaluate", "load_model", "refresh_types", "save_model",
-    "to_onnx",
+    "clone_model", "to_onnx",
 ]
 
 from .parser import parse_file, parse_model  # noqa: E402

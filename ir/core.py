@@ -17,6 +17,7 @@ import numpy as np
 
 from .attributes import Attributes
 from .dtypes import DType
+from .errorstats import ErrorStats
 from .quant import QuantParams
 from .tensors import ElidedTensor
 from .types import TensorType, Type
@@ -53,9 +54,13 @@ class Value:
 
     Exactly one of: produced by a node (`producer`), a graph input, or a constant
     (`const` holds its data). A graph input may also carry a `const` as its default.
+    `error` is what an accuracy debugger measured here: analysis data, never exported.
     """
 
-    __slots__ = ("name", "type", "const", "quant", "meta", "_observed_range", "_producer", "_output_index", "_uses", "_graph")
+    __slots__ = (
+        "name", "type", "const", "quant", "meta", "error", "_observed_range", "_producer", "_output_index", "_uses",
+        "_graph",
+    )
 
     def __init__(
         self,
@@ -66,6 +71,7 @@ class Value:
         quant: QuantParams | None = None,
         meta: dict[str, Any] | None = None,
         observed_range: tuple[float, float] | None = None,
+        error: ErrorStats | None = None,
     ) -> None:
         self.name = name
         if type is None and const is not None:
@@ -75,6 +81,7 @@ class Value:
         self.quant = quant
         self.meta: dict[str, Any] = dict(meta or {})
         self.observed_range = observed_range
+        self.error = error
         self._producer: Node | None = None
         self._output_index: int | None = None
         self._uses: dict[Use, None] = {}

@@ -24,6 +24,7 @@ from .attributes import Attr, AttrKind
 from .core import Graph, Model, Node, Value, bulk_build
 from .dtypes import DType
 from .errors import ParseError
+from .errorstats import ErrorStats
 from .quant import QuantParams
 from .tensors import ElidedTensor, SparseTensor, digest
 from .types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
@@ -109,7 +110,7 @@ _TERMINAL_NAMES = {
     "INT": "integer", "FLOAT": "float", "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'",
     "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "EQUAL": "'='", "COLON": "':'",
     "LESSTHAN": "'<'", "MORETHAN": "'>'", "QMARK": "'?'", "DOT": "'.'", "__ANON_0": "'::'",
-    "__ANON_1": "'name'", "__ANON_2": "'-inf'", **_COARSE,
+    "__ANON_1": "'name'", "__ANON_2": "'-inf'", "ERROR_FIGURE": "number", **_COARSE,
 }
 
 
@@ -140,6 +141,7 @@ class _Decl:
     quant: Any = None  # _QuantRecord
     observed: Any = None  # _RangeRecord
     meta: dict = field(default_factory=dict)
+    error: ErrorStats | None = None
 
 
 @dataclass
@@ -282,13 +284,32 @@ class _ToRecords(lark.Transformer):
         ref = _ref(children[0])
         meta = next((c[1] for c in children[1:] if isinstance(c, tuple) and c[0] == "annotations"), {})
         rest = [c for c in children[1:] if not isinstance(c, tuple)]
-        type_ = next((c for c in rest if not isinstance(c, _QuantRecord | _RangeRecord)), None)
+        type_ = next((c for c in rest if not isinstance(c, _QuantRecord | _RangeRecord | ErrorStats)), None)
         quant = next((c for c in rest if isinstance(c, _QuantRecord)), None)
         observed = next((c for c in rest if isinstance(c, _RangeRecord)), None)
-        return _Decl(ref, type_, quant, observed, meta)
+        error = next((c for c in rest if isinstance(c, ErrorStats)), None)
+        return _Decl(ref, type_, quant, observed, meta, error)
 
     def observed_range(self, children):
         return _RangeRecord(list(children[0]))
+
+    def error_stats(self, children):
+        """Fields are checked here, where their tokens are at hand; ErrorStats checks the figures."""
+        keyword, *fields = children
+        for index, (name, _) in enumerate(fields):
+            if name not in _ERROR_FIELDS:
+                raise _TextError(name, f"unknown error field {str(name)!r}; {_ERROR_ORDER}")
+            if index >= len(_ERROR_FIELDS) or name != _ERROR_FIELDS[index]:
+                raise _TextError(name, f"error field {str(name)!r} out of place; {_ERROR_ORDER}")
+        if len(fields) < len(_ERROR_FIELDS):
+            raise _TextError(keyword, f"err<...> lacks {', '.join(_ERROR_FIELDS[len(fields):])}; {_ERROR_ORDER}")
+        try:
+            return ErrorStats(*(_error_figure(name, figure) for name, figure in fields))
+        except ValueError as err:
+            raise _TextError(keyword, f"err<...>: {err}") from None
+
+    def error_field(self, children):
+        return children[0], children[1]
 
     def op(self, children):
         name = children[-1]
@@ -481,6 +502,18 @@ def _operand(token: lark.Token, match: re.Match) -> _Ref | None:
     return None if match.group() == "none" else _ref(_token_at(token, "VALUE", match))
 
 
+_ERROR_FIELDS = ("sqnr", "added", "cos", "max")  # ErrorStats' fields, in order
+_ERROR_ORDER = "err<...> takes sqnr, added, cos, max in this order"
+
+
+def _error_figure(name: lark.Token, figure: lark.Token) -> float:
+    """The float an ERROR_FIGURE spells; only the decibel fields take the unit dB."""
+    number = figure.removesuffix("dB")
+    if number != figure and name not in ("sqnr", "added"):
+        raise _TextError(figure, f"{name} takes no unit")
+    return float(number)
+
+
 def _blob_field_value(text: str) -> str | int | float:
     return _unquote(text) if text[0] == '"' else _number(text)
 
@@ -539,7 +572,8 @@ class _Builder:
             if name in scope:
                 where = "in this graph" if name in local else "in an enclosing graph"
                 raise self.error(decl.ref.token, f"%{name} is already defined {where}")
-            value = Value(name, decl.type, quant=self.quant(decl.quant) if decl.quant else None, meta=decl.meta, **extra)
+            quant = self.quant(decl.quant) if decl.quant else None
+            value = Value(name, decl.type, quant=quant, meta=decl.meta, error=decl.error, **extra)
             if decl.observed is not None:
                 value.observed_range = self.observed_range(decl)
             scope[name] = value

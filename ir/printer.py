@@ -4,12 +4,14 @@ Output is deterministic: nodes in graph order, attributes in their order, floats
 the shortest form that reads back to the same bits. Large constants are printed as a
 summary `blob("key", min=..., max=..., digest=...)`; when a weights dict is given the
 printer fills it with the elided arrays, so the dump and that dict (saved as .npz)
-parse back to the same model.
+parse back to the same model. Error statistics are rounded to what a reader needs and
+print the same once parsed back.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, MutableMapping
 from typing import Literal
@@ -19,6 +21,7 @@ import numpy as np
 from .attributes import Attr, AttrKind
 from .core import Graph, Model, Node, Value
 from .dtypes import DType
+from .errorstats import ErrorStats
 from .naming import unique_names
 from .quant import QuantParams
 from .tensors import ElidedTensor, SparseTensor, digest, value_range
@@ -166,6 +169,28 @@ def _meta_literal(value: object) -> str | None:
     return None
 
 
+def _error_stats(error: ErrorStats) -> str:
+    """`err<sqnr=31.2dB, added=34.9dB, cos=0.99957, max=0.0312>`: decibels to 0.1, the cosine
+    to 5 decimals, the error to 3 significant digits. Rounding a rounded figure changes
+    nothing, so a parsed dump prints the same."""
+    cosine = _rounded(round(error.cosine, 5))
+    max_abs = float(f"{error.max_abs_error:.3g}")
+    if math.isinf(max_abs) and math.isfinite(error.max_abs_error):  # 1.8e+308 overflows: keep such an error whole
+        max_abs = error.max_abs_error
+    decibels = f"sqnr={_decibels(error.sqnr_db)}, added={_decibels(error.added_db)}"
+    return f"err<{decibels}, cos={cosine}, max={_rounded(max_abs)}>"
+
+
+def _decibels(value: float) -> str:
+    """`31.2dB`; a figure that is not finite has no unit: `inf`, `-inf`, `nan`."""
+    text = _rounded(round(value, 1))
+    return text + "dB" if math.isfinite(value) else text
+
+
+def _rounded(value: float) -> str:
+    return format_float(np.float64(value + 0.0))  # + 0.0 turns a rounded -0.0 into 0.0
+
+
 def _domain(domain: str) -> str:
     """The default domain "" prints as bare `ai.onnx`; a literal "ai.onnx" is quoted to stay distinct."""
     if not domain:
@@ -214,6 +239,8 @@ class _Printer:
             text += f" {self.quant(value.quant)}"
         if value.observed_range is not None:
             text += f" range=[{', '.join(format_float(b) for b in value.observed_range)}]"
+        if value.error is not None:
+            text += f" {_error_stats(value.error)}"
         return text + _annotations(value.meta)
 
     def node(self, node: Node, depth: int, lines: list[str]) -> None:

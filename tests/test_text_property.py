@@ -1,11 +1,12 @@
 """Property tests of the text form: print -> parse -> print is the identity.
 
 For random models (awkward names, every dtype and attribute kind, nested subgraphs
-reading outer values, quantization parameters, node annotations) and every weights mode,
-the reprinted text equals the first print and the parsed constants, attributes and
-annotations are bit-identical to the original's. NaN is the one exception: text spells
-every NaN `nan`, so sign and payload bits of a NaN do not survive (the NaN itself does);
-complex tensors, printed as raw bytes, keep even those.
+reading outer values, quantization parameters, node annotations, error statistics) and
+every weights mode, the reprinted text equals the first print and the parsed constants,
+attributes and annotations are bit-identical to the original's. NaN is the one exception:
+text spells every NaN `nan`, so sign and payload bits of a NaN do not survive (the NaN
+itself does); complex tensors, printed as raw bytes, keep even those. Error statistics
+print rounded, so they come back within half a unit of their last printed digit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from qcompiler.ir import (
     AttrKind,
     DType,
     ElidedTensor,
+    ErrorStats,
     Graph,
     MapType,
     Model,
@@ -55,7 +57,7 @@ from qcompiler.ir.tensors import digest
 KEYWORDS = [
     "model", "weights", "opset", "metadata", "graph", "const", "default", "return", "none",
     "name", "seq", "opt", "map", "sparse", "q", "type", "tensor", "blob", "bytes", "inf",
-    "nan", "-inf", "ai.onnx", "f32", "ints", "?", "meta", "true", "false",
+    "nan", "-inf", "ai.onnx", "f32", "ints", "?", "meta", "true", "false", "err", "dB", "sqnr", "cos", "max",
 ]
 AWKWARD_PIECES = list(' ab_.:/\\"%@?-09{}[]<>(),=#\'\n\t\x00\x7féß名\U0001f600') + ["\udc80", "::", "//"]
 
@@ -185,6 +187,19 @@ def quant_params(draw) -> QuantParams:
     return QuantParams(dtype, scale, zero_point, axis, block)
 
 
+# Error statistics as an accuracy debugger measures them, leaning on the awkward figures.
+ERROR_FIGURES = st.one_of(
+    st.floats(), st.sampled_from([0.0, -0.0, math.inf, -math.inf, math.nan, 0.05, 0.25, -0.04, 1e300, 5e-324]),
+)
+
+
+@st.composite
+def error_stats(draw) -> ErrorStats:
+    cosine = draw(st.floats(-1.0, 1.0) | st.sampled_from([math.nan, 0.999995, -0.000004, 1 + 1e-7]))
+    max_abs = draw(st.floats(min_value=0.0) | st.sampled_from([-0.0, math.nan, 5e-324, 1.23e-320, 9.995, 1.7975e308]))
+    return ErrorStats(draw(ERROR_FIGURES), draw(ERROR_FIGURES), cosine, max_abs)
+
+
 # -- models ----------------------------------------------------------------------------
 
 class _ModelBuilder:
@@ -210,10 +225,11 @@ class _ModelBuilder:
         return self.draw(st.none() | st.none() | quant_params())
 
     def with_range(self, value: Value) -> Value:
-        """Maybe give the value an observed range, as calibration does."""
+        """Maybe give the value an observed range, as calibration does, and error statistics."""
         bound = st.floats(allow_nan=False, allow_infinity=False, width=32)
         bounds = self.draw(st.none() | st.tuples(bound, bound).map(sorted))
         value.observed_range = bounds
+        value.error = self.draw(st.none() | error_stats())
         value.meta.update(self.draw(META))  # annotations, e.g. insert-observers' marks
         return value
 
@@ -360,6 +376,19 @@ def assert_same_meta(original: dict, parsed: dict) -> None:
             assert parsed[key] == value
 
 
+def assert_same_error(original: ErrorStats | None, parsed: ErrorStats | None) -> None:
+    """Within half a unit of the last printed digit: 0.1 dB, 5 decimals, 3 significant digits."""
+    assert (original is None) == (parsed is None)
+    if original is None:
+        return
+    for a, b, abs_tol, rel_tol in (
+        (original.sqnr_db, parsed.sqnr_db, 0.05, 1e-15), (original.added_db, parsed.added_db, 0.05, 1e-15),
+        (original.cosine, parsed.cosine, 0.5e-5, 1e-15), (original.max_abs_error, parsed.max_abs_error, 0.0, 0.5e-2),
+    ):
+        assert type(b) is float and math.isnan(a) == math.isnan(b)
+        assert math.isnan(a) or math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol * (1 + 1e-9)), (a, b)
+
+
 def assert_same_graph(original: Graph, parsed: Graph) -> None:
     """Same data in the same places; the equal texts already vouch for the structure."""
     assert len(original.constants) == len(parsed.constants)
@@ -382,6 +411,7 @@ def assert_same_graph(original: Graph, parsed: Graph) -> None:
     for a, b in values:
         assert_same_quant(a.quant, b.quant)
         assert a.observed_range == b.observed_range
+        assert_same_error(a.error, b.error)
         assert_same_meta(a.meta, b.meta)
 
 

@@ -1,0 +1,50 @@
+"""ir.clone_model: a copy that passes can rewrite while the original stays as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import random_feeds, run_onnx
+
+from qcompiler import ir, passes
+
+TEXT = """model ir_version=8 opset{ai.onnx=17}
+graph @main(%x: f32[2,4] range=[-1.0, 1.0] err<sqnr=30.0dB, added=30.0dB, cos=0.99, max=0.1>) {
+  const %w: f32[4,4] = [1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 3, 0, 0, 0, 0, 4]
+  const %zero: f32[] = [0]
+  const %flag: bool[] = [1]
+  %y: f32[2,4] q<u8, scale=0.02, zp=0> meta{observer="minmax"} = MatMul(%x, %w) name="mm" meta{group="g#0"}
+  %z: f32[2,4] = If(%flag) {
+    then_branch=graph @then() {
+      %a: f32[2,4] = Add(%y, %zero)
+      return %a
+    },
+    else_branch=graph @else() {
+      %b: f32[2,4] = Neg(%y)
+      return %b
+    }
+  }
+  return %z
+}
+"""
+
+
+def test_a_clone_prints_the_same_and_computes_the_same():
+    model = ir.parse_model(TEXT)
+    copy = ir.clone_model(model)
+    assert ir.print_model(copy) == ir.print_model(model)
+    feeds = random_feeds(ir.to_onnx(model))
+    np.testing.assert_array_equal(run_onnx(ir.to_onnx(copy), feeds)[0], run_onnx(ir.to_onnx(model), feeds)[0])
+    copy.verify()
+
+
+def test_rewriting_the_clone_leaves_the_original_alone():
+    model = ir.parse_model(TEXT)
+    before = ir.print_model(model)
+    copy = ir.clone_model(model)
+    mm = next(n for n in copy.graph.nodes if n.name == "mm")
+    mm.meta["precision"] = "fp32"
+    copy.graph.outputs[0].name = "renamed"
+    passes.PassManager("canonicalize,cleanup").run(copy, passes.PassContext())
+    assert ir.print_model(model) == before
+    weights = [v.const for v in model.graph.constants if v.name == "w"]
+    assert any(c is weights[0] for c in (v.const for v in copy.graph.constants))  # arrays are shared, not copied
