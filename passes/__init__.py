@@ -3,6 +3,7 @@
 Importing this package registers the built-in passes.
 """
 
+from . import assign_precision as _assign_precision  # noqa: F401  (registers the pass)
 from . import calibrate as _calibrate  # noqa: F401  (registers the pass)
 from . import canonicalize as _canonicalize  # noqa: F401  (registers the pass)
 from . import cleanup as _cleanup  # noqa: F401  (registers the pass)
@@ -19,6 +20,7 @@ from .plugins import PluginError, load_entry_point_plugins, load_plugin_file
 
 register_pipeline("default", "canonicalize,fuse,cleanup")
 register_pipeline("int8", "canonicalize,fuse,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
+register_pipeline("mixed", "canonicalize,fuse,insert-observers,calibrate,assign-precision,place-qdq,fold-weights,cleanup")
 
 __all__ = [
     "CrashReproducer", "DumpDir", "Instrument", "Pass", "PassContext", "PassError", "PassManager",

@@ -11,7 +11,10 @@
    min-max results equal the single-process ones, histogram observers match within
    their stated tolerance.
 5. Each observed value gets `observed_range` (printed as `range=[lo, hi]`) and keeps its
-   observer in `value.meta["observer_state"]` for the passes that choose scales.
+   observer in `value.meta["observer_state"]` for the passes that choose scales. A value
+   that follows another's parameters (`rules.quantized_values`) gets that range too: its
+   values lie within it, and a variant in which it leads (assign-precision keeping its
+   leader's producer float) needs a range of its own.
 6. With `cache=FILE`, the observers are saved keyed by a hash of the model, the data
    and the observer settings, and a later compile with the same key skips the run.
 
@@ -39,6 +42,7 @@ from qcompiler.ir.fileio import atomic_output
 from .base import Pass, PassError, register_pass
 from .observers import Observer, get_observer
 from .progress import Progress
+from .rules import quantized_values
 
 _CACHE_VERSION = 1
 
@@ -83,6 +87,9 @@ class Calibrate(Pass):
         for value, observer in zip(values, observers):
             value.observed_range = _overall_range(value, observer)
             value.meta["observer_state"] = observer
+        for value, leader in quantized_values(model).items():
+            if value.observed_range is None and leader.observed_range is not None:
+                value.observed_range = leader.observed_range
         self.stats["values"] += len(values)
         ctx.report["calibrate"] = {
             "values": len(values),
@@ -94,7 +101,7 @@ class Calibrate(Pass):
         return True
 
     def _observe(self, model: ir.Model, values: list[ir.Value], specs: list[tuple], data) -> list[Observer]:
-        groups = _groups(model, values, data, self.options.memory_budget_mb << 20)
+        groups = tap_groups(model, values, data, self.options.memory_budget_mb << 20)
         self.stats["groups"] += len(groups)
         observers: list[Observer | None] = [None] * len(values)
         for group in groups:
@@ -212,7 +219,7 @@ def _overall_range(value: ir.Value, observer: Observer) -> tuple[float, float]:
     return lo, hi
 
 
-def _groups(model: ir.Model, values: list[ir.Value], data, budget: int) -> list[list[int]]:
+def tap_groups(model: ir.Model, values: list[ir.Value], data, budget: int) -> list[list[int]]:
     """Split the values so each group's activations per batch fit the budget (greedy, in order).
 
     Sizes come from static shapes; symbolic dims take their size from the first batch's

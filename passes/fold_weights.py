@@ -4,6 +4,8 @@
    Gemm's B axis 0 or 1 by transB, MatMul's 2-D B axis 1) is quantized per channel along
    the plan's axis from its per-channel min/max (`QuantParams.from_range`; symmetric
    int8 by default), or per tensor when `per_channel=false` or the plan has no axis.
+   A node's `meta["weight_scheme"]` ("per-channel" or "per-tensor", from a recipe
+   override) wins over the option for that node.
    The int8 array becomes a new initializer carrying the parameters; a DequantizeLinear
    (with `axis` when per channel) feeds the op where the float weight was, and the float
    weight goes when nothing else reads it. A channel of zeros gets scale 1.0 (from_range,
@@ -87,8 +89,10 @@ class FoldWeights(Pass):
         folded: dict[tuple[Value, int | None], Value] = {}  # (float weight, axis) -> its DQ output
         before = sum(self.stats.values())
         for node, plan in plans(model).items():
+            scheme = node.meta.get("weight_scheme")
+            per_channel = self.options.per_channel if scheme is None else scheme == "per-channel"
             for weight in plan.weights:
-                self._fold_weight(graph, names, node, weight.input, weight.axis, folded)
+                self._fold_weight(graph, names, node, weight.input, weight.axis if per_channel else None, folded)
             if plan.bias is not None:
                 self._fold_bias(graph, names, node, plan.bias)
         for node in [n for n in graph.nodes if n.meta.get("precision") == "fp16"]:
@@ -118,7 +122,6 @@ class FoldWeights(Pass):
         if not isinstance(data, np.ndarray):
             self.stats["weights_skipped"] += 1
             return
-        axis = axis if self.options.per_channel else None
         if (value, axis) not in folded:
             params = _weight_params(data, axis, _WEIGHT_DTYPES[self.options.weight_dtype], self.options.symmetric,
                                     self.options.reduce_range)

@@ -40,26 +40,29 @@ class PassManager:
         try:
             steps = self.pipeline.steps
             for position, step in enumerate(steps):
-                remaining = ",".join(map(str, steps[position:]))
-                result.changed |= self._run_step(step, model, ctx, result, remaining)
+                result.changed |= self._run_step(step, model, ctx, result, steps[position + 1:])
         finally:
             for instrument in ctx.instruments:
                 instrument.finish(ctx)
         return result
 
-    def _run_step(self, step, model: ir.Model, ctx: PassContext, result: PassResult, remaining: str) -> bool:
+    def _run_step(self, step, model: ir.Model, ctx: PassContext, result: PassResult, after: list) -> bool:
+        """Run `step`; `after` lists the steps that follow it, named pipelines and repeat groups unfolded."""
         if isinstance(step, NamedPipeline):
-            return any([self._run_step(s, model, ctx, result, remaining) for s in step.body])
+            return any([self._run_step(s, model, ctx, result, [*step.body[i + 1:], *after])
+                        for i, s in enumerate(step.body)])
         if isinstance(step, Repeat):
             changed = False
             for _ in range(step.max_iterations):
-                round_changed = any([self._run_step(s, model, ctx, result, remaining) for s in step.body])
+                round_changed = any([self._run_step(s, model, ctx, result, [*step.body[i + 1:], *after])
+                                     for i, s in enumerate(step.body)])
                 changed |= round_changed
                 if not round_changed:
                     return changed
             result.warnings.append(f"{step} still changed the model after {step.max_iterations} iterations")
             return changed
-        return self._run_pass(step, model, ctx, result, remaining)
+        ctx.following = ",".join(map(str, after))
+        return self._run_pass(step, model, ctx, result, ",".join(map(str, [step, *after])))
 
     def _run_pass(self, step: PassStep, model: ir.Model, ctx: PassContext, result: PassResult, remaining: str) -> bool:
         pass_: Pass = step.instantiate(self.pipeline.text)

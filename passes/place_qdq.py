@@ -73,9 +73,9 @@ from typing import Literal
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, TensorType, Value
 
 from .base import Pass, PassError, register_pass
+from .cost import COMPUTE_OPS
 from .rules import PRECISIONS, QuantPlan, float_by_choice, is_qdq, plans, quantized_values
 
-COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _MIN_OPSET = 10
 _16BIT_OPSET = 21  # ai.onnx QuantizeLinear/DequantizeLinear take int16/uint16 from here
 _CONTRIB_DOMAIN = "com.microsoft"
@@ -183,6 +183,11 @@ def _marked_dtypes(leaders: dict[Value, Value], node_plans: dict[Node, QuantPlan
             leader = leaders[value]
             chosen[leader] = _wider(chosen.get(leader), mark)
     return chosen
+
+
+def accepts_activations(target: str, dtype: str) -> bool:
+    """Whether place-qdq{target=...} can give activations `dtype` (rule 2)."""
+    return dtype in _TARGETS[target].accepts
 
 
 def _mark(node: Node) -> str | None:

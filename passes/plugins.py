@@ -10,7 +10,9 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 ENTRY_POINT_GROUP = "qcompiler.passes"
 
@@ -21,12 +23,17 @@ class PluginError(Exception):
 
 def load_plugin_file(path: str | Path) -> None:
     """Import a .py file so the passes it registers become available."""
+    load_module(path, "plugin")
+
+
+def load_module(path: str | Path, role: str) -> ModuleType:
+    """Import a .py file once (by its resolved path); `role` names it in errors."""
     path = Path(path).resolve()
     if not path.is_file():
-        raise PluginError(f"{path}: no such plugin file")
+        raise PluginError(f"{path}: no such {role} file")
     module_name = "qcompiler_plugin_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
     if module_name in sys.modules:
-        return
+        return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"{path}: not a Python file")
@@ -36,7 +43,19 @@ def load_plugin_file(path: str | Path) -> None:
         spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[module_name]
-        raise PluginError(f"{path}: the plugin failed to load: {type(err).__name__}: {err}") from None
+        raise PluginError(f"{path}: the {role} failed to load: {type(err).__name__}: {err}") from None
+    return module
+
+
+def load_function(reference: str, role: str) -> Callable:
+    """The function `name` of `FILE.py:name`, e.g. a metric given on the command line."""
+    path, _, name = reference.rpartition(":")
+    if not path or not name:
+        raise PluginError(f"{role} {reference!r}: write it as FILE.py:function")
+    function = getattr(load_module(path, role), name, None)
+    if not callable(function):
+        raise PluginError(f"{role} {reference!r}: {path} has no function {name!r}")
+    return function
 
 
 def load_entry_point_plugins() -> None:

@@ -16,6 +16,7 @@ from qcompiler import __version__, ir, passes
 from qcompiler.compiler import DEFAULT_PIPELINE
 from qcompiler.compiler import compile as compile_model
 from qcompiler.data import input_specs, open_calibration_data
+from qcompiler.debug import annotate, value_errors
 from qcompiler.modelio import check_writable, read_model, write_dump, write_text
 
 
@@ -128,6 +129,21 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_plugin_option(opt)
     _add_import_options(opt)
     opt.set_defaults(run=_opt)
+
+    debug = commands.add_parser(
+        "debug", help="find where a quantized model's error comes from, value by value",
+        description="Run the float and the quantized model on DATA, compare every value they share, and "
+        "print the values worst first by the noise each adds beyond what its inputs carried in.",
+    )
+    debug.add_argument("float_model", metavar="FLOAT", help="the float model: .onnx (or .qir)")
+    debug.add_argument("quant_model", metavar="QUANT", help="the quantized model: .onnx (or .qir)")
+    debug.add_argument("--data", metavar="DATA", required=True,
+                       help="evaluation data: .npz (samples on axis 0), .npy, or a folder of .npz/.npy files")
+    debug.add_argument("--top", type=int, default=20, metavar="N", help="rows to print (default 20; 0: all)")
+    debug.add_argument("--dump", metavar="OUT.qir",
+                       help="write the quantized IR with err<...> on each value (constants in OUT.npz)")
+    debug.add_argument("--json", metavar="OUT.json", help="write every value's figures as JSON")
+    debug.set_defaults(run=_debug)
     return parser
 
 
@@ -246,6 +262,23 @@ def _write_output(model: ir.Model, args: argparse.Namespace) -> None:
         ir.save_model(model, args.output)
     else:
         write_dump(model, args.output, args.weights or str(Path(args.output).with_suffix(".npz")))
+
+
+def _debug(args: argparse.Namespace) -> int:
+    for path in (args.dump, args.json):
+        if path is not None:
+            check_writable(path)
+    float_model, quant_model = read_model(args.float_model), read_model(args.quant_model)
+    data = open_calibration_data(args.data, input_specs(float_model))
+    result = value_errors(float_model, quant_model, data)
+    print(result.describe())
+    sys.stdout.write(result.table(args.top or None))
+    if args.json:
+        write_text(args.json, result.to_json())
+    if args.dump:
+        annotate(quant_model, result)
+        write_dump(quant_model, args.dump, str(Path(args.dump).with_suffix(".npz")))
+    return 0
 
 
 if __name__ == "__main__":

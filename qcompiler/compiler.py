@@ -34,8 +34,11 @@ import onnx
 
 from qcompiler import ir, passes
 from qcompiler.data import CalibrationData, CalibrationDataError, InputSpec, input_specs, open_calibration_data
+from qcompiler.debug import record_float_names
+from qcompiler.ir.naming import unique_names
 from qcompiler.kernels import kernel_report
 from qcompiler.modelio import read_model
+from qcompiler.passes.pipeline import Pipeline
 from qcompiler.passes.rules import has_rule, is_float
 from qcompiler.recipe import Recipe, apply_pass_options
 from qcompiler.report import CompileReport, PassRecord
@@ -67,6 +70,55 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     """Quantize `model` with calibration data `calib`; see the module docstring for each argument's role."""
     say = log or (lambda message: None)
     start = time.perf_counter()
+    job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval, on_quantized=on_quantized)
+    model, report = job.model, job.report
+    timing = passes.Timing(stream=io.StringIO())
+    instruments: list[passes.Instrument] = [passes.Verifier(), timing]
+    if dump_dir is not None:
+        instruments.append(passes.DumpDir(Path(dump_dir)))
+    context = job.context(instruments)
+    say(f"running {report.pipeline}")
+    result = passes.PassManager(job.steps).run(model, context)
+    report.warnings.extend(result.warnings)
+    report.precision = context.report.get("assign-precision")
+    report.passes = [PassRecord(name, seconds, changed, dict(stats)) for name, seconds, changed, stats in timing.rows]
+    report.compile_seconds = time.perf_counter() - start
+    record_float_names(model, job.float_names)
+    quant_proto = ir.to_onnx(model)
+    _describe(model, job.float_proto, quant_proto, report)
+    _validate(job.float_proto, model, quant_proto, job.evaluation, job.held_out is None, job.specs, report, say)
+    return CompileResult(model, report)
+
+
+@dataclass
+class Job:
+    """A model read, checked and converted, its settings resolved and its data opened: ready for passes."""
+
+    model: ir.Model
+    recipe: Recipe
+    report: CompileReport
+    steps: Pipeline
+    float_proto: onnx.ModelProto
+    specs: list[InputSpec]
+    calibration: CalibrationData | None
+    held_out: CalibrationData | None
+    float_names: dict[ir.Value, str]  # each value's name in float_proto, for debug's pairing
+
+    @property
+    def evaluation(self) -> CalibrationData | None:
+        """What validation runs on: the held-out data, else the calibration data."""
+        return self.held_out if self.held_out is not None else self.calibration
+
+    def context(self, instruments: list[passes.Instrument]) -> passes.PassContext:
+        return passes.PassContext(config={"insert-observers": self.recipe.observer_config(self.model)},
+                                  calibration_data=self.calibration, evaluation_data=self.held_out,
+                                  target=self.report.target, instruments=instruments)
+
+
+def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
+            pipeline: str | None = None, target: str | None = None, eval: Any = None,
+            on_quantized: str = "error") -> Job:
+    """Rules 1-3 of the module, and the data opened with its first batch checked."""
     recipe = _recipe(recipe)
     model, source = _read(model)
     _check_not_quantized(model, source, on_quantized)
@@ -78,25 +130,12 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     steps = apply_pass_options(passes.parse_pipeline(pipeline or recipe.pipeline or DEFAULT_PIPELINE), options)
     report.pipeline = str(steps)
     float_proto = ir.to_onnx(model)
+    float_names = unique_names(model.graph)
     specs = input_specs(model)
     calibration = _checked_data(calib, specs, "calibration") if calib is not None else None
-    evaluation = _checked_data(eval, specs, "evaluation") if eval is not None else calibration
-    recipe.mark_activations(model)
-    timing = passes.Timing(stream=io.StringIO())
-    instruments: list[passes.Instrument] = [passes.Verifier(), timing]
-    if dump_dir is not None:
-        instruments.append(passes.DumpDir(Path(dump_dir)))
-    context = passes.PassContext(config={"insert-observers": recipe.observer_config()},
-                                 calibration_data=calibration, target=target, instruments=instruments)
-    say(f"running {report.pipeline}")
-    result = passes.PassManager(steps).run(model, context)
-    report.warnings.extend(result.warnings)
-    report.passes = [PassRecord(name, seconds, changed, dict(stats)) for name, seconds, changed, stats in timing.rows]
-    report.compile_seconds = time.perf_counter() - start
-    quant_proto = ir.to_onnx(model)
-    _describe(model, float_proto, quant_proto, report)
-    _validate(float_proto, model, quant_proto, evaluation, eval is None, specs, report, say)
-    return CompileResult(model, report)
+    held_out = _checked_data(eval, specs, "evaluation") if eval is not None else None
+    recipe.mark_nodes(model)
+    return Job(model, recipe, report, steps, float_proto, specs, calibration, held_out, float_names)
 
 
 def _recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
@@ -168,7 +207,8 @@ def _describe(model: ir.Model, float_proto: onnx.ModelProto, quant_proto: onnx.M
     report.qdq_nodes = {op: ops[op] for op in sorted(_QDQ_OPS)}
     report.ops_without_rule = dict(Counter(n.op_type for n in model.graph.nodes
                                            if n.op_type not in _QDQ_OPS and not has_rule(n)
-                                           and any(is_float(v) for v in n.outputs)))
+                                           and any(is_float(v) for v in n.outputs)
+                                           and not all(v is None or v.is_const for v in n.inputs)))
     report.size_bytes = {"float": float_proto.ByteSize(), "quantized": quant_proto.ByteSize()}
 
 

@@ -48,7 +48,6 @@ share matters (`node_macs` says what it approximates). FLOPs are 2 x MACs.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -59,8 +58,7 @@ import onnx
 
 from qcompiler import ir
 from qcompiler.ir.naming import unique_names
-from qcompiler.passes.place_qdq import COMPUTE_OPS
-
+from qcompiler.passes.cost import COMPUTE_OPS, node_macs
 from qcompiler.validate import open_session
 
 INTEGER_KERNELS = frozenset({
@@ -108,47 +106,6 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: onnx.Mod
         integer_share=integer_macs / total if total else 0.0,
         float_nodes=[node.name or node.outputs[0].name for node in ours if node not in integer],
     )
-
-
-def node_macs(node: ir.Node) -> int:
-    """Multiply-accumulates of a Conv, ConvTranspose, Gemm or MatMul from its IR shapes.
-
-    Symbolic and unknown dims count as 1. Approximations when a shape is unknown:
-    Conv without an output shape takes the input's spatial size (stride 1, 'same'
-    padding); ConvTranspose without an input shape takes weight size x output spatial
-    size (over by the stride product); Gemm and MatMul take whichever operand gives each
-    of M, K, N. An unknown weight shape contributes 1.
-    """
-    x, w = (_dims(v) for v in node.inputs[:2])
-    out = _dims(node.outputs[0])
-    if node.op_type == "Conv":
-        if out is None:
-            spatial = x[2:] if x is not None else ()
-            out = (x[0] if x else 1, w[0] if w else 1, *spatial)
-        return math.prod(out) * math.prod(w[1:] if w else ())
-    if node.op_type == "ConvTranspose":
-        per_input = math.prod(w[1:] if w else ())
-        if x is not None:
-            return math.prod(x) * per_input
-        return math.prod(w or ()) * math.prod(out[2:] if out else ())
-    if node.op_type == "Gemm":
-        a, b = x or (1, 1), w or (1, 1)
-        m = a[1] if node.attributes.get("transA", 0) else a[0]
-        k = a[0] if node.attributes.get("transA", 0) else a[1]
-        n = b[0] if node.attributes.get("transB", 0) else b[1]
-        return (math.prod(out) if out is not None else m * n) * k
-    if node.op_type == "MatMul":
-        k = x[-1] if x else w[-2] if w and len(w) > 1 else w[0] if w else 1
-        if out is None:
-            out = (*(x[:-1] if x else ()), w[-1] if w and len(w) > 1 else 1)
-        return math.prod(out) * k
-    raise ValueError(f"{node!r} is not a Conv, ConvTranspose, Gemm or MatMul")
-
-
-def _dims(value: ir.Value | None) -> tuple[int, ...] | None:
-    """The shape with symbolic and unknown dims as 1; None when the rank is unknown."""
-    shape = value.shape if value is not None else None
-    return None if shape is None else tuple(d if isinstance(d, int) else 1 for d in shape)
 
 
 def _optimized_graph(model: ir.Model | onnx.ModelProto, threads: int) -> onnx.ModelProto:

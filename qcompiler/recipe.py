@@ -17,24 +17,36 @@
     [overrides.op_type.Softmax]         # settings for every node of an op type ...
     observer = "minmax"
 
-    [overrides.node.conv1]              # ... and for one node (wins over its op type)
+    [overrides.node_regex."/encoder/.*/MatMul"]   # ... for nodes whose whole name matches ...
+    precision = "w8a16"
+
+    [overrides.node.conv1]              # ... and for one node (wins over both)
     observer = "percentile"
     percentile = 99.9
     activations = "int16"
+    scheme = "per-tensor"
 
 1. `[passes.NAME]` options apply to every step of that pass in the pipeline, unless the
    pipeline text sets the same option on the step: what was written for one run beats
    the file. Each is checked against the pass's Options when the recipe loads.
 2. An override's `observer` and observer options go to insert-observers (by_op_type,
-   by_node); `activations` (uint8, int8, uint16, int16) becomes the node's
-   `meta["activations"]`, which place-qdq reads; `exclude` and `force` go to
-   insert-observers, which marks the nodes for every later pass.
+   by_node; a regex section becomes by_node entries for the nodes it matches);
+   `activations` (uint8, int8, uint16, int16) becomes the node's `meta["activations"]`,
+   which place-qdq reads; `precision` (int8, w8a16, fp16, fp32: rules.PRECISIONS) its
+   `meta["precision"]`, a level assign-precision keeps; `scheme` (per-channel,
+   per-tensor) its `meta["weight_scheme"]`, which fold-weights reads. `exclude` and
+   `force` go to insert-observers, which marks the nodes for every later pass.
+   Precedence: op type < node_regex (in file order) < node.
 3. An unknown key, pass, option or a value of the wrong type is an error naming the
-   file, the section and the key.
+   file, the section and the key; a regex that does not compile too.
+4. `overrides_toml(model)` writes the levels a compile chose (assign-precision's marks)
+   as `[overrides.node."NAME"]` sections: reviewed, edited and passed back with
+   --recipe, they pin the same choice.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -43,12 +55,15 @@ from typing import Any
 
 from qcompiler import ir, passes
 from qcompiler.passes.observers import get_observer
+from qcompiler.passes.rules import PRECISIONS
 from qcompiler.passes.pipeline import NamedPipeline, PassStep, Pipeline, Repeat, build_options
 
 _TOP_KEYS = frozenset({"target", "pipeline", "passes", "overrides"})
-_OVERRIDE_KEYS = frozenset({"exclude", "force", "op_type", "node"})
+_OVERRIDE_KEYS = frozenset({"exclude", "force", "op_type", "node_regex", "node"})
 _OBSERVER_OPTIONS = frozenset({"percentile", "bins", "quantized_bins", "bits", "averaging_constant"})
 _ACTIVATIONS = frozenset({"uint8", "int8", "uint16", "int16"})
+_SCHEMES = frozenset({"per-channel", "per-tensor"})
+_NODE_MARKS = {"activations": "activations", "precision": "precision", "scheme": "weight_scheme"}  # key -> meta
 _PLAIN_WORD = re.compile(r"[^,{}()=\s\"]+")
 
 
@@ -66,6 +81,7 @@ class Recipe:
     exclude: tuple[str, ...] = ()
     force: tuple[str, ...] = ()
     by_op_type: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_regex: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_node: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
@@ -87,13 +103,17 @@ class Recipe:
         _check_keys(overrides, _OVERRIDE_KEYS, source, "[overrides]")
         recipe.exclude = _names(overrides, "exclude", source)
         recipe.force = _names(overrides, "force", source)
-        for kind, target in (("op_type", recipe.by_op_type), ("node", recipe.by_node)):
+        for kind, target in (("op_type", recipe.by_op_type), ("node_regex", recipe.by_regex),
+                             ("node", recipe.by_node)):
             for name, settings in _table(overrides, kind, source, "[overrides]").items():
-                target[name] = _override(settings, source, f"[overrides.{kind}.{name}]")
+                section = f"[overrides.{kind}.{name}]"
+                if kind == "node_regex":
+                    _check_regex(name, source, section)
+                target[name] = _override(settings, source, section)
         return recipe
 
-    def observer_config(self) -> dict[str, Any]:
-        """The insert-observers config (its rule 3) these overrides make."""
+    def observer_config(self, model: ir.Model | None = None) -> dict[str, Any]:
+        """The insert-observers config (its rule 3) these overrides make; regex sections need `model`."""
 
         def observers(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
             found = {}
@@ -103,18 +123,47 @@ class Recipe:
                                    **{k: v for k, v in settings.items() if k in _OBSERVER_OPTIONS}}
             return found
 
-        return {"by_op_type": observers(self.by_op_type), "by_node": observers(self.by_node),
+        by_node = {}
+        for node in model.graph.nodes if model is not None and self.by_regex else ():
+            by_node.update(observers({node.name: self._settings(node, op_type=False, node_name=False)}))
+        by_node.update(observers(self.by_node))
+        return {"by_op_type": observers(self.by_op_type), "by_node": by_node,
                 "exclude": list(self.exclude), "force": list(self.force)}
 
-    def mark_activations(self, model: ir.Model) -> int:
-        """Set `meta["activations"]` on the nodes the overrides name (rule 2); returns how many."""
+    def mark_nodes(self, model: ir.Model) -> int:
+        """Set the node marks the overrides ask for (rule 2) on the nodes they name; returns how many nodes."""
         marked = 0
         for node in model.graph.nodes:
-            settings = {**self.by_op_type.get(_qualified(node), {}), **self.by_node.get(node.name or "", {})}
-            if "activations" in settings:
-                node.meta["activations"] = settings["activations"]
-                marked += 1
+            settings = self._settings(node)
+            marks = {meta: settings[key] for key, meta in _NODE_MARKS.items() if key in settings}
+            node.meta.update(marks)
+            marked += bool(marks)
         return marked
+
+    def _settings(self, node: ir.Node, op_type: bool = True, node_name: bool = True) -> dict[str, Any]:
+        """The merged override settings of `node`, by precedence (rule 2)."""
+        name = node.name or ""
+        settings = dict(self.by_op_type.get(_qualified(node), {})) if op_type else {}
+        for pattern, values in self.by_regex.items():
+            if name and re.fullmatch(pattern, name):
+                settings.update(values)
+        if node_name:
+            settings.update(self.by_node.get(name, {}))
+        return settings
+
+
+def overrides_toml(model: ir.Model, comment: str = "") -> str:
+    """Rule 4: the precision marks of `model` as recipe overrides, one section per unit head."""
+    lines = [f"# {line}" for line in comment.splitlines()]
+    seen_groups: set[str] = set()
+    for node in model.graph.nodes:
+        group = node.meta.get("group")
+        if "precision" not in node.meta or not node.name or group in seen_groups:
+            continue
+        if group is not None:
+            seen_groups.add(group)
+        lines += ["", f"[overrides.node.{json.dumps(node.name)}]", f"precision = {json.dumps(node.meta['precision'])}"]
+    return "\n".join(lines) + "\n"
 
 
 def apply_pass_options(pipeline: Pipeline, options: dict[str, dict[str, list[str]]]) -> Pipeline:
@@ -202,14 +251,22 @@ def _atoms(value: Any, source: str, section: str, key: str) -> list[str]:
     return atoms
 
 
+def _check_regex(pattern: str, source: str, section: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise RecipeError(f"{source}: {section}: not a regular expression: {err}") from None
+
+
 def _override(settings: Any, source: str, section: str) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise RecipeError(f"{source}: {section} must be a table")
-    _check_keys(settings, _OBSERVER_OPTIONS | {"observer", "activations"}, source, section)
-    activations = settings.get("activations")
-    if activations is not None and activations not in _ACTIVATIONS:
-        raise RecipeError(f"{source}: {section} activations: {activations!r} is not one of "
-                          f"{', '.join(sorted(_ACTIVATIONS))}")
+    _check_keys(settings, _OBSERVER_OPTIONS | {"observer", *_NODE_MARKS}, source, section)
+    for key, allowed in (("activations", _ACTIVATIONS), ("precision", PRECISIONS), ("scheme", _SCHEMES)):
+        value = settings.get(key)
+        if value is not None and value not in allowed:
+            listed = allowed if isinstance(allowed, tuple) else sorted(allowed)
+            raise RecipeError(f"{source}: {section} {key}: {value!r} is not one of {', '.join(listed)}")
     observer = settings.get("observer")
     if observer is not None:
         try:

@@ -38,6 +38,7 @@ class CompileReport:
     kernels: Any = None  # kernels.KernelReport
     latency: Any = None  # validate.LatencyPair
     latency_verdict: str = ""
+    precision: dict[str, Any] | None = None  # assign-precision's report, when it ran
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,10 +64,21 @@ class CompileReport:
         if self.ops_without_rule:
             ops = ", ".join(f"{op} x{n}" for op, n in sorted(self.ops_without_rule.items()))
             lines.append(f"  stay float (no rule): {ops}")
+        if self.precision is not None:
+            lines.extend(_precision_lines(self.precision))
         if self.latency_verdict:
             lines.append(f"  speed: {self.latency_verdict}")
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return lines
+
+
+def _precision_lines(precision: dict[str, Any]) -> list[str]:
+    promoted = precision["promoted"]
+    lines = [f"  precision: {len(promoted)} unit(s) promoted for {precision['budget']}: {precision['all_int8']} "
+             f"all int8 -> {precision['final']}; {precision['int8_work_share']:.0%} of the work stays int8 "
+             f"({precision['runs']} runs, {precision['seconds']:.1f} s, on the {precision['data']})"]
+    lines.extend(f"    {p['unit']} ({p['op']}): {p['level']}, gain {p['gain']:+.2f} alone" for p in promoted)
+    return lines
 
 
 def _mb(size: int) -> str:

@@ -123,7 +123,7 @@ def compare_models(float_model: ModelSource, quant_model: ModelSource, data: Ite
         raise ir.EvaluationError(f"the float model has {len(names)} output(s), the quantized model "
                                  f"{len(quant_names)}; they cannot be compared")
     paired = names if sorted(quant_names) == sorted(names) else None  # by name, else by position
-    sums = [_Sums(name) for name in names]
+    sums = [Sums(name) for name in names]
     batches = 0
     try:
         for batch, feeds in enumerate(data):
@@ -197,7 +197,7 @@ def summary(metrics: Iterable[OutputMetrics]) -> str:
     return "\n".join(lines)
 
 
-class _Sums:
+class Sums:
     """The running sums of one output (rules 2, 3)."""
 
     def __init__(self, name: str) -> None:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from helpers import run_onnx
 
@@ -20,7 +19,9 @@ CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "expected.json").exists(
 
 
 def compile_case(name: str, **options) -> qcompiler.CompileResult:
+    """The case compiled as its expected.json says (its recipe, else the defaults), unless `options` say otherwise."""
     folder = GOLDEN / name
+    options.setdefault("recipe", json.loads((folder / "expected.json").read_text()).get("recipe"))
     return qcompiler.compile(folder / "model.onnx", folder / "calib.npz", eval=folder / "inputs.npz", **options)
 
 
@@ -58,6 +59,29 @@ def test_golden_case_meets_its_figures(compiled, name):
     if expected["min_integer_flop_share"] is not None:
         assert result.report.kernels.integer_share >= expected["min_integer_flop_share"], result.report.kernels.float_nodes
     assert result.report.qdq_nodes["QuantizeLinear"] > 0 and result.report.size_bytes["quantized"] < result.report.size_bytes["float"]
+
+
+def test_assign_precision_promotes_exactly_the_layer_reading_outlier_channels(compiled):
+    """Plain int8 misses the budget; the mixed pipeline promotes one named Conv and leaves every other unit int8."""
+    expected = json.loads((GOLDEN / "outlier_convnet/expected.json").read_text())
+    plain = compile_case("outlier_convnet", recipe=None)
+    assert plain.report.outputs[0].sqnr_db <= expected["max_int8_sqnr_db"]
+    mixed = compiled["outlier_convnet"]
+    assert [p["unit"] for p in mixed.report.precision["promoted"]] == expected["promoted"]
+    marked = {n.name: n.meta["precision"] for n in mixed.model.graph.nodes if "precision" in n.meta}
+    head = next(n for n in mixed.model.graph.nodes if n.name == expected["promoted"][0])
+    assert set(marked) == {n.name for n in mixed.model.graph.nodes if n.meta.get("group") == head.meta["group"]}
+    assert marked[head.name] in ("w8a16", "fp16", "fp32")
+    assert mixed.report.outputs[0].sqnr_db >= expected["min_sqnr_db"] > plain.report.outputs[0].sqnr_db + 10
+    convs = [n for n in mixed.model.graph.nodes if n.op_type == "Conv" and n.name not in marked]
+    assert len(convs) == 2 and all(n.inputs[1].producer.inputs[0].dtype == ir.DType.INT8 for n in convs)
+
+
+def test_an_impossible_budget_fails_before_anything_is_written(tmp_path):
+    folder = GOLDEN / "outlier_convnet"
+    with pytest.raises(qcompiler.passes.PassError, match=r"cannot meet output SQNR >= 90 dB: with every unit but"):
+        qcompiler.compile(folder / "model.onnx", folder / "calib.npz", eval=folder / "inputs.npz", pipeline="mixed",
+                          recipe={"passes": {"assign-precision": {"min_sqnr_db": 90}}})
 
 
 def test_report_names_ops_without_rule_and_lists_passes(compiled):

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import ir, passes
 from qcompiler.data import input_specs, open_calibration_data
-from qcompiler.kernels import kernel_report, node_macs
+from qcompiler.kernels import kernel_report
+from qcompiler.passes.cost import node_macs
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "conv_relu" / "model.onnx"
 PIPELINE = "canonicalize,fuse,insert-observers,calibrate,place-qdq{target=%s},fold-weights{reduce_range=true},cleanup"

@@ -98,3 +98,14 @@ def test_unknown_level_and_a_level_the_target_cannot_emit_are_refused():
         compiled("int4")
     with pytest.raises(passes.PassError, match=r"activations='int16' \(precision w8a16\).*tensorrt"):
         compiled("w8a16", target="tensorrt")
+
+
+def test_a_weight_scheme_mark_overrides_per_channel_for_its_node():
+    model = ir.load_model(three_convs())
+    next(n for n in model.graph.nodes if n.name == "conv2").meta["weight_scheme"] = "per-tensor"
+    data = open_calibration_data(CALIB, input_specs(model))
+    passes.PassManager(PIPELINE).run(model, passes.PassContext(calibration_data=data))
+    scales = {n.name: n.inputs[1].producer.inputs[1].const for n in model.graph.nodes if n.op_type == "Conv"}
+    assert scales["conv2"].shape == () and scales["conv1"].shape == (16,) and scales["conv3"].shape == (8,)
+    w = numpy_helper.to_array(next(t for t in three_convs().graph.initializer if t.name == "conv2_w"))
+    assert scales["conv2"] == pytest.approx(2 * np.abs(w).max() / 127)  # reduce_range: one bit less

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 
 from qcompiler import ir, passes
-from qcompiler.recipe import Recipe, RecipeError, apply_pass_options
+from qcompiler.recipe import Recipe, RecipeError, apply_pass_options, overrides_toml
 from qcompiler.target import reduce_range_advice
 
 RECIPE = """
@@ -72,8 +74,41 @@ def test_activation_overrides_mark_nodes():
     model = ir.Model(graph, {"": 17})
     recipe = Recipe.from_dict({"overrides": {"op_type": {"Softmax": {"activations": "uint16"}},
                                              "node": {"conv1": {"activations": "int16"}}}})
-    assert recipe.mark_activations(model) == 2
+    assert recipe.mark_nodes(model) == 2
     assert [n.meta.get("activations") for n in graph.nodes] == ["int16", "uint16"]
+
+
+def test_precision_scheme_and_regex_overrides_mark_nodes_by_precedence():
+    graph = ir.Graph("g")
+    value = graph.add_input(ir.Value("x", ir.TensorType(ir.DType.FLOAT, (1, 4))))
+    for name in ("enc/0/mm", "enc/1/mm", "head"):
+        value = graph.append(ir.Node("Relu", [value], [ir.Value(name + "_out")], name=name)).outputs[0]
+    graph.set_outputs([value])
+    model = ir.Model(graph, {"": 17})
+    recipe = Recipe.from_dict({"overrides": {
+        "op_type": {"Relu": {"precision": "fp16", "observer": "minmax"}},
+        "node_regex": {"enc/.*/mm": {"precision": "w8a16", "scheme": "per-tensor", "observer": "mse"}},
+        "node": {"enc/1/mm": {"precision": "fp32"}},
+    }})
+    assert recipe.mark_nodes(model) == 3
+    marks = [(n.meta["precision"], n.meta.get("weight_scheme")) for n in graph.nodes]
+    assert marks == [("w8a16", "per-tensor"), ("fp32", "per-tensor"), ("fp16", None)]
+    assert recipe.observer_config(model)["by_node"] == {"enc/0/mm": {"method": "mse"}, "enc/1/mm": {"method": "mse"}}
+    assert Recipe.from_dict({"overrides": {"node_regex": {"enc": {"precision": "fp32"}}}}).mark_nodes(model) == 0
+
+
+def test_overrides_toml_reads_back_as_a_recipe_pinning_the_same_levels():
+    graph = ir.Graph("g")
+    x = graph.add_input(ir.Value("x", ir.TensorType(ir.DType.FLOAT, (1, 4))))
+    conv = graph.append(ir.Node("Relu", [x], [ir.Value("a")], name='odd "name"/0', meta={"group": "g#0",
+                                                                                        "precision": "fp16"}))
+    act = graph.append(ir.Node("Relu", [conv.outputs[0]], [ir.Value("b")], name="act",
+                               meta={"group": "g#0", "precision": "fp16"}))
+    graph.set_outputs([act.outputs[0]])
+    text = overrides_toml(ir.Model(graph, {"": 17}), "chosen by assign-precision\nbudget: SQNR >= 25 dB")
+    assert text.startswith("# chosen by assign-precision\n# budget: SQNR >= 25 dB\n")
+    recipe = Recipe.from_dict(tomllib.loads(text))
+    assert recipe.by_node == {'odd "name"/0': {"precision": "fp16"}}  # the group's head stands for the group
 
 
 @pytest.mark.parametrize("text, message", [
@@ -83,7 +118,10 @@ def test_activation_overrides_mark_nodes():
     ('[passes.fold-weights]\nper_channel = "yes"', "option 'per_channel' of pass 'fold-weights': expected true or false"),
     ("[overrides.node.c1]\nactivations = \"int4\"", "[overrides.node.c1] activations: 'int4' is not one of"),
     ("[overrides.node.c1]\nobserver = \"maxmin\"", "[overrides.node.c1] observer: unknown observer 'maxmin'"),
-    ("[overrides.node.c1]\nprecision = \"fp16\"", "unknown key 'precision' in [overrides.node.c1]"),
+    ("[overrides.node.c1]\nbits = 4\ncolour = 1", "unknown key 'colour' in [overrides.node.c1]"),
+    ("[overrides.node.c1]\nprecision = \"int4\"", "[overrides.node.c1] precision: 'int4' is not one of int8, w8a16, fp16, fp32"),
+    ("[overrides.node.c1]\nscheme = \"per-row\"", "scheme: 'per-row' is not one of per-channel, per-tensor"),
+    ("[overrides.node_regex.\"conv(\"]\nprecision = \"fp16\"", "[overrides.node_regex.conv(]: not a regular expression"),
     ("[overrides]\nexclude = \"head\"", "[overrides] exclude must be a list of node names"),
     ("target = [", "not valid TOML"),
 ])

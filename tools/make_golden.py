@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from golden_models import EXPECTED, MEASURED_WITH, Case, mlp_case, mobilenet_like, resnet_like, stored_digits, \
-    train_digits, transformer_block, unet_like
+from golden_models import EXPECTED, MEASURED_WITH, Case, mlp_case, mobilenet_like, outlier_convnet, resnet_like, \
+    stored_digits, train_digits, transformer_block, unet_like
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompiler
@@ -88,6 +88,7 @@ CASES: dict[str, Callable[[], Case]] = {
     "transformer_block": transformer_block,
     "unet_like": unet_like,
     "digits_cnn": digits_cnn,
+    "outlier_convnet": outlier_convnet,
 }
 TRAINED: dict[str, Callable[[], Case]] = {"digits_cnn": train_digits}
 COMPILED_DUMPS = ("mlp", "digits_cnn")  # the two smallest: their compiled IR is reviewed line by line

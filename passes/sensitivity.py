@@ -1,0 +1,250 @@
+"""Sensitivity: what quantizing each unit costs the model's outputs, measured by real runs.
+
+1. Units are what `rules.plans` quantizes together: a fusion group or a lone node, named
+   by its first node (its first output's name when unnamed). A unit whose plan only
+   passes its input's parameters on (MaxPool, Reshape: `output_follows` and nothing
+   else) adds no rounding of its own and is left out. `work` weighs it (cost.py): the
+   MACs of its compute op (an activation fused to it is free), else its elements.
+2. A variant is the calibrated model with a precision per unit (`rules.PRECISIONS`; a
+   unit not named keeps what the model says, int8 unless a recipe pinned it), cloned
+   (`ir.clone_model`), emitted by the emission pipeline (the passes after the running
+   one: place-qdq, fold-weights, cleanup) and run in ONNX Runtime with its default
+   optimizations, as a deployment runs it, on the evaluation feeds.
+3. The reference is the calibrated model itself (still float: observers only annotate),
+   run once; its outputs are kept, so `samples` bounds how many rows are used.
+4. A variant's figure is the SQNR of each output against the reference over all rows
+   (float64 sums), and their minimum; with a metric function, also the metric (called
+   once on the outputs of all rows, in data order, higher is better); and the cost of
+   the emitted variant (cost.emitted_cost: MACs x bytes as ONNX Runtime would compute).
+5. Per unit: `alone` is the figure with only it quantized (every other unit fp32);
+   `without` is all int8 but it at fp32; `gain` = without - all-int8 (dB), what keeping
+   it float buys back. `sensitivity()` measures both for every unit.
+6. `jobs` > 1 spreads variants over worker processes (spawn start method); each gets the
+   calibrated model, the feeds and the reference once.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qcompiler import ir
+from qcompiler.ir.evaluate import ValueTap
+
+from .base import PassError
+from .context import PassContext
+from .cost import COMPUTE_OPS, emitted_cost, work
+from .manager import PassManager
+from .progress import Progress
+from .rules import plans
+
+Metric = Callable[[dict[str, np.ndarray]], float]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Nodes quantized together (rule 1): positions in the model's node order, so a clone finds them."""
+
+    name: str
+    op_type: str
+    positions: tuple[int, ...]
+    work: int
+
+
+@dataclass(frozen=True)
+class Figure:
+    """How a variant measures (rule 4): SQNR per output in dB, their minimum, and the metric if any."""
+
+    sqnr_db: tuple[float, ...]
+    metric: float | None = None
+    cost: int = 0  # cost.emitted_cost of the variant
+
+    @property
+    def min_sqnr_db(self) -> float:
+        return min(self.sqnr_db)
+
+
+@dataclass
+class UnitSensitivity:
+    unit: Unit
+    alone: Figure
+    without: Figure
+    gain_db: float
+
+
+@dataclass
+class SensitivityTable:
+    """Rule 5 for every unit, with the all-int8 and reference figures and what it cost."""
+
+    all_int8: Figure
+    reference_metric: float | None
+    rows: list[UnitSensitivity]
+    runs: int
+    seconds: float
+    reference_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def ranked(self) -> list[UnitSensitivity]:
+        """Most sensitive first: the largest gain from keeping the unit float."""
+        return sorted(self.rows, key=lambda r: (-r.gain_db, r.unit.work))
+
+    def lines(self) -> list[str]:
+        """The table for a person: SQNR in dB with only the unit int8, with all int8 but it, and the gain."""
+        metric = self.reference_metric is not None
+        width = max([4, *(len(r.unit.name) for r in self.rows)])
+        head = f"{'rank':>4}  {'unit':<{width}}  {'op':<18} {'only it int8':>12} {'all but it':>10} {'gain':>7} {'work':>11}"
+        out = [f"all int8: SQNR {self.all_int8.min_sqnr_db:.2f} dB"
+               + (f", metric {self.all_int8.metric:.4f} (float {self.reference_metric:.4f})" if metric else ""), head]
+        for rank, row in enumerate(self.ranked(), start=1):
+            out.append(f"{rank:>4}  {row.unit.name:<{width}}  {row.unit.op_type:<18} "
+                       f"{_db(row.alone.min_sqnr_db):>12} {_db(row.without.min_sqnr_db):>10} "
+                       f"{row.gain_db:>+7.2f} {row.unit.work:>11}")
+        return out
+
+
+def units(model: ir.Model) -> list[Unit]:
+    """Rule 1, in graph order."""
+    positions = {node: i for i, node in enumerate(model.graph.nodes)}
+    grouped: dict[object, list[ir.Node]] = {}
+    for node, plan in plans(model).items():
+        if not (plan.weights or plan.outputs or plan.inputs_follow_output) and "group" not in node.meta:
+            continue  # passes its input's parameters on: no rounding of its own
+        grouped.setdefault(node.meta.get("group", node), []).append(node)
+    found = []
+    for members in grouped.values():
+        head = members[0]
+        compute = [n for n in members if not n.domain and n.op_type in COMPUTE_OPS]
+        found.append(Unit(head.name or head.outputs[0].name, head.op_type,
+                          tuple(positions[n] for n in members), sum(work(n) for n in compute or members)))
+    return found
+
+
+class Evaluator:
+    """Emits and measures variants of one calibrated model (rules 2-4)."""
+
+    def __init__(self, model: ir.Model, emit: str, feeds: Sequence[dict[str, np.ndarray]], *,
+                 target: str = "ort-cpu", metric: Metric | None = None, threads: int = 0) -> None:
+        self.model, self.emit, self.feeds, self.target = model, emit, list(feeds), target
+        self.metric, self.threads = metric, threads
+        start = time.perf_counter()
+        self.reference = _run(ValueTap(model, model.graph.outputs, threads=threads), self.feeds)
+        self.reference_seconds = time.perf_counter() - start
+        self.reference_metric = metric(self.reference) if metric is not None else None
+        self.runs = 0
+
+    def measure(self, levels: dict[Unit, str], forced: Unit | None = None) -> Figure:
+        """The figure of the variant with these precisions (rule 2); `forced` is quantized even
+        where its inputs arrive float (rules.py rule 3), as `alone` needs."""
+        variant = ir.clone_model(self.model)
+        nodes = list(variant.graph.nodes)
+        for unit, level in levels.items():
+            for position in unit.positions:
+                nodes[position].meta["precision"] = level
+        for position in forced.positions if forced is not None else ():
+            nodes[position].meta["quantize"] = True
+        PassManager(self.emit).run(variant, PassContext(target=self.target))
+        outputs = _run(ValueTap(variant, variant.graph.outputs, threads=self.threads), self.feeds)
+        self.runs += 1
+        sqnr = tuple(_sqnr(self.reference[name], outputs[name]) for name in self.reference)
+        return Figure(sqnr, self.metric(outputs) if self.metric is not None else None, emitted_cost(variant))
+
+
+def sensitivity(evaluator: Evaluator, all_units: Sequence[Unit], *, jobs: int = 1,
+                progress: Progress | None = None) -> SensitivityTable:
+    """Rule 5 for every unit: 2 variants each, plus the all-int8 one."""
+    start = time.perf_counter()
+    variants = [({}, None)] + [v for unit in all_units for v in ((_only(unit, all_units), unit), ({unit: "fp32"}, None))]
+    figures = measure_all(evaluator, variants, jobs=jobs, progress=progress)
+    all_int8 = figures[0]
+    rows = [UnitSensitivity(unit, figures[1 + 2 * i], figures[2 + 2 * i],
+                            _gain(figures[2 + 2 * i], all_int8)) for i, unit in enumerate(all_units)]
+    return SensitivityTable(all_int8, evaluator.reference_metric, rows, len(variants),
+                            time.perf_counter() - start, evaluator.reference_seconds)
+
+
+def measure_all(evaluator: Evaluator, variants: list[tuple[dict[Unit, str], Unit | None]], *, jobs: int = 1,
+                progress: Progress | None = None) -> list[Figure]:
+    """The figure of each (levels, forced unit) variant, in order; in `jobs` worker processes when
+    more than one (rule 6)."""
+    try:
+        if jobs <= 1 or len(variants) < 2:
+            figures = []
+            for levels, forced in variants:
+                figures.append(evaluator.measure(levels, forced))
+                if progress is not None:
+                    progress.advance()
+            return figures
+        shares = [variants[i::jobs] for i in range(jobs)]
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            results = pool.map(_measure_in_worker, [(evaluator, share) for share in shares])
+        evaluator.runs += len(variants)
+        if progress is not None:
+            progress.advance(len(variants))
+        figures = [None] * len(variants)
+        for i, share in enumerate(results):
+            figures[i::jobs] = share
+        return figures
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _measure_in_worker(work_item: tuple[Evaluator, list]) -> list[Figure]:
+    evaluator, share = work_item
+    return [evaluator.measure(levels, forced) for levels, forced in share]
+
+
+def first_rows(data, samples: int) -> list[dict[str, np.ndarray]]:
+    """Feeds from `data` until `samples` rows are taken (rule 3)."""
+    feeds, rows = [], 0
+    for feed in data:
+        feeds.append(feed)
+        rows += rows_of(feed)
+        if rows >= samples:
+            break
+    if not feeds:
+        raise PassError("the evaluation data holds no samples")
+    return feeds
+
+
+def rows_of(feed: dict[str, np.ndarray]) -> int:
+    """The batch size of a feed: axis 0 of its first array (1 for a scalar)."""
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def _only(unit: Unit, all_units: Sequence[Unit]) -> dict[Unit, str]:
+    return {other: ("int8" if other is unit else "fp32") for other in all_units}
+
+
+def _gain(without: Figure, all_int8: Figure) -> float:
+    gain = without.min_sqnr_db - all_int8.min_sqnr_db
+    return gain if math.isfinite(gain) else (math.inf if without.min_sqnr_db == math.inf else 0.0)
+
+
+def _run(tap: ValueTap, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each graph output over all feeds, joined on axis 0, keyed by its name (place-qdq keeps output names)."""
+    batches = [tap.run({name: feed[name] for name in tap.input_names}) for feed in feeds]
+    return {value.name: np.concatenate([np.atleast_1d(b[i]) for b in batches]) for i, value in enumerate(tap.values)}
+
+
+def _sqnr(reference: np.ndarray, actual: np.ndarray) -> float:
+    ref = reference.astype(np.float64).ravel()
+    error = ref - actual.astype(np.float64).ravel()
+    finite = np.isfinite(error)
+    if not finite.all():
+        raise PassError(f"the quantized model gives {int(np.count_nonzero(~finite))} NaN/Inf values where the "
+                        "float model does not")
+    noise, signal = float(error @ error), float(ref @ ref)
+    if noise == 0:
+        return math.inf
+    return -math.inf if signal == 0 else 10 * math.log10(signal / noise)
+
+
+def _db(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else str(value)

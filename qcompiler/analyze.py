@@ -1,0 +1,112 @@
+"""sensitivity(): how much quantizing each unit of a model costs its outputs, as `qc sensitivity` prints it.
+
+1. The model, recipe, target and data go through the same preparation as compile()
+   (compiler.prepare), so the units measured are the ones compile would quantize.
+2. The effective pipeline splits at its first place-qdq: the passes before it (without
+   assign-precision, which would decide on its own) calibrate the model; place-qdq and
+   what follows emit every variant (passes/sensitivity.py).
+3. Evaluation data is the held-out data, else the calibration data (flagged in the
+   notes); `samples` bounds the rows used.
+4. With `cache`, the table is stored in that JSON file keyed by a hash of the
+   calibrated model, the emission pipeline, the feeds and the target; a later run
+   with the same key reads it instead of measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from qcompiler import ir, passes
+from qcompiler.compiler import prepare
+from qcompiler.ir.fileio import atomic_output
+from qcompiler.passes.pipeline import PassStep
+from qcompiler.passes.progress import Progress
+from qcompiler.passes.sensitivity import Evaluator, Figure, SensitivityTable, UnitSensitivity, first_rows, rows_of
+from qcompiler.passes.sensitivity import sensitivity as measure
+from qcompiler.passes.sensitivity import units as find_units
+from qcompiler.recipe import Recipe
+
+_CACHE_VERSION = 1
+
+
+def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | str | Path | dict | None = None,
+                pipeline: str | None = None, target: str | None = None, samples: int = 256, jobs: int = 1,
+                cache: str | Path | None = None, progress: bool | None = None) -> SensitivityTable:
+    """The sensitivity table of `model` (passes/sensitivity.py rule 5), most sensitive unit first in `.ranked()`."""
+    start = time.perf_counter()
+    job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval)
+    calibrating, emitting = _split(job.steps)
+    passes.PassManager(",".join(map(str, calibrating))).run(job.model, job.context([passes.Verifier()]))
+    feeds = first_rows(job.evaluation, samples)
+    evaluator = Evaluator(job.model, ",".join(map(str, emitting)), feeds, target=job.report.target)
+    found = find_units(job.model)
+    key = _cache_key(evaluator, found) if cache is not None else None
+    table = _load(Path(cache), key, found) if key else None
+    if table is None:
+        table = measure(evaluator, found, jobs=jobs,
+                        progress=Progress("sensitivity", 1 + 2 * len(found), "variants", enabled=progress))
+        if key:
+            _save(Path(cache), key, table)
+    if job.held_out is None:
+        table.notes.append("measured on the calibration data: pass evaluation data for figures that are not flattered")
+    table.notes.append(f"{len(found)} units, {table.runs} variants, {sum(map(rows_of, feeds))} rows; "
+                       f"{time.perf_counter() - start:.1f} s in all")
+    return table
+
+
+def _split(steps) -> tuple[list, list]:
+    """Rule 2: (calibrating steps, emitting steps) of a flat pipeline."""
+    flat = list(steps.steps)
+    at = next((i for i, s in enumerate(flat) if isinstance(s, PassStep) and s.name == "place-qdq"), None)
+    if at is None:
+        raise passes.PassError(f"pipeline {steps} has no place-qdq: nothing would be quantized to measure")
+    return [s for s in flat[:at] if not (isinstance(s, PassStep) and s.name == "assign-precision")], flat[at:]
+
+
+def _cache_key(evaluator: Evaluator, found) -> str:
+    digest = hashlib.sha256(f"v{_CACHE_VERSION}|{evaluator.emit}|{evaluator.target}|".encode())
+    digest.update(ir.print_model(evaluator.model, weights="summary").encode())
+    for feed in evaluator.feeds:
+        for name in sorted(feed):
+            digest.update(name.encode())
+            digest.update(feed[name].tobytes())
+    digest.update(repr([(u.name, u.positions) for u in found]).encode())
+    return digest.hexdigest()
+
+
+def _load(path: Path, key: str, found) -> SensitivityTable | None:
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if stored.get("key") != key:
+        return None
+    by_name = {unit.name: unit for unit in found}
+    rows = [UnitSensitivity(by_name[r["unit"]], _figure(r["alone"]), _figure(r["without"]), r["gain_db"])
+            for r in stored["rows"]]
+    return SensitivityTable(_figure(stored["all_int8"]), stored["reference_metric"], rows, 0, 0.0,
+                            notes=["read from the cache: no variant was run"])
+
+
+def _save(path: Path, key: str, table: SensitivityTable) -> None:
+    rows = [{"unit": r.unit.name, "alone": _plain(r.alone), "without": _plain(r.without), "gain_db": r.gain_db}
+            for r in table.rows]
+    content = {"key": key, "all_int8": _plain(table.all_int8), "reference_metric": table.reference_metric,
+               "rows": rows}
+    with atomic_output(path) as staged:
+        staged.write_text(json.dumps(content, indent=1))
+
+
+def _plain(figure: Figure) -> dict:
+    return {"sqnr_db": [str(v) for v in figure.sqnr_db], "metric": figure.metric}
+
+
+def _figure(stored: dict) -> Figure:
+    return Figure(tuple(float(v) for v in stored["sqnr_db"]), stored["metric"])
+
