@@ -40,6 +40,7 @@ from .base import PassError
 from .context import PassContext
 from .cost import COMPUTE_OPS, emitted_cost, work
 from .manager import PassManager
+from .metrics import ErrorSums
 from .progress import Progress
 from .rules import plans
 
@@ -150,7 +151,7 @@ class Evaluator:
         PassManager(self.emit).run(variant, PassContext(target=self.target))
         outputs = _run(ValueTap(variant, variant.graph.outputs, threads=self.threads), self.feeds)
         self.runs += 1
-        sqnr = tuple(_sqnr(self.reference[name], outputs[name]) for name in self.reference)
+        sqnr = tuple(_sqnr(name, self.reference[name], outputs[name]) for name in self.reference)
         return Figure(sqnr, self.metric(outputs) if self.metric is not None else None, emitted_cost(variant))
 
 
@@ -233,17 +234,12 @@ def _run(tap: ValueTap, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndar
     return {value.name: np.concatenate([np.atleast_1d(b[i]) for b in batches]) for i, value in enumerate(tap.values)}
 
 
-def _sqnr(reference: np.ndarray, actual: np.ndarray) -> float:
-    ref = reference.astype(np.float64).ravel()
-    error = ref - actual.astype(np.float64).ravel()
-    finite = np.isfinite(error)
-    if not finite.all():
-        raise PassError(f"the quantized model gives {int(np.count_nonzero(~finite))} NaN/Inf values where the "
-                        "float model does not")
-    noise, signal = float(error @ error), float(ref @ ref)
-    if noise == 0:
-        return math.inf
-    return -math.inf if signal == 0 else 10 * math.log10(signal / noise)
+def _sqnr(name: str, reference: np.ndarray, actual: np.ndarray) -> float:
+    """Rule 4's SQNR of one output; -inf when the variant makes NaN/Inf the float model does not."""
+    sums = ErrorSums(name)
+    sums.add(reference, actual)
+    metrics = sums.metrics()
+    return -math.inf if metrics.nonfinite else metrics.sqnr_db
 
 
 def _db(value: float) -> str:

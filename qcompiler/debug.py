@@ -12,7 +12,7 @@
    output: the value as its readers see it, its own rounding included. Any other value
    is compared as it is (inside a fusion group, a graph output the tool left float).
 3. Figures per value, streamed over every batch with the running sums validation uses
-   (`validate.Sums`): SQNR, cosine, max |error|. Values are tapped in groups that fit
+   (`passes/metrics.py`): SQNR, cosine, max |error|. Values are tapped in groups that fit
    `memory_budget_mb` per batch (the float and quantized copies together), the data is
    read once per group, and one batch of one group is held at a time.
 4. Added noise. From noise-to-signal ratios nsr = 10^(-SQNR/10): a value's added nsr is
@@ -53,7 +53,7 @@ from qcompiler.modelio import read_model
 from qcompiler.passes.calibrate import tap_groups
 from qcompiler.passes.progress import Progress
 from qcompiler.passes.rules import is_constant, is_float, is_qdq
-from qcompiler.validate import OutputMetrics, Sums
+from qcompiler.passes.metrics import ErrorSums, OutputMetrics
 
 FLOAT_VALUES_KEY = "qcompiler.float_values"
 _NSR_FLOOR = 1e-12  # added noise below this shows as 120 dB: nothing added
@@ -248,7 +248,7 @@ def _measure(float_model: ir.Model, quant_model: ir.Model, taps: list[tuple[ir.V
     """Figures of each (float value, compared value, name) over all of `data`, one tap group at a
     time (rule 3); (metrics, batches, groups)."""
     groups = tap_groups(float_model, [f for f, _, _ in taps], data, budget // 2)  # a float and a quantized copy
-    sums = [Sums(name) for _, _, name in taps]
+    sums = [ErrorSums(name) for _, _, name in taps]
     batches = 0
     for index, group in enumerate(groups):
         reference = ValueTap(float_model, [taps[i][0] for i in group])

@@ -5,20 +5,10 @@
    when both models have the same output names, else by position, and take the float
    model's names; a model is an `ir.Model`, serialized ONNX bytes or a path. An `ir.Model` past the 2 GB protobuf limit reaches ONNX Runtime
    through a temporary file with external data (ir/evaluate.py).
-2. Metrics are float64 sums kept per output (sum ref^2, sum (ref-q)^2, sum q^2,
-   sum ref*q, max |ref-q|, rows whose argmax agrees), so memory holds one batch
-   whatever the amount of data, and the result equals the one-shot value over all
-   batches joined:
-   - SQNR = 10 log10(sum ref^2 / sum (ref-q)^2) dB: +inf when the outputs are identical,
-     -inf when the reference is all zeros and the quantized output is not;
-   - cosine of the flattened outputs: 1 when both are all zeros, 0 when only one is;
-   - top-1 agreement only for classifier-like outputs (float, rank 2 [batch, classes],
-     classes >= 2): the share of rows whose argmax agrees. None for any other output.
-3. Positions where either output is NaN or Inf are left out of every sum, so one bad
-   value does not hide the error of the rest; `nonfinite` counts them in the quantized
-   output and `summary` puts the count first. SQNR and cosine are NaN when no position
-   is left to compare.
-4. Latency runs the two models interleaved, alternating which goes first, so machine
+2. Metrics per output are passes/metrics.py's running sums (SQNR, cosine, max error,
+   top-1 agreement, NaN/Inf counts), so memory holds one batch whatever the amount of
+   data; `summary` puts a non-finite count first.
+3. Latency runs the two models interleaved, alternating which goes first, so machine
    noise (other processes, frequency scaling) hits both alike. Each model gets `warmup`
    untimed runs, then up to `repeat` timed ones, stopping once either model has spent
    `budget_s` seconds: it runs after every compile, so it stays cheap on large models.
@@ -26,7 +16,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -40,6 +29,7 @@ import onnx
 
 from qcompiler import ir
 from qcompiler.ir.evaluate import session_source
+from qcompiler.passes.metrics import ErrorSums, OutputMetrics
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -47,19 +37,6 @@ if TYPE_CHECKING:
     from qcompiler.passes.progress import Progress
 
 ModelSource = Union[ir.Model, onnx.ModelProto, bytes, str, os.PathLike]
-
-
-@dataclass(frozen=True)
-class OutputMetrics:
-    """The error of one quantized output against the float one, over `samples` rows (axis 0)."""
-
-    name: str
-    sqnr_db: float
-    cosine: float
-    max_abs_error: float
-    top1_agreement: float | None
-    samples: int
-    nonfinite: int
 
 
 @dataclass(frozen=True)
@@ -123,7 +100,7 @@ def compare_models(float_model: ModelSource, quant_model: ModelSource, data: Ite
         raise ir.EvaluationError(f"the float model has {len(names)} output(s), the quantized model "
                                  f"{len(quant_names)}; they cannot be compared")
     paired = names if sorted(quant_names) == sorted(names) else None  # by name, else by position
-    sums = [Sums(name) for name in names]
+    sums = [ErrorSums(name) for name in names]
     batches = 0
     try:
         for batch, feeds in enumerate(data):
@@ -195,61 +172,6 @@ def summary(metrics: Iterable[OutputMetrics]) -> str:
         warning = f"{m.nonfinite} NaN/Inf value(s) in the quantized output; " if m.nonfinite else ""
         lines.append(f"{m.name}: {warning}{', '.join(parts)} ({m.samples} samples)")
     return "\n".join(lines)
-
-
-class Sums:
-    """The running sums of one output (rules 2, 3)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.signal = self.noise = self.quant_energy = self.dot = self.max_error = 0.0
-        self.compared = self.samples = self.nonfinite = self.agreeing = 0
-        self.classifier = True
-
-    def add(self, ref: np.ndarray, quant: np.ndarray) -> None:
-        if ref.shape != quant.shape:
-            raise ir.EvaluationError(f"output {self.name!r} has shape {ref.shape} in the float model but "
-                                     f"{quant.shape} in the quantized model")
-        self.samples += ref.shape[0] if ref.ndim else 1
-        self.classifier = self.classifier and ref.ndim == 2 and ref.shape[1] >= 2 and ref.dtype.kind == "f"
-        if self.classifier:
-            self.agreeing += int(np.count_nonzero(ref.argmax(axis=1) == quant.argmax(axis=1)))
-        r = np.asarray(ref, dtype=np.float64).ravel()
-        q = np.asarray(quant, dtype=np.float64).ravel()
-        finite_q = np.isfinite(q)
-        self.nonfinite += int(q.size - np.count_nonzero(finite_q))
-        finite = finite_q & np.isfinite(r)
-        if not finite.all():
-            r, q = r[finite], q[finite]
-        error = r - q
-        self.signal += float(r @ r)
-        self.noise += float(error @ error)
-        self.quant_energy += float(q @ q)
-        self.dot += float(r @ q)
-        self.compared += error.size
-        if error.size:
-            self.max_error = max(self.max_error, float(np.abs(error).max()))
-
-    def metrics(self) -> OutputMetrics:
-        top1 = self.agreeing / self.samples if self.classifier and self.samples else None
-        return OutputMetrics(self.name, self._sqnr(), self._cosine(), self.max_error, top1, self.samples,
-                             self.nonfinite)
-
-    def _sqnr(self) -> float:
-        if not self.compared:
-            return math.nan
-        if self.noise == 0:
-            return math.inf
-        if self.signal == 0:
-            return -math.inf
-        return 10 * math.log10(self.signal / self.noise)
-
-    def _cosine(self) -> float:
-        if not self.compared:
-            return math.nan
-        if self.signal == 0 or self.quant_energy == 0:
-            return 1.0 if self.signal == self.quant_energy else 0.0
-        return self.dot / math.sqrt(self.signal * self.quant_energy)
 
 
 def _inputs(session: onnxruntime.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
