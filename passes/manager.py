@@ -79,7 +79,8 @@ class PassManager:
         except Exception as error:
             notes = [n for n in (i.on_error(error, event, ctx) for i in ctx.instruments) if n]
             already = ", ".join(result.ran) or "none"
-            message = f"pass {pass_.name!r} ({event.index}) failed: {type(error).__name__}: {error} [passes already run: {already}]"
+            kind = "" if isinstance(error, PassError) else f"{type(error).__name__}: "  # a PassError speaks for itself
+            message = f"pass {pass_.name!r} ({event.index}) failed: {kind}{error} [passes already run: {already}]"
             raise PassError("; ".join([message, *notes])) from error
         result.ran.append(pass_.name)
         for instrument in ctx.instruments:

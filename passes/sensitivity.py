@@ -94,6 +94,13 @@ class SensitivityTable:
         """Most sensitive first: the largest gain from keeping the unit float."""
         return sorted(self.rows, key=lambda r: (-r.gain_db, r.unit.work))
 
+    def to_dict(self) -> dict:
+        """Plain data (non-finite figures as "inf"/"-inf"/"nan" strings), most sensitive first."""
+        return {"all_int8": _plain(self.all_int8), "reference_metric": self.reference_metric,
+                "rows": [{"unit": r.unit.name, "op": r.unit.op_type, "work": r.unit.work, "alone": _plain(r.alone),
+                          "without": _plain(r.without), "gain_db": _number(r.gain_db)} for r in self.ranked()],
+                "runs": self.runs, "seconds": self.seconds, "notes": self.notes}
+
     def lines(self) -> list[str]:
         """The table for a person: SQNR in dB with only the unit int8, with all int8 but it, and the gain."""
         metric = self.reference_metric is not None
@@ -240,6 +247,19 @@ def _sqnr(name: str, reference: np.ndarray, actual: np.ndarray) -> float:
     sums.add(reference, actual)
     metrics = sums.metrics()
     return -math.inf if metrics.nonfinite else metrics.sqnr_db
+
+
+def figure_from_dict(stored: dict) -> Figure:
+    """The inverse of the figures in `SensitivityTable.to_dict`."""
+    return Figure(tuple(float(v) for v in stored["sqnr_db"]), stored["metric"], stored["cost"])
+
+
+def _plain(figure: Figure) -> dict:
+    return {"sqnr_db": [_number(v) for v in figure.sqnr_db], "metric": figure.metric, "cost": figure.cost}
+
+
+def _number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
 
 
 def _db(value: float) -> str:

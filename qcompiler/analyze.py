@@ -25,7 +25,9 @@ from qcompiler.compiler import prepare
 from qcompiler.ir.fileio import atomic_output
 from qcompiler.passes.pipeline import PassStep
 from qcompiler.passes.progress import Progress
-from qcompiler.passes.sensitivity import Evaluator, Figure, SensitivityTable, UnitSensitivity, first_rows, rows_of
+from qcompiler.passes.sensitivity import (
+    Evaluator, SensitivityTable, UnitSensitivity, figure_from_dict, first_rows, rows_of,
+)
 from qcompiler.passes.sensitivity import sensitivity as measure
 from qcompiler.passes.sensitivity import units as find_units
 from qcompiler.recipe import Recipe
@@ -88,25 +90,44 @@ def _load(path: Path, key: str, found) -> SensitivityTable | None:
     if stored.get("key") != key:
         return None
     by_name = {unit.name: unit for unit in found}
-    rows = [UnitSensitivity(by_name[r["unit"]], _figure(r["alone"]), _figure(r["without"]), r["gain_db"])
-            for r in stored["rows"]]
-    return SensitivityTable(_figure(stored["all_int8"]), stored["reference_metric"], rows, 0, 0.0,
+    rows = [UnitSensitivity(by_name[r["unit"]], figure_from_dict(r["alone"]), figure_from_dict(r["without"]),
+                            float(r["gain_db"])) for r in stored["rows"]]
+    return SensitivityTable(figure_from_dict(stored["all_int8"]), stored["reference_metric"], rows, 0, 0.0,
                             notes=["read from the cache: no variant was run"])
 
 
 def _save(path: Path, key: str, table: SensitivityTable) -> None:
-    rows = [{"unit": r.unit.name, "alone": _plain(r.alone), "without": _plain(r.without), "gain_db": r.gain_db}
-            for r in table.rows]
-    content = {"key": key, "all_int8": _plain(table.all_int8), "reference_metric": table.reference_metric,
-               "rows": rows}
     with atomic_output(path) as staged:
-        staged.write_text(json.dumps(content, indent=1))
+        staged.write_text(json.dumps({"key": key, **table.to_dict()}, indent=1))
 
 
-def _plain(figure: Figure) -> dict:
-    return {"sqnr_db": [str(v) for v in figure.sqnr_db], "metric": figure.metric}
+def plot_table(table: SensitivityTable, path: Path, title: str = "") -> None:
+    """A bar chart of the table: per unit, the SQNR with only it in int8 and with all int8 but it (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    ranked = table.ranked()
+    names = [r.unit.name for r in ranked]
+    height = 0.4
+    figure, axes = pyplot.subplots(figsize=(9, 1.5 + 0.35 * len(ranked)))
+    positions = range(len(ranked))
+    axes.barh([p - height / 2 for p in positions], [_finite(r.alone.min_sqnr_db) for r in ranked], height,
+              label="only it int8")
+    axes.barh([p + height / 2 for p in positions], [_finite(r.without.min_sqnr_db) for r in ranked], height,
+              label="all int8 but it")
+    axes.axvline(table.all_int8.min_sqnr_db, color="black", linestyle="--", label="all int8")
+    axes.set_yticks(list(positions), names, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("output SQNR (dB)")
+    axes.set_title(f"sensitivity {title}".strip())
+    axes.legend(loc="lower right", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100)
+    pyplot.close(figure)
 
 
-def _figure(stored: dict) -> Figure:
-    return Figure(tuple(float(v) for v in stored["sqnr_db"]), stored["metric"])
-
+def _finite(value: float, cap: float = 100.0) -> float:
+    """Bars need finite lengths: an exact output (inf dB) draws at `cap`, NaN at 0."""
+    return max(min(value, cap), -cap) if value == value else 0.0

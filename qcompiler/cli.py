@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from qcompiler import __version__, ir, passes
+from qcompiler.analyze import plot_table
+from qcompiler.analyze import sensitivity as sensitivity_table
 from qcompiler.compiler import DEFAULT_PIPELINE
 from qcompiler.compiler import compile as compile_model
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.debug import annotate, value_errors
+from qcompiler.ir.fileio import atomic_output
 from qcompiler.modelio import check_writable, read_model, write_dump, write_text
+from qcompiler.recipe import Recipe, overrides_toml
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,8 +94,36 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="a model that already holds Q/DQ nodes: refuse it (default), or keep its "
                           "parameters and quantize the rest")
     compile_.add_argument("--timing", action="store_true", help="print a per-pass time and statistics table")
+    compile_.add_argument("--min-sqnr", type=float, metavar="DB",
+                          help="mixed precision: promote the layers that hurt most (int16 activations, fp16, "
+                          "fp32) until every output's SQNR reaches DB; runs the 'mixed' pipeline unless "
+                          "--pipeline is given")
+    compile_.add_argument("--save-overrides", metavar="FILE.toml",
+                          help="write the precision chosen per layer as recipe overrides, to review, edit "
+                          "and pin with --recipe")
     _add_plugin_option(compile_)
     compile_.set_defaults(run=_compile)
+
+    sensitivity = commands.add_parser(
+        "sensitivity", help="measure how much quantizing each layer costs the model's outputs",
+        description="Calibrate MODEL, then for every quantizable layer (or fused group) measure the "
+        "output SQNR with only that layer in int8 and with everything in int8 but it, each a real "
+        "ONNX Runtime run of the emitted model. Most sensitive first.",
+    )
+    sensitivity.add_argument("model", help="the float model: .onnx (or .qir)")
+    sensitivity.add_argument("--calib", metavar="DATA", required=True, help="calibration data (as for compile)")
+    sensitivity.add_argument("--eval", metavar="DATA", help="held-out data to measure on (default: the calibration data)")
+    sensitivity.add_argument("--recipe", metavar="FILE.toml", help="pass options and overrides, as for compile")
+    sensitivity.add_argument("--pipeline", help=f"the compile pipeline (default: the recipe's, else {DEFAULT_PIPELINE!r})")
+    sensitivity.add_argument("--target", choices=["ort-cpu", "tensorrt"], help="as for compile")
+    sensitivity.add_argument("--samples", type=int, default=256, metavar="N", help="evaluation rows used (default 256)")
+    sensitivity.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    sensitivity.add_argument("--cache", metavar="FILE.json", help="reuse the table stored here when nothing changed")
+    sensitivity.add_argument("--top", type=int, default=0, metavar="N", help="rows to print (default: all)")
+    sensitivity.add_argument("--json", metavar="OUT.json", help="write the table as JSON")
+    sensitivity.add_argument("--plot", metavar="OUT.png", help="draw the table (needs matplotlib: qcompiler[plot])")
+    _add_plugin_option(sensitivity)
+    sensitivity.set_defaults(run=_sensitivity)
 
     list_passes = commands.add_parser(
         "passes", help="list the passes, their options and the named pipelines",
@@ -186,21 +219,67 @@ def _export(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     _load_plugins(args)
-    for path in (args.output, args.report):
+    for path in (args.output, args.report, args.save_overrides):
         if path is not None:
             check_writable(path)
-    result = compile_model(args.model, args.calib, recipe=args.recipe, pipeline=args.pipeline, target=args.target,
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
+    pipeline = args.pipeline
+    if args.min_sqnr is not None:
+        recipe.pass_options.setdefault("assign-precision", {})["min_sqnr_db"] = [repr(args.min_sqnr)]
+        pipeline = pipeline or "mixed"
+    result = compile_model(args.model, args.calib, recipe=recipe, pipeline=pipeline, target=args.target,
                            eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized,
                            log=lambda message: print(f"qc: {message}", file=sys.stderr))
     result.save(args.output)
     if args.report:
         write_text(args.report, result.report.to_json())
+    if args.save_overrides:
+        write_text(args.save_overrides, overrides_toml(result.model, _overrides_comment(args.model, result.report)))
     if args.timing:
         sys.stderr.write(passes.Timing(rows=[(p.name, p.seconds, p.changed, p.stats)
                                              for p in result.report.passes]).table())
     print("\n".join(result.report.summary()))
     print(f"wrote {args.output}")
     return 0
+
+
+def _overrides_comment(model: str, report) -> str:
+    lines = [f"precision per layer chosen for {model}; pass this file with --recipe to pin it"]
+    if report.precision is not None:
+        lines.append(f"budget {report.precision['budget']}: {report.precision['all_int8']} all int8 -> "
+                     f"{report.precision['final']}")
+    else:
+        lines.append("no assign-precision in the pipeline: only levels a recipe pinned")
+    return "\n".join(lines)
+
+
+def _sensitivity(args: argparse.Namespace) -> int:
+    _load_plugins(args)
+    for path in (args.json, args.plot):
+        if path is not None:
+            check_writable(path)
+    if args.plot:
+        _require_matplotlib()
+    table = sensitivity_table(args.model, args.calib, eval=args.eval, recipe=args.recipe, pipeline=args.pipeline,
+                              target=args.target, samples=args.samples, jobs=args.jobs, cache=args.cache)
+    lines = table.lines()
+    print("\n".join(lines[:2 + args.top] if args.top else lines))
+    for note in table.notes:
+        print(f"note: {note}")
+    if args.json:
+        write_text(args.json, json.dumps(table.to_dict(), indent=1) + "\n")
+    if args.plot:
+        with atomic_output(args.plot) as staged:
+            plot_table(table, staged, title=Path(args.model).name)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ir.IRError("--plot needs matplotlib: pip install 'qcompiler[plot]'") from None
 
 
 def _passes(args: argparse.Namespace) -> int:

@@ -64,6 +64,22 @@ def test_recipe_example_compiles(workdir):
     assert "insert-observers{method=percentile,percentile=99.99}" in result.report.pipeline
 
 
+def test_console_commands_run(workdir, capsys):
+    """Each `$ qc ...` line of the console blocks, in order (later ones read what earlier ones wrote)."""
+    from qcompiler.cli import main
+
+    lines = [line[2:] for block in blocks("console") for line in block.splitlines() if line.startswith("$ qc ")]
+    assert len(lines) == 4
+    for line in lines:
+        assert main(shlex.split(line)[1:]) == 0, line
+    out = capsys.readouterr().out
+    assert "/features/mix/mix.0/Conv (Conv): fp16" in out
+    saved = (workdir / "overrides.toml").read_text()
+    (shown,) = re.findall(r"```\n(# precision per layer.*?)```", README, flags=re.S)
+    assert saved.split("\n\n", 1)[1] == shown.split("\n\n", 1)[1]  # the section; the header's figures vary
+    assert "err<sqnr=" in (workdir / "outlier_int8.qir").read_text()
+
+
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_python_example_runs(index, workdir):
     exec(compile(blocks("python")[index], f"README.md python block {index}", "exec"), {})
