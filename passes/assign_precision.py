@@ -47,9 +47,10 @@ from qcompiler import ir
 from .base import Pass, PassError, register_pass
 from .place_qdq import accepts_activations
 from .plugins import load_function
-from .progress import Progress
+from .progress import SWITCH, Progress
 from .rules import PRECISIONS
 from .sensitivity import Evaluator, Figure, Unit, first_rows, measure_all, units
+
 
 @register_pass
 class AssignPrecision(Pass):
@@ -90,6 +91,8 @@ class AssignPrecision(Pass):
             raise PassError("assign-precision needs evaluation data to measure variants on")
         if options.samples < 1 or options.jobs < 1:
             raise PassError("assign-precision: samples and jobs must be at least 1")
+        if options.metric and options.jobs > 1:
+            raise PassError("assign-precision: a metric function runs in this process only; use jobs=1 with metric")
 
     def run(self, model: ir.Model, ctx) -> bool:
         start = time.perf_counter()
@@ -102,7 +105,7 @@ class AssignPrecision(Pass):
         levels = self._levels(ctx.target)
         if not levels:
             raise PassError(f"assign-precision: target {ctx.target} takes none of levels={','.join(self.options.levels)}")
-        search = _Search(evaluator, budget, free, levels, self._progress_mode())
+        search = _Search(evaluator, budget, free, levels, SWITCH[self.options.progress], self.options.jobs)
         chosen = search.run()
         nodes = list(model.graph.nodes)
         for unit, level in chosen.items():
@@ -119,8 +122,6 @@ class AssignPrecision(Pass):
         return [level for level in PRECISIONS if level in self.options.levels
                 and (level != "w8a16" or accepts_activations(target, "int16"))]
 
-    def _progress_mode(self) -> bool | None:
-        return {"auto": None, "on": True, "off": False}[self.options.progress]
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,8 @@ class _Search:
     """Rules 3-7 over the free units; every step a measured variant."""
 
     def __init__(self, evaluator: Evaluator, budget: _Budget, free: list[Unit], levels: list[str],
-                 progress: bool | None) -> None:
-        self.evaluator, self.budget, self.free, self.progress = evaluator, budget, free, progress
+                 progress: bool | None, jobs: int) -> None:
+        self.evaluator, self.budget, self.free, self.progress, self.jobs = evaluator, budget, free, progress, jobs
         self.levels, self.top = levels, levels[-1]  # promotion goes to the widest allowed level
         self.all_int8 = self.final = evaluator.measure({})
         self.gains: dict[Unit, float] = {}
@@ -170,7 +171,8 @@ class _Search:
 
     def _ranked(self) -> list[Unit]:
         progress = Progress("sensitivity", len(self.free), "variants", enabled=self.progress)
-        figures = measure_all(self.evaluator, [({unit: self.top}, None) for unit in self.free], progress=progress)
+        figures = measure_all(self.evaluator, [({unit: self.top}, None) for unit in self.free], jobs=self.jobs,
+                              progress=progress)
         base = self.budget.score(self.all_int8)
         self.gains = {unit: self.budget.score(f) - base for unit, f in zip(self.free, figures)}
         return sorted(self.free, key=lambda u: (-self.gains[u], u.work))

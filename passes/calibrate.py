@@ -41,7 +41,7 @@ from qcompiler.ir.fileio import atomic_output
 
 from .base import Pass, PassError, register_pass
 from .observers import Observer, get_observer
-from .progress import Progress
+from .progress import SWITCH, Progress
 from .rules import quantized_values
 
 _CACHE_VERSION = 1
@@ -121,7 +121,8 @@ class Calibrate(Pass):
             raise PassError(f"calibrate{{jobs={self.options.jobs}}}: this calibration data cannot be sharded "
                             "(use a file or folder source, or jobs=1)")
         jobs = self.options.jobs
-        work = [(model, tapped, specs, data.shard(i, jobs)) for i in range(jobs)]
+        positions = {v: i for i, v in enumerate(_main_values(model))}  # the model travels as text: values by place
+        work = [(model, [positions[v] for v in tapped], specs, data.shard(i, jobs)) for i in range(jobs)]
         with multiprocessing.get_context("spawn").Pool(jobs) as pool:
             results = pool.map(_observe_shard_in_worker, work)
         seen = [(observers, samples) for observers, samples in results if samples]  # shards may be empty
@@ -136,14 +137,18 @@ class Calibrate(Pass):
 
     def _progress(self, data) -> Progress:
         total = operator.length_hint(data) or None  # generators have no length
-        enabled = {"auto": None, "on": True, "off": False}[self.options.progress]
+        enabled = SWITCH[self.options.progress]
         return Progress("calibrate", total, "batches", enabled=enabled)
 
 
 def _observed_values(model: ir.Model) -> list[ir.Value]:
+    return [v for v in _main_values(model) if "observer" in v.meta]
+
+
+def _main_values(model: ir.Model) -> list[ir.Value]:
+    """Graph inputs, then node outputs in graph order: the same list in any copy of the model."""
     graph = model.graph
-    candidates = [*graph.inputs, *(v for node in graph.nodes for v in node.outputs)]
-    return [v for v in candidates if "observer" in v.meta]
+    return [*graph.inputs, *(v for node in graph.nodes for v in node.outputs)]
 
 
 def _observer_spec(value: ir.Value) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -203,8 +208,10 @@ def _observe_all(model, values, specs, data, progress: Progress) -> tuple[list[O
 
 def _observe_shard_in_worker(work) -> tuple[list[Observer], int]:
     """One worker's shard; it may be empty when there are more workers than batches."""
-    model, values, specs, data = work
-    return _observe_shard(model, values, specs, data, Progress("", None, enabled=False), threads=1)
+    model, positions, specs, data = work
+    values = _main_values(model)
+    return _observe_shard(model, [values[i] for i in positions], specs, data, Progress("", None, enabled=False),
+                          threads=1)
 
 
 def _overall_range(value: ir.Value, observer: Observer) -> tuple[float, float]:

@@ -7,6 +7,9 @@ import time
 from typing import TextIO
 
 
+SWITCH = {"auto": None, "on": True, "off": False}  # a pass's `progress` option -> Progress(enabled=...)
+
+
 class Progress:
     """Rewrites one stderr line at most every `interval` seconds; silent when not a terminal.
 

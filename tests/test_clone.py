@@ -1,4 +1,4 @@
-"""ir.clone_model: a copy that passes can rewrite while the original stays as it was."""
+"""ir.clone_model, and pickling: copies of a model that passes and worker processes can rewrite."""
 
 from __future__ import annotations
 
@@ -48,3 +48,18 @@ def test_rewriting_the_clone_leaves_the_original_alone():
     assert ir.print_model(model) == before
     weights = [v.const for v in model.graph.constants if v.name == "w"]
     assert any(c is weights[0] for c in (v.const for v in copy.graph.constants))  # arrays are shared, not copied
+
+
+def test_a_deep_model_pickles_to_the_same_text():
+    """Worker processes receive models by pickle; a long chain must not exhaust pickle's recursion."""
+    import pickle
+
+    graph = ir.Graph("chain")
+    value = graph.add_input(ir.Value("x", ir.TensorType(ir.DType.FLOAT, (1, 4))))
+    for i in range(3000):
+        value = graph.append(ir.Node("Relu", [value], [ir.Value(f"v{i}")], meta={"group": f"g{i % 7}"})).outputs[0]
+    graph.set_outputs([value])
+    model = ir.Model(graph, {"": 17})
+    assert ir.print_model(pickle.loads(pickle.dumps(model))) == ir.print_model(model)
+    parsed = ir.parse_model(TEXT)
+    assert ir.print_model(pickle.loads(pickle.dumps(parsed))) == ir.print_model(parsed)
