@@ -11,7 +11,8 @@ the pipeline and run in ONNX Runtime (sensitivity.py rules 2-4).
    (FILE.py:function, called on the outputs of all evaluation rows, higher is better)
    with `max_drop`, how far it may fall below the float model's value. Exactly one.
 2. Data: the first `samples` rows of ctx.evaluation_data, else of the calibration data
-   (the report says which: figures on the data the scales came from flatter).
+   (the report says which and how many rows: figures on the data the scales came from
+   flatter, and the budget holds on these rows, which validation may not be limited to).
 3. Units an override already pinned (a `precision` mark, or kept float) keep their
    level; the others start at int8. When all-int8 meets the budget nothing changes.
 4. Sensitivity: each free unit alone at the widest allowed level (fp32 by default), the
@@ -49,7 +50,7 @@ from .place_qdq import accepts_activations
 from .plugins import load_function
 from .progress import SWITCH, Progress
 from .rules import PRECISIONS
-from .sensitivity import Evaluator, Figure, Unit, first_rows, measure_all, units
+from .sensitivity import Evaluator, Figure, Unit, first_rows, measure_all, rows_of, units
 
 
 @register_pass
@@ -232,6 +233,7 @@ class _Search:
             "runs": self.evaluator.runs,
             "seconds": round(seconds, 3),
             "data": "calibration data" if on_calibration else "evaluation data",
+            "rows": sum(rows_of(feed) for feed in self.evaluator.feeds),
         }
 
 

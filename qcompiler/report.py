@@ -76,7 +76,8 @@ def _precision_lines(precision: dict[str, Any]) -> list[str]:
     promoted = precision["promoted"]
     lines = [f"  precision: {len(promoted)} unit(s) promoted for {precision['budget']}: {precision['all_int8']} "
              f"all int8 -> {precision['final']}; {precision['int8_work_share']:.0%} of the work stays int8 "
-             f"({precision['runs']} runs, {precision['seconds']:.1f} s, on the {precision['data']})"]
+             f"({precision['runs']} runs, {precision['seconds']:.1f} s, on {precision['rows']} rows of the "
+             f"{precision['data']})"]
     lines.extend(f"    {p['unit']} ({p['op']}): {p['level']}, gain {p['gain']:+.2f} alone" for p in promoted)
     return lines
 
