@@ -102,13 +102,13 @@ class AssignPrecision(Pass):
         evaluator = Evaluator(model, ctx.following, first_rows(data, self.options.samples), target=ctx.target,
                               metric=metric)
         budget = _Budget(self.options.min_sqnr_db, self.options.max_drop, evaluator.reference_metric)
-        free = [u for u in units(model) if not _pinned(model, u)]
+        nodes = list(model.graph.nodes)
+        free = [u for u in units(model) if not any("precision" in nodes[p].meta for p in u.positions)]  # rule 3
         levels = self._levels(ctx.target)
         if not levels:
             raise PassError(f"assign-precision: target {ctx.target} takes none of levels={','.join(self.options.levels)}")
         search = _Search(evaluator, budget, free, levels, SWITCH[self.options.progress], self.options.jobs)
         chosen = search.run()
-        nodes = list(model.graph.nodes)
         for unit, level in chosen.items():
             for position in unit.positions:
                 nodes[position].meta["precision"] = level
@@ -235,8 +235,3 @@ class _Search:
             "data": "calibration data" if on_calibration else "evaluation data",
             "rows": sum(rows_of(feed) for feed in self.evaluator.feeds),
         }
-
-
-def _pinned(model: ir.Model, unit: Unit) -> bool:
-    nodes = list(model.graph.nodes)
-    return any("precision" in nodes[p].meta for p in unit.positions)

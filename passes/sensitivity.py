@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -220,10 +220,10 @@ def first_rows(data, samples: int) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def rows_of(feed: dict[str, np.ndarray]) -> int:
-    """The batch size of a feed: axis 0 of its first array (1 for a scalar)."""
+def rows_of(feed: Mapping[str, np.ndarray]) -> int:
+    """The batch size of a feed: axis 0 of its first array (1 for a scalar or an empty feed)."""
     first = next(iter(feed.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
+    return int(np.shape(first)[0]) if first is not None and np.ndim(first) else 1
 
 
 def _only(unit: Unit, all_units: Sequence[Unit]) -> dict[Unit, str]:

@@ -30,6 +30,7 @@ import onnx
 from qcompiler import ir
 from qcompiler.ir.evaluate import session_source
 from qcompiler.passes.metrics import ErrorSums, OutputMetrics
+from qcompiler.passes.sensitivity import rows_of
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -145,9 +146,7 @@ def measure_latency(float_model: ModelSource, quant_model: ModelSource, feeds: M
             times[k].append(time.perf_counter() - start)
         if max(sum(t) for t in times) >= budget_s:
             break
-    first = next(iter(feeds.values()), None)
-    batch = int(first.shape[0]) if first is not None and np.ndim(first) else 1
-    return LatencyPair(_latency(times[0]), _latency(times[1]), batch, threads)
+    return LatencyPair(_latency(times[0]), _latency(times[1]), rows_of(feeds), threads)
 
 
 def latency_verdict(pair: LatencyPair) -> str:
