@@ -87,7 +87,6 @@ class SensitivityTable:
     rows: list[UnitSensitivity]
     runs: int
     seconds: float
-    reference_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def ranked(self) -> list[UnitSensitivity]:
@@ -139,9 +138,7 @@ class Evaluator:
                  target: str = "ort-cpu", metric: Metric | None = None, threads: int = 0) -> None:
         self.model, self.emit, self.feeds, self.target = model, emit, list(feeds), target
         self.metric, self.threads = metric, threads
-        start = time.perf_counter()
         self.reference = _run(ValueTap(model, model.graph.outputs, threads=threads), self.feeds)
-        self.reference_seconds = time.perf_counter() - start
         self.reference_metric = metric(self.reference) if metric is not None else None
         self.runs = 0
 
@@ -171,8 +168,7 @@ def sensitivity(evaluator: Evaluator, all_units: Sequence[Unit], *, jobs: int = 
     all_int8 = figures[0]
     rows = [UnitSensitivity(unit, figures[1 + 2 * i], figures[2 + 2 * i],
                             _gain(figures[2 + 2 * i], all_int8)) for i, unit in enumerate(all_units)]
-    return SensitivityTable(all_int8, evaluator.reference_metric, rows, len(variants),
-                            time.perf_counter() - start, evaluator.reference_seconds)
+    return SensitivityTable(all_int8, evaluator.reference_metric, rows, len(variants), time.perf_counter() - start)
 
 
 def measure_all(evaluator: Evaluator, variants: list[tuple[dict[Unit, str], Unit | None]], *, jobs: int = 1,
