@@ -339,6 +339,15 @@ def layer_normalization(node: Node, model: Model) -> None:
     return None
 
 
+@register_rule("Gelu", "Erf")
+@register_rule("Gelu", "FastGelu", domain="com.microsoft")
+def gelu(node: Node, model: Model) -> None:
+    """Stays float: ONNX Runtime's CPU provider has no integer GELU, so Q/DQ around it would
+    only add rounding. Its output is quantized by the MatMul reading it (the FFN's second
+    Linear), where the integer work is."""
+    return None
+
+
 # -- whole-model plans -------------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 """compile(): a float model in; a quantized model and a measured report out.
 
-1. The model is a path (.onnx or .qir), ONNX bytes or ModelProto, or an ir.Model
-   (compiled in place). A model that already holds QuantizeLinear/DequantizeLinear or
-   QLinear* nodes is refused unless `on_quantized="keep"`: then its pairs keep their
+1. The model is a path (.onnx or .qir), ONNX bytes or ModelProto, an ir.Model
+   (compiled in place), or a torch.nn.Module with `example_inputs` (and optionally
+   `dynamic_shapes`), exported by `qcompiler.torch.export`. A model that already holds
+   QuantizeLinear/DequantizeLinear or QLinear* nodes is refused unless `on_quantized="keep"`: then its pairs keep their
    parameters (place-qdq leaves values in QDQ form alone) and the rest is quantized.
 2. Settings: arguments beat the recipe, which beats defaults (target ort-cpu, the
    `int8` pipeline). The target becomes place-qdq's `target` option. On ort-cpu,
@@ -23,6 +24,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -66,11 +68,13 @@ class CompileResult:
 def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
             pipeline: str | None = None, target: str | None = None, eval: Any = None,
             dump_dir: str | Path | None = None, on_quantized: str = "error",
+            example_inputs: Any = None, dynamic_shapes: Any = None,
             log: Callable[[str], None] | None = None) -> CompileResult:
     """Quantize `model` with calibration data `calib`; see the module docstring for each argument's role."""
     say = log or (lambda message: None)
     start = time.perf_counter()
-    job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval, on_quantized=on_quantized)
+    job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval, on_quantized=on_quantized,
+                  example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
     model, report = job.model, job.report
     timing = passes.Timing(stream=io.StringIO())
     instruments: list[passes.Instrument] = [passes.Verifier(), timing]
@@ -117,10 +121,10 @@ class Job:
 
 def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
             pipeline: str | None = None, target: str | None = None, eval: Any = None,
-            on_quantized: str = "error") -> Job:
+            on_quantized: str = "error", example_inputs: Any = None, dynamic_shapes: Any = None) -> Job:
     """Rules 1-3 of the module, and the data opened with its first batch checked."""
     recipe = _recipe(recipe)
-    model, source = _read(model)
+    model, source = _read(model, example_inputs, dynamic_shapes)
     _check_not_quantized(model, source, on_quantized)
     target = target or recipe.target or "ort-cpu"
     report = CompileReport(source=source, target=target, pipeline="")
@@ -148,14 +152,30 @@ def _recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
     return Recipe.load(recipe)
 
 
-def _read(model: Any) -> tuple[ir.Model, str]:
+def _read(model: Any, example_inputs: Any, dynamic_shapes: Any) -> tuple[ir.Model, str]:
+    if _is_torch_module(model):
+        from qcompiler import torch as torch_frontend
+
+        if example_inputs is None:
+            raise TypeError("compile() of a torch module needs example_inputs: a tensor or a tuple of the "
+                            "arguments its forward takes")
+        return torch_frontend.export(model, example_inputs, dynamic_shapes=dynamic_shapes), type(model).__name__
+    if example_inputs is not None or dynamic_shapes is not None:
+        raise TypeError("example_inputs and dynamic_shapes are for torch modules; this model is already ONNX")
     if isinstance(model, ir.Model):
         return model, model.graph.name or "model"
     if isinstance(model, str | Path):
         return read_model(model), str(model)
     if isinstance(model, bytes | onnx.ModelProto):
         return ir.load_model(model), "model"
-    raise TypeError(f"compile() takes a path, ONNX bytes, a ModelProto or an ir.Model, not {type(model).__name__}")
+    raise TypeError("compile() takes a path, ONNX bytes, a ModelProto, an ir.Model or a torch.nn.Module, "
+                    f"not {type(model).__name__}")
+
+
+def _is_torch_module(model: Any) -> bool:
+    """Without importing torch: a program that never loaded it cannot hold a module."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def _check_not_quantized(model: ir.Model, source: str, on_quantized: str) -> None:

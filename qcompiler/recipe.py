@@ -17,8 +17,11 @@
     [overrides.op_type.Softmax]         # settings for every node of an op type ...
     observer = "minmax"
 
-    [overrides.node_regex."/encoder/.*/MatMul"]   # ... for nodes whose whole name matches ...
+    [overrides.module."encoder.layer.3"]   # ... for nodes a torch module (or its children) produced ...
     precision = "w8a16"
+
+    [overrides.node_regex."/encoder/.*/MatMul"]   # ... for nodes whose whole name matches ...
+    precision = "fp16"
 
     [overrides.node.conv1]              # ... and for one node (wins over both)
     observer = "percentile"
@@ -36,7 +39,9 @@
    `meta["precision"]`, a level assign-precision keeps; `scheme` (per-channel,
    per-tensor) its `meta["weight_scheme"]`, which fold-weights reads. `exclude` and
    `force` go to insert-observers, which marks the nodes for every later pass.
-   Precedence: op type < node_regex (in file order) < node.
+   A module section applies to nodes whose `meta["module"]` (the torch front end sets
+   it) is that module or one inside it. Precedence: op type < module (the innermost
+   wins) < node_regex (in file order) < node.
 3. An unknown key, pass, option or a value of the wrong type is an error naming the
    file, the section and the key; a regex that does not compile too.
 4. `overrides_toml(model)` writes the levels a compile chose (assign-precision's marks)
@@ -59,7 +64,7 @@ from qcompiler.passes.rules import PRECISIONS
 from qcompiler.passes.pipeline import NamedPipeline, PassStep, Pipeline, Repeat, build_options
 
 _TOP_KEYS = frozenset({"target", "pipeline", "passes", "overrides"})
-_OVERRIDE_KEYS = frozenset({"exclude", "force", "op_type", "node_regex", "node"})
+_OVERRIDE_KEYS = frozenset({"exclude", "force", "op_type", "module", "node_regex", "node"})
 _OBSERVER_OPTIONS = frozenset({"percentile", "bins", "quantized_bins", "bits", "averaging_constant"})
 _ACTIVATIONS = frozenset({"uint8", "int8", "uint16", "int16"})
 _SCHEMES = frozenset({"per-channel", "per-tensor"})
@@ -81,6 +86,7 @@ class Recipe:
     exclude: tuple[str, ...] = ()
     force: tuple[str, ...] = ()
     by_op_type: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_module: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_regex: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_node: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -103,8 +109,8 @@ class Recipe:
         _check_keys(overrides, _OVERRIDE_KEYS, source, "[overrides]")
         recipe.exclude = _names(overrides, "exclude", source)
         recipe.force = _names(overrides, "force", source)
-        for kind, target in (("op_type", recipe.by_op_type), ("node_regex", recipe.by_regex),
-                             ("node", recipe.by_node)):
+        for kind, target in (("op_type", recipe.by_op_type), ("module", recipe.by_module),
+                             ("node_regex", recipe.by_regex), ("node", recipe.by_node)):
             for name, settings in _table(overrides, kind, source, "[overrides]").items():
                 section = f"[overrides.{kind}.{name}]"
                 if kind == "node_regex":
@@ -113,7 +119,7 @@ class Recipe:
         return recipe
 
     def observer_config(self, model: ir.Model | None = None) -> dict[str, Any]:
-        """The insert-observers config (its rule 3) these overrides make; regex sections need `model`."""
+        """The insert-observers config (its rule 3) these overrides make; module and regex sections need `model`."""
 
         def observers(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
             found = {}
@@ -124,7 +130,7 @@ class Recipe:
             return found
 
         by_node = {}
-        for node in model.graph.nodes if model is not None and self.by_regex else ():
+        for node in model.graph.nodes if model is not None and (self.by_regex or self.by_module) else ():
             by_node.update(observers({node.name: self._settings(node, op_type=False, node_name=False)}))
         by_node.update(observers(self.by_node))
         return {"by_op_type": observers(self.by_op_type), "by_node": by_node,
@@ -144,6 +150,11 @@ class Recipe:
         """The merged override settings of `node`, by precedence (rule 2)."""
         name = node.name or ""
         settings = dict(self.by_op_type.get(_qualified(node), {})) if op_type else {}
+        module = node.meta.get("module")
+        if isinstance(module, str):
+            for path in sorted(self.by_module, key=len):  # outer modules first: the innermost wins
+                if module == path or module.startswith(path + "."):
+                    settings.update(self.by_module[path])
         for pattern, values in self.by_regex.items():
             if name and re.fullmatch(pattern, name):
                 settings.update(values)
