@@ -11,6 +11,8 @@ from . import fold_weights as _fold_weights  # noqa: F401  (registers the pass)
 from . import fuse as _fuse  # noqa: F401  (registers the pass)
 from . import insert_observers as _insert_observers  # noqa: F401  (registers the pass)
 from . import place_qdq as _place_qdq  # noqa: F401  (registers the pass)
+from . import smooth_quant as _smooth_quant  # noqa: F401  (registers the pass)
+from . import weight_only as _weight_only  # noqa: F401  (registers the pass)
 from .base import Pass, PassError, PipelineError, get_pass, register_pass, registered_passes
 from .context import PassContext
 from .instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
@@ -20,6 +22,10 @@ from .plugins import PluginError, load_entry_point_plugins, load_plugin_file
 
 register_pipeline("default", "canonicalize,fuse,cleanup")
 register_pipeline("int8", "canonicalize,fuse,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
+register_pipeline("int4", "canonicalize,fuse,weight-only,cleanup")
+register_pipeline("int8-weight-only", "canonicalize,fuse,weight-only{bits=8},cleanup")
+register_pipeline("int8-smooth",
+                  "canonicalize,fuse,smooth-quant,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
 register_pipeline("mixed", "canonicalize,fuse,insert-observers,calibrate,assign-precision,place-qdq,fold-weights,cleanup")
 
 __all__ = [

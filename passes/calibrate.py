@@ -108,7 +108,7 @@ class Calibrate(Pass):
             tapped = [values[i] for i in group]
             group_specs = [specs[i] for i in group]
             if self.options.jobs == 1:
-                found, samples = _observe_all(model, tapped, group_specs, data, self._progress(data))
+                found, samples = observe(model, tapped, group_specs, data, self._progress(data))
             else:
                 found, samples = self._observe_parallel(model, tapped, group_specs, data)
             for i, observer in zip(group, found):
@@ -121,7 +121,7 @@ class Calibrate(Pass):
             raise PassError(f"calibrate{{jobs={self.options.jobs}}}: this calibration data cannot be sharded "
                             "(use a file or folder source, or jobs=1)")
         jobs = self.options.jobs
-        positions = {v: i for i, v in enumerate(_main_values(model))}  # the model travels as text: values by place
+        positions = {v: i for i, v in enumerate(main_values(model))}  # the model travels as text: values by place
         work = [(model, [positions[v] for v in tapped], specs, data.shard(i, jobs)) for i in range(jobs)]
         with multiprocessing.get_context("spawn").Pool(jobs) as pool:
             results = pool.map(_observe_shard_in_worker, work)
@@ -142,10 +142,10 @@ class Calibrate(Pass):
 
 
 def _observed_values(model: ir.Model) -> list[ir.Value]:
-    return [v for v in _main_values(model) if "observer" in v.meta]
+    return [v for v in main_values(model) if "observer" in v.meta]
 
 
-def _main_values(model: ir.Model) -> list[ir.Value]:
+def main_values(model: ir.Model) -> list[ir.Value]:
     """Graph inputs, then node outputs in graph order: the same list in any copy of the model."""
     graph = model.graph
     return [*graph.inputs, *(v for node in graph.nodes for v in node.outputs)]
@@ -199,7 +199,13 @@ def _observe_shard(model, values, specs, data, progress: Progress, threads: int)
     return observers, batches
 
 
-def _observe_all(model, values, specs, data, progress: Progress) -> tuple[list[Observer], int]:
+def observe(model: ir.Model, values: list[ir.Value], specs: list[tuple], data,
+            progress: Progress) -> tuple[list[Observer], int]:
+    """Fresh observers of `values` (specs: (observer name, options) pairs) fed every batch of
+    `data` by one ONNX Runtime session over the float model; (observers, batches seen).
+
+    Also serves passes that measure activations before calibration (smooth-quant).
+    """
     observers, batches = _observe_shard(model, values, specs, data, progress, threads=0)
     if batches == 0:
         raise PassError("the calibration data holds no samples")
@@ -209,7 +215,7 @@ def _observe_all(model, values, specs, data, progress: Progress) -> tuple[list[O
 def _observe_shard_in_worker(work) -> tuple[list[Observer], int]:
     """One worker's shard; it may be empty when there are more workers than batches."""
     model, positions, specs, data = work
-    values = _main_values(model)
+    values = main_values(model)
     return _observe_shard(model, [values[i] for i in positions], specs, data, Progress("", None, enabled=False),
                           threads=1)
 

@@ -112,7 +112,7 @@ class FoldWeights(Pass):
             output = Value(names.fresh(f"{value.name}_fp32"), value.type)
             graph.insert_before(node, Node("Cast", [stored], [output], attributes={"to": int(DType.FLOAT)}))
             node.set_input(index, output)
-            _drop_if_unread(graph, value)
+            drop_if_unread(graph, value)
             self.stats["weights_fp16"] += 1
 
     def _fold_weight(self, graph: Graph, names: NameAllocator, node: Node, index: int, axis: int | None,
@@ -125,10 +125,10 @@ class FoldWeights(Pass):
         if (value, axis) not in folded:
             params = _weight_params(data, axis, _WEIGHT_DTYPES[self.options.weight_dtype], self.options.symmetric,
                                     self.options.reduce_range)
-            folded[value, axis] = _dequantized(graph, names, node, value, quantize(data, params), params)
+            folded[value, axis] = dequantized(graph, names, node, value, quantize(data, params), params)
             self.stats["weights_folded"] += 1
         node.set_input(index, folded[value, axis])
-        _drop_if_unread(graph, value)
+        drop_if_unread(graph, value)
 
     def _fold_bias(self, graph: Graph, names: NameAllocator, node: Node, bias: Bias) -> None:
         value = node.inputs[bias.input]
@@ -142,8 +142,8 @@ class FoldWeights(Pass):
         qmin, qmax = dtype_range(DType.INT32)
         codes = np.rint(data.astype(np.float32) / scale)
         self.stats["biases_clipped"] += int(np.count_nonzero((codes < qmin) | (codes > qmax)))
-        node.set_input(bias.input, _dequantized(graph, names, node, value, quantize(data, params), params))
-        _drop_if_unread(graph, value)
+        node.set_input(bias.input, dequantized(graph, names, node, value, quantize(data, params), params))
+        drop_if_unread(graph, value)
         self.stats["biases_folded"] += 1
 
 
@@ -178,18 +178,21 @@ def _bias_scale(activation: Value | None, weight: Value | None, channels: int) -
     return s_in * np.tile(s_w, channels // s_w.size)
 
 
-def _dequantized(graph: Graph, names: NameAllocator, node: Node, value: Value, codes: np.ndarray,
+def dequantized(graph: Graph, names: NameAllocator, node: Node, value: Value, codes: np.ndarray,
                  params: QuantParams) -> Value:
     """A DequantizeLinear of `codes` (a new initializer carrying `params`), inserted before `node`."""
     stored = graph.add_constant(Value(names.fresh(f"{value.name}_quantized"), const=codes, quant=params))
     scale = graph.add_constant(Value(names.fresh(f"{value.name}_scale"), const=params.scale))
     zero_point = graph.add_constant(Value(names.fresh(f"{value.name}_zp"), const=params.zero_point))
     attributes = {} if params.axis is None else {"axis": params.axis}
+    if params.block_size is not None:
+        attributes["block_size"] = params.block_size
     output = Value(names.fresh(f"{value.name}_dq"), value.type)
     graph.insert_before(node, Node("DequantizeLinear", [stored, scale, zero_point], [output], attributes=attributes))
     return output
 
 
-def _drop_if_unread(graph: Graph, value: Value) -> None:
+def drop_if_unread(graph: Graph, value: Value) -> None:
+    """Remove constant `value` once a rewrite left no reader of it."""
     if not value.uses() and value in graph.constants and value not in graph.inputs:
         graph.remove_constant(value)

@@ -51,6 +51,7 @@ from .patterns import (
     Any, Const, Either, Match, Op, Optional, Pattern, apply_patterns, constant_value, not_graph_output,
     replace_root, used_only_inside,
 )
+from .rules import attr
 
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish")
 _ABSORBED_BY_TARGET = {"ort-cpu": ("Relu", "Clip")}  # targets not listed absorb every activation
@@ -110,13 +111,13 @@ def _fold_bn(env: _Env, graph: Graph, match: Match) -> bool:
     w = match.const("w")
     if w.dtype.kind != "f" or w.ndim < 3:
         return False
-    group = _attr(conv, "group", 1)
+    group = attr(conv, "group", 1)
     channels = w.shape[0] if conv.op_type == "Conv" else w.shape[1] * group
     params = [match.const(k).astype(np.float64) for k in ("scale", "bias", "mean", "var")]
     if any(p.shape != (channels,) for p in params) or (conv.op_type == "ConvTranspose" and w.shape[0] % group):
         return False
     scale, bias, mean, var = params
-    s = scale / np.sqrt(var + _attr(bn, "epsilon", 1e-5))
+    s = scale / np.sqrt(var + attr(bn, "epsilon", 1e-5))
     kernel = (1,) * (w.ndim - 2)
     if conv.op_type == "Conv":
         folded_w = w * s.reshape(channels, 1, *kernel)
@@ -150,7 +151,7 @@ def _bias_fits(bias: np.ndarray, width: int | None, rank: int | None) -> bool:
 def _gemm_width(gemm: Node) -> int | None:
     b = constant_value(gemm.inputs[1])
     if b is not None and b.ndim == 2:
-        return b.shape[0 if _attr(gemm, "transB", 0) else 1]
+        return b.shape[0 if attr(gemm, "transB", 0) else 1]
     shape = gemm.outputs[0].shape
     return shape[-1] if shape and isinstance(shape[-1], int) else None
 
@@ -162,7 +163,7 @@ def _gemm_bias_fits(match: Match) -> bool:
 def _fold_gemm_bias(env: _Env, graph: Graph, match: Match) -> bool:
     gemm, bias = match["gemm"], match.const("bias")
     if "c" in match:
-        folded = _attr(gemm, "beta", 1.0) * match.const("c").astype(np.float64) + bias
+        folded = attr(gemm, "beta", 1.0) * match.const("c").astype(np.float64) + bias
         if folded.ndim > 2:
             return False
         c = env.constant(graph, f"{match['c'].name}_folded", folded.astype(bias.dtype))
@@ -218,14 +219,14 @@ _LAYERNORM = Op(
 
 
 def _reduced_axes(node: Node, axes_input: str, match: Match, rank: int) -> tuple[int, ...] | None:
-    if _attr(node, "keepdims", 1) != 1:
+    if attr(node, "keepdims", 1) != 1:
         return None
     if axes_input in match:
         axes = match.const(axes_input).reshape(-1).tolist()
     else:
-        axes = _attr(node, "axes", None)
+        axes = attr(node, "axes", None)
     if not axes:  # no axes: all of them, unless told to do nothing
-        return None if _attr(node, "noop_with_empty_axes", 0) else tuple(range(rank))
+        return None if attr(node, "noop_with_empty_axes", 0) else tuple(range(rank))
     return tuple(sorted(a % rank for a in axes))
 
 
@@ -377,11 +378,6 @@ class Fuse(Pass):
                 self.stats["iteration_cap_hit"] += 1
             changed |= bool(result.counts)
         return changed
-
-
-def _attr(node: Node, key: str, default):
-    attr = node.attributes.get(key)
-    return default if attr is None else attr.value
 
 
 def _like(node: Node, inputs: list) -> Node:

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 from qcompiler.ir import DType, Model, Node, Value
 
-_NORMS = frozenset({"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"})
+NORMS = frozenset({"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"})
 
 
 class Weight(NamedTuple):
@@ -161,9 +161,10 @@ def is_float(value: Value | None) -> bool:
     return value is not None and value.dtype in _QUANTIZABLE_FLOATS
 
 
-def _attr(node: Node, key: str, default):
-    attr = node.attributes.get(key)
-    return default if attr is None else attr.value
+def attr(node: Node, key: str, default):
+    """The value of attribute `key`, or `default` when the node does not set it."""
+    found = node.attributes.get(key)
+    return default if found is None else found.value
 
 
 def _is_norm(node: Node | None) -> bool:
@@ -171,7 +172,7 @@ def _is_norm(node: Node | None) -> bool:
     if node is None:
         return False
     group = node.meta.get("group")
-    return node.op_type in _NORMS or (isinstance(group, str) and group.startswith("layernorm#"))
+    return node.op_type in NORMS or (isinstance(group, str) and group.startswith("layernorm#"))
 
 
 # -- built-in rules ----------------------------------------------------------------------
@@ -224,8 +225,8 @@ def gemm(node: Node, model: Model) -> QuantPlan:
     accumulator holds A*B at scale s_a * s_b, so another alpha or beta would need folding
     into it first. Otherwise C stays float. The output is quantized, as for Conv.
     """
-    unit = _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
-    return _weighted(node, 0 if _attr(node, "transB", 0) else 1, _bias(node, 2) if unit else None)
+    unit = attr(node, "alpha", 1.0) == 1.0 and attr(node, "beta", 1.0) == 1.0
+    return _weighted(node, 0 if attr(node, "transB", 0) else 1, _bias(node, 2) if unit else None)
 
 
 @register_rule("MatMul")
@@ -310,8 +311,8 @@ def resize(node: Node, model: Model) -> QuantPlan | None:
     """
     if is_constant(node.inputs[0]):
         return None
-    within = _attr(node, "mode", "nearest") != "cubic" and \
-        _attr(node, "coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize"
+    within = attr(node, "mode", "nearest") != "cubic" and \
+        attr(node, "coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize"
     if within:
         return QuantPlan(activations=(0,), output_follows=((0, 0),), needs_quantized_inputs=True)
     return QuantPlan(activations=(0,), outputs=(0,), needs_quantized_inputs=True)

@@ -39,6 +39,7 @@ class CompileReport:
     latency: Any = None  # validate.LatencyPair
     latency_verdict: str = ""
     precision: dict[str, Any] | None = None  # assign-precision's report, when it ran
+    weight_only: dict[str, Any] | None = None  # weight-only's report, when it ran
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,10 +67,19 @@ class CompileReport:
             lines.append(f"  stay float (no rule): {ops}")
         if self.precision is not None:
             lines.extend(_precision_lines(self.precision))
+        if self.weight_only is not None:
+            lines.append(_weight_only_line(self.weight_only))
         if self.latency_verdict:
             lines.append(f"  speed: {self.latency_verdict}")
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return lines
+
+
+def _weight_only_line(found: dict[str, Any]) -> str:
+    kind = f"{'' if found['symmetric'] else 'u'}int{found['bits']}"
+    return (f"  weights: {found['weights']} stored {kind} in blocks of {found['block_size']} ({found['format']}), "
+            f"{_mb(found['float_bytes'])} -> {_mb(found['quantized_bytes'])} ({found['ratio']:.1f}x smaller); "
+            f"{found['skipped']} left float")
 
 
 def _precision_lines(precision: dict[str, Any]) -> list[str]:
