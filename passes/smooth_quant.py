@@ -7,8 +7,10 @@ output channel and take a rescaling of their rows easily. Xiao et al., 2022.
 1. A value X is smoothed when every reader is linear in it with a constant weight
    reducing over X's last dim: MatMul(X, W) with W a 2-D constant [K, N], or Gemm(X, W)
    with transA = 0 and W constant ([K, N], or [N, K] with transB). All readers see the
-   same X', so all must qualify; a value also read by anything else (a residual Add) is
-   left alone. Only values of the main graph, as calibration taps only those.
+   same X', so all must qualify for the division to fold (rule 3). A value also read by
+   anything else (a post-LN model's residual Add reads the LayerNorm's output) can only
+   be smoothed through a Mul in front of its linear readers (rule 4). Only values of the
+   main graph, as calibration taps only those.
 2. act_max[k] = max |X[..., k]| over the calibration data (one ONNX Runtime pass over the
    float model, through calibrate's `observe` with a per-channel minmax observer; with
    `samples=n`, whole batches until n rows are seen), w_max[k] = max over the readers of
@@ -24,7 +26,7 @@ output channel and take a rescaling of their rows easily. Xiao et al., 2022.
    divides d when Y is read only by that Add and is itself foldable (so a decomposed
    LayerNorm's Mul(gamma) + Add(beta) tail folds, grouped by fuse or not).
 4. Where nothing folds the division, `insert_mul=true` puts Mul(X, 1/s) in front of the
-   readers, as ONNX Runtime's quantizer does; the Mul stays float (rules: a constant
+   linear readers (the others keep reading X), as ONNX Runtime's quantizer does; the Mul stays float (rules: a constant
    operand) and costs one elementwise pass. Off by default, as in the paper, which smooths
    only where the division folds (the inputs of QKV and the first FFN Linear, after a
    LayerNorm): counted as `not_foldable`. Measured in the int8 pipeline (reduce_range),
@@ -179,18 +181,20 @@ def _weight_maxima(target: _Target) -> np.ndarray:
 
 
 def _targets(model: Model) -> list[_Target]:
-    """The values whose readers all qualify (rule 1), with where their division folds (rules 3, 4)."""
+    """The values with linear readers (rule 1), with where their division folds (rules 3, 4)."""
     graph = model.graph
     found = []
     for value in main_values(model):
         readers = value.consumers()
         if not readers or not is_float(value) or any(node.graph is not graph for node in readers):
             continue
-        weights = [_reduction_weight(node, value) for node in readers]
-        if any(w is None for w in weights) or len({w.shape[0] for w in weights}) != 1:
+        linear = [(node, w) for node in readers if (w := _reduction_weight(node, value)) is not None]
+        if not linear or len({w.shape[0] for _, w in linear}) != 1:
             continue
-        absorbers = None if value.is_graph_output() else _absorbers(value, weights[0].shape[0])
-        found.append(_Target(value, list(readers), weights, absorbers))
+        weights = [w for _, w in linear]
+        foldable = len(linear) == len(readers) and not value.is_graph_output()
+        absorbers = _absorbers(value, weights[0].shape[0]) if foldable else None
+        found.append(_Target(value, [node for node, _ in linear], weights, absorbers))
     return found
 
 
@@ -251,11 +255,15 @@ def _replace_constant(graph: Graph, names: NameAllocator, node: Node, index: int
 
 
 def _insert_mul(graph: Graph, names: NameAllocator, value: Value, readers: list[Node], inverse: np.ndarray) -> None:
-    """Rule 4: the readers read Mul(X, 1/s), placed right after X is made."""
+    """Rule 4: the readers read Mul(X, 1/s), placed right after X is made (before the first reader of an input)."""
     inverse = inverse.astype(value.dtype.numpy)
     scale = graph.add_constant(Value(names.fresh(f"{value.name}_smooth_scale"), const=inverse))
     smoothed = Value(names.fresh(f"{value.name}_smoothed"), value.type)
-    graph.insert_after(value.producer, Node("Mul", [value, scale], [smoothed]))
+    mul = Node("Mul", [value, scale], [smoothed])
+    if value.producer is not None:
+        graph.insert_after(value.producer, mul)
+    else:
+        graph.insert_before(next(n for n in graph.nodes if n in readers), mul)
     for node in readers:
         node.set_input(0, smoothed)
 

@@ -120,7 +120,7 @@ def single_ln(gamma: np.ndarray, beta: np.ndarray, w: np.ndarray, also_read_by: 
     a = g.op("LayerNormalization", "x", g.const("g", gamma), g.const("b", beta), name="ln", axis=-1)
     out = [g.op("MatMul", a, g.const("w", w), name="mm")]
     if also_read_by:
-        out.append(g.op(also_read_by, a, name="other"))
+        out.append(g.op(also_read_by, *([a, a] if also_read_by == "Add" else [a]), name="other"))
     return g.model(("N", TOKENS, HIDDEN), out)
 
 
@@ -226,13 +226,26 @@ def test_needs_calibration_data_and_runs_before_observers():
         PassManager("insert-observers,smooth-quant").run(transformer(1), PassContext(calibration_data=feeds(1)))
 
 
-@pytest.mark.parametrize("reader", ["Relu", "Softmax"])
-def test_value_also_read_by_a_non_linear_op_is_left_alone(reader):
+@pytest.mark.parametrize("reader", ["Relu", "Softmax", "Add"])
+def test_value_also_read_by_a_non_linear_op_is_smoothed_only_through_a_mul(reader):
+    """A post-LN model's residual Add reads the LayerNorm too: folding would change what it sees."""
     w = np.random.default_rng(4).standard_normal((HIDDEN, 8))
-    model = single_ln(np.ones(HIDDEN), np.zeros(HIDDEN), w, also_read_by=reader)
-    ctx = smooth(model, feeds(2), "smooth-quant{insert_mul=true}")
-    assert ctx.report["smooth-quant"]["values_smoothed"] == 0
+    gamma = np.ones(HIDDEN)
+    gamma[[2, 9]] = 50.0
+    data = feeds(2)
+    model = single_ln(gamma, np.zeros(HIDDEN), w, also_read_by=reader)
+    expected = outputs(model, data)
+    ctx = smooth(model, data)
+    assert ctx.report["smooth-quant"]["values_smoothed"] == 0 and ctx.report["smooth-quant"]["not_foldable"] == 1
     np.testing.assert_array_equal(weight_of(model, "mm"), w.astype(np.float32))
+
+    ctx = smooth(model, data, "smooth-quant{insert_mul=true}")
+    assert ctx.report["smooth-quant"]["muls_inserted"] == 1
+    matmul, other = (next(n for n in model.graph.nodes if n.name == name) for name in ("mm", "other"))
+    assert matmul.inputs[0].producer.op_type == "Mul"
+    assert other.inputs[0].producer.op_type == "LayerNormalization"
+    for want, got in zip(expected, outputs(model, data)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_graph_output_takes_a_mul_not_a_fold():
