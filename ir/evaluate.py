@@ -2,11 +2,16 @@
 
 One session per call however many nodes it runs: creating a session costs far more
 than running the small constant subgraphs folding sees.
+
+Sessions over a whole model read it from a ModelFile (onnx_export): a path, with the
+weights in external data once the model is large, as ONNX Runtime requires past 2 GB.
+For a large model, `lean_options` turns weight prepacking off: ONNX Runtime would
+otherwise keep a packed copy of every MatMul/Gemm weight, a second copy of the model,
+where unpacked it computes from the file mapping it already has.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +21,7 @@ import onnx
 from .core import Model, Node, Value
 from .errors import EvaluationError
 from .naming import unique_names
-from .onnx_export import nodes_to_onnx, to_onnx_with_outputs
+from .onnx_export import ModelFile, nodes_to_onnx
 
 _PROTOBUF_LIMIT = 2**31 - 1
 
@@ -54,26 +59,25 @@ class ValueTap:
     """An ONNX Runtime session over the whole model that also returns chosen inner values.
 
     Calibration runs the float model and reads activations that are not graph outputs;
-    this adds them as outputs of an exported copy. Models past the 2 GB protobuf limit
-    go through a temporary file with external data, as ONNX Runtime requires.
+    this adds them as outputs of an exported copy (a ModelFile, lean when large).
     """
 
     def __init__(self, model: Model, values: Sequence[Value], *, threads: int = 0) -> None:
         import onnxruntime as ort
 
         self.values = list(values)
-        proto = to_onnx_with_outputs(model, self.values)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        with tempfile.TemporaryDirectory() as scratch:
-            source = session_source(proto, Path(scratch))
+        with ModelFile(model, outputs=self.values) as exported:
+            if exported.large:
+                lean_options(options)
             try:
-                self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+                self._session = ort.InferenceSession(exported.path, options, providers=["CPUExecutionProvider"])
             except Exception as err:  # ORT's pybind errors share no narrower base
                 lines = str(err).strip().splitlines() or [type(err).__name__]
                 raise EvaluationError(f"ONNX Runtime cannot load the model to observe it: {lines[0]}") from None
-        names = unique_names(model.graph)  # the names to_onnx_with_outputs gave them
+        names = unique_names(model.graph)  # the names the export gave them
         self._names = [names[v] for v in self.values]
         self.input_names = [i.name for i in self._session.get_inputs()]
 
@@ -86,8 +90,16 @@ class ValueTap:
             raise EvaluationError(f"ONNX Runtime failed on a calibration batch: {lines[0]}") from None
 
 
-def session_source(proto, scratch: Path) -> bytes | str:
-    if proto.ByteSize() < _PROTOBUF_LIMIT:
+def lean_options(options) -> None:
+    """Session options for a large model: no prepacked copy of the weights (module docstring)."""
+    options.add_session_config_entry("session.disable_prepacking", "1")
+
+
+def session_source(proto: onnx.ModelProto, scratch: Path) -> bytes | str:
+    """What ONNX Runtime loads `proto` from: its bytes, or past the protobuf limit a file in
+    `scratch` with external data (a proto that large cannot even report its size)."""
+    tensor_bytes = sum(len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(proto))
+    if tensor_bytes < _PROTOBUF_LIMIT - (64 << 20):
         return proto.SerializeToString()
     path = scratch / "model.onnx"
     onnx.save_model(proto, str(path), save_as_external_data=True, location="model.onnx.data")

@@ -1,26 +1,140 @@
-"""Atomic file output: write to a temporary file beside the target, then rename."""
+"""Files: atomic output, and read-only mapping of the weight files models keep beside them.
+
+1. Output goes to temporary files beside the targets, renamed into place on success. For
+   several files (a model and its external data), a target that existed is kept aside
+   until every rename succeeded and put back if one fails: a failure leaves neither new
+   file, and the old pair as it was.
+2. Weight files are memory-mapped read-only, once per file, and tensors are numpy views
+   of the mapping: nothing is read until used, and the kernel can drop clean pages under
+   pressure. A mapping closes when the last view of it goes (no registry keeps it).
+3. `mapped_region` tells whether an array lies in such a mapping (file and offset), so
+   export can point at the bytes already on disk instead of writing them again;
+   `release_pages` drops a mapped array's pages from the process's resident set once it
+   was read (they stay in the page cache); `release_mapped_pages` those of every open
+   mapping, for when a phase that read weights is over. A page read again faults back in.
+"""
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces `path`, on any error it is removed."""
-    path = Path(path)
-    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    with atomic_outputs([path]) as (staged,):
+        yield staged
+
+
+@contextmanager
+def atomic_outputs(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+    """Yield a temporary path per target; on success all replace their targets, else none does (rule 1)."""
+    targets = [Path(p) for p in paths]
+    staged: list[Path] = []
     try:
-        yield Path(staged)
+        for target in targets:
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(fd)
+            staged.append(Path(name))
+        yield staged
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(staged, 0o666 & ~umask)
-        os.replace(staged, path)
+        for path in staged:
+            os.chmod(path, 0o666 & ~umask)
+        replace_together(staged, targets)
+    finally:
+        for path in staged:
+            path.unlink(missing_ok=True)
+
+
+def replace_together(staged: Sequence[Path], targets: Sequence[Path]) -> None:
+    """Rename each staged file onto its target; on a failure, put back the targets already replaced (rule 1)."""
+    kept: list[tuple[Path, Path | None]] = []
+    try:
+        for source, target in zip(staged, targets):
+            aside = None
+            if len(targets) > 1 and target.exists():
+                aside = target.with_name(f".{target.name}.{os.getpid()}.old")
+                os.replace(target, aside)
+            kept.append((target, aside))
+            os.replace(source, target)
     except BaseException:
-        Path(staged).unlink(missing_ok=True)
+        for target, aside in reversed(kept):
+            if aside is not None:
+                os.replace(aside, target)
+            else:
+                target.unlink(missing_ok=True)
         raise
+    for _, aside in kept:
+        if aside is not None:
+            aside.unlink(missing_ok=True)
+
+
+_MAPPINGS: weakref.WeakSet[MappedFile] = weakref.WeakSet()  # open ones: a weak set keeps none open
+
+
+class MappedFile(mmap.mmap):
+    """A read-only mapping of a whole file, remembering which file (path and inode) it is."""
+
+    path: Path
+    identity: tuple[int, int]  # (st_dev, st_ino) when mapped
+    address: int
+
+
+def map_file(path: Path) -> MappedFile:
+    """Map `path` read-only (rule 2). The caller checks sizes; an empty file cannot be mapped."""
+    with open(path, "rb") as file:
+        mapped = MappedFile(file.fileno(), 0, access=mmap.ACCESS_READ)
+        stat = os.fstat(file.fileno())
+    mapped.path = path.resolve()
+    mapped.identity = (stat.st_dev, stat.st_ino)
+    probe = np.frombuffer(mapped, np.uint8, count=1)
+    mapped.address = probe.ctypes.data
+    del probe  # an exported buffer would keep the mapping from closing
+    _MAPPINGS.add(mapped)
+    return mapped
+
+
+def mapped_view(mapped: MappedFile, dtype: np.dtype, shape: tuple[int, ...], offset: int) -> np.ndarray:
+    """The read-only array of `shape` at byte `offset` of the mapping."""
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(mapped, dtype, count=count, offset=offset).reshape(shape)
+
+
+def mapped_region(array: np.ndarray) -> tuple[MappedFile, int] | None:
+    """The mapping `array` lies in and its byte offset there, for a C-contiguous view of one (rule 3)."""
+    base = array.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    mapped = base.obj if isinstance(base, memoryview) else base
+    if not isinstance(mapped, MappedFile) or not array.flags.c_contiguous:
+        return None
+    return mapped, array.ctypes.data - mapped.address
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the whole pages of a mapped `array` from the resident set; a later read faults them back in."""
+    region = mapped_region(array)
+    if region is not None:
+        mapped, offset = region
+        start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        _dont_need(mapped, start, (offset + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE - start)
+
+
+def release_mapped_pages() -> None:
+    """Drop the pages of every open mapping from the resident set (rule 3)."""
+    for mapped in list(_MAPPINGS):
+        _dont_need(mapped, 0, len(mapped))
+
+
+def _dont_need(mapped: MappedFile, start: int, length: int) -> None:
+    if length > 0 and hasattr(mmap, "MADV_DONTNEED") and not mapped.closed:
+        mapped.madvise(mmap.MADV_DONTNEED, start, length)

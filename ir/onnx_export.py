@@ -1,8 +1,20 @@
 """IR -> ONNX. With onnx_import, the only module that touches protobuf.
 
-Files are written to a temporary name and renamed into place, so a failed export
-never leaves a partial model. Models whose weights pass the 2 GB protobuf limit are
-written with their tensors in an external data file beside the model.
+1. Files are staged in a temporary folder beside the target and renamed into place,
+   the model and its data file together (fileio.replace_together), so a failed export
+   leaves neither.
+2. Models whose weights pass `LARGE_MODEL_BYTES` (or, when lowered, the 2 GB protobuf
+   limit) are written with their tensors from 1 KB on in an external data file beside
+   the model: a proto that size is slow to parse, and ONNX Runtime maps external data. Tensors are written to it one at a
+   time as the proto is built, and the proto only points at them: memory never holds a
+   serialized copy of the weights.
+3. `ModelFile` exports a model to a temporary folder for ONNX Runtime, which needs a
+   path when tensors are external. Tensors still mapped from the file they were loaded
+   from (onnx_import) are pointed at there through a hard link, not copied; in a model
+   past `LARGE_MODEL_BYTES` the others go to a data file of its own.
+4. Export reads mapped tensors once, then drops their pages from the resident set
+   (fileio.release_pages): a model of many GB exported for shape inference does not
+   keep its weights resident twice.
 """
 
 from __future__ import annotations
@@ -18,41 +30,50 @@ from onnx import helper, numpy_helper
 
 from .attributes import Attr, AttrKind
 from .core import Graph, Model, Node, Value, bulk_build
+from .dtypes import DType
 from .errors import ExportError
+from .fileio import MappedFile, mapped_region, release_pages, replace_together
 from .naming import unique_names
 from .tensors import ElidedTensor, SparseTensor
 from .types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
 _PROTOBUF_LIMIT = 2**31 - 1
+LARGE_MODEL_BYTES = 256 << 20  # constants past this go to external data
+_EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay in the proto
+_PAGE_ALIGNED_BYTES = 1 << 20  # tensors from this size start on a page (ONNX Runtime maps them), others on 64 bytes
 
 
 def to_onnx(model: Model) -> onnx.ModelProto:
     """Build a ModelProto (not checked; `save_model` checks)."""
+    return _model_proto(model, (), None)
+
+
+def _model_proto(model: Model, outputs: Sequence[Value], external: _ExternalData | None) -> onnx.ModelProto:
+    """The model, with `outputs` (values of its main graph) added to the graph outputs and
+    initializers sent to `external` when it takes them."""
     names = unique_names(model.graph)
-    with bulk_build():
-        graph = _Exporter(names).graph(model.graph)
-    proto = helper.make_model(
-        graph,
-        opset_imports=_opsets(model.opset_imports),
+    exporter = _Exporter(names, external)
+    proto = onnx.ModelProto(
+        ir_version=model.ir_version,  # kept as is: ORT treats initializer-inputs differently before IR v4
+        opset_import=_opsets(model.opset_imports),
         producer_name=model.producer_name,
         producer_version=model.producer_version,
         domain=model.domain,
         model_version=model.model_version,
         doc_string=model.doc_string,
     )
-    proto.ir_version = model.ir_version  # kept as is: ORT treats initializer-inputs differently before IR v4
+    with bulk_build():
+        exporter.graph(model.graph, proto.graph)  # built in place: a copy of a graph would copy its weights
+    present = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(exporter.value_info(v) for v in outputs if names[v] not in present)
     helper.set_model_props(proto, model.metadata)
     return proto
 
 
-def to_onnx_with_outputs(model: Model, values: Sequence[Value]) -> onnx.ModelProto:
-    """The model with `values` (of its main graph) appended to the graph outputs."""
-    names = unique_names(model.graph)
-    proto = to_onnx(model)
-    present = {o.name for o in proto.graph.output}
-    exporter = _Exporter(names)
-    proto.graph.output.extend(exporter.value_info(v) for v in values if names[v] not in present)
-    return proto
+def constant_bytes(model: Model) -> int:
+    """Bytes of the constants of every graph of `model` (what its weights weigh)."""
+    graphs = [model.graph, *(g for node in model.graph.all_nodes() for g in node.subgraphs())]
+    return sum(v.const.nbytes for g in graphs for v in g.constants if isinstance(v.const, np.ndarray))
 
 
 def nodes_to_onnx(
@@ -90,33 +111,66 @@ def _opsets(opset_imports: dict[str, int]) -> list[onnx.OperatorSetIdProto]:
 def save_model(model: Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
     """Write `model` to `path`, checked by onnx.checker, atomically.
 
-    `external_data` None means: only when the tensors pass the 2 GB protobuf limit. The
-    data file is `<model file name>.data` beside the model.
+    `external_data` None means: only when the model is large (rule 2). The data file is
+    `<model file name>.data` beside the model.
     """
     path = Path(path)
-    proto = to_onnx(model)
     if external_data is None:
-        external_data = _tensor_bytes(proto) > _PROTOBUF_LIMIT - (64 << 20)
-    if not external_data:
-        _check(proto, None)
+        external_data = constant_bytes(model) > min(LARGE_MODEL_BYTES, _PROTOBUF_LIMIT - (64 << 20))
     data_name = path.name + ".data"
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as staging:
         staged = Path(staging) / path.name
         try:
-            onnx.save_model(
-                proto,
-                str(staged),
-                save_as_external_data=external_data,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
+            with _ExternalData(Path(staging), data_name, _EXTERNAL_MIN_BYTES if external_data else None,
+                               link=False) as external:
+                proto = _model_proto(model, (), external)
+            if not external_data:
+                _check(proto, None)
+            staged.write_bytes(proto.SerializeToString())
         except (ValueError, OSError) as err:
             raise ExportError(f"{path}: cannot write the model: {err}") from None
-        if external_data:
+        if external.bytes:
             _check(None, staged)
-            os.replace(Path(staging) / data_name, path.parent / data_name)
-        os.replace(staged, path)
+            replace_together([Path(staging) / data_name, staged], [path.parent / data_name, path])
+        else:
+            replace_together([staged], [path])
+
+
+class ModelFile:
+    """`model` exported to a temporary folder as `path`, for ONNX Runtime (rule 3).
+
+    `outputs` (values of the main graph) are added to the graph outputs. `size` is what
+    the model weighs as ONNX (proto and external tensors); `large` says its constants
+    pass LARGE_MODEL_BYTES. The folder goes on close() or when the object is collected;
+    ONNX Runtime sessions opened from it keep working (they map or copy what they read).
+    """
+
+    def __init__(self, model: Model, *, outputs: Sequence[Value] = ()) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="qcompiler-model-")
+        folder = Path(self._folder.name)
+        self.path = folder / "model.onnx"
+        self.large = constant_bytes(model) > LARGE_MODEL_BYTES
+        min_bytes = _EXTERNAL_MIN_BYTES if self.large else None
+        try:
+            with _ExternalData(folder, "model.onnx.data", min_bytes, link=True) as external:
+                proto = _model_proto(model, outputs, external)
+            self.size = proto.ByteSize() + external.bytes
+            self.path.write_bytes(proto.SerializeToString())
+        except BaseException:
+            self.close()
+            raise
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def close(self) -> None:
+        self._folder.cleanup()
+
+    def __enter__(self) -> ModelFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _check(proto: onnx.ModelProto | None, path: Path | None) -> None:
@@ -127,36 +181,101 @@ def _check(proto: onnx.ModelProto | None, path: Path | None) -> None:
         raise ExportError(f"the exported model does not pass onnx.checker: {first}") from None
 
 
-def _tensor_bytes(proto: onnx.ModelProto) -> int:
-    return sum(
-        len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(proto)
-    )
+class _ExternalData:
+    """Where initializers go outside the proto: the file they are mapped from (hard-linked
+    into `folder` when `link`), or data file `name` in `folder`, appended one at a time.
+
+    `min_bytes` None writes nothing to the data file; `bytes` counts the tensor bytes
+    pointed at from the proto.
+    """
+
+    def __init__(self, folder: Path, name: str, min_bytes: int | None, *, link: bool) -> None:
+        self.folder, self.name, self.min_bytes, self.link = folder, name, min_bytes, link
+        self.bytes = 0
+        self._file = None
+        self._links: dict[MappedFile, str | None] = {}
+
+    def __enter__(self) -> _ExternalData:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto | None:
+        """An initializer pointing at `array`'s bytes outside the proto, or None to keep it inline."""
+        if array.dtype.kind in "OSU":
+            return None  # strings have no raw layout
+        dtype = DType.from_numpy(array.dtype)
+        if dtype.bitwidth != 8 * array.dtype.itemsize:
+            raw = np.frombuffer(numpy_helper.from_array(array).raw_data, np.uint8)  # packed sub-byte types
+        else:
+            raw = array
+        region = mapped_region(raw) if self.link else None
+        location = self._linked(region[0]) if region is not None else None
+        if location is not None:
+            offset = region[1]
+        elif self.min_bytes is not None and raw.nbytes >= self.min_bytes:
+            location, offset = self.name, self._append(raw)
+        else:
+            return None
+        self.bytes += raw.nbytes
+        tensor = onnx.TensorProto(name=name, data_type=int(dtype), dims=array.shape,
+                                  data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(raw.nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        return tensor
+
+    def _linked(self, mapped: MappedFile) -> str | None:
+        """The name of a hard link to `mapped`'s file in the folder; None when the file was
+        replaced since it was mapped, or cannot be linked (another file system)."""
+        if mapped not in self._links:
+            link = self.folder / f"{self.name}.{len(self._links) + 1}"
+            try:
+                stat = os.stat(mapped.path)
+                if (stat.st_dev, stat.st_ino) != mapped.identity:
+                    raise FileNotFoundError(mapped.path)
+                os.link(mapped.path, link)
+                self._links[mapped] = link.name
+            except OSError:
+                self._links[mapped] = None
+        return self._links[mapped]
+
+    def _append(self, raw: np.ndarray) -> int:
+        if self._file is None:
+            self._file = open(self.folder / self.name, "wb")
+        align = 4096 if raw.nbytes >= _PAGE_ALIGNED_BYTES else 64
+        offset = -(-self._file.tell() // align) * align
+        self._file.write(bytes(offset - self._file.tell()))
+        self._file.write(np.ascontiguousarray(raw).reshape(-1).view(np.uint8).data)
+        release_pages(raw)
+        return offset
 
 
 class _Exporter:
-    def __init__(self, names: dict[Value, str]) -> None:
+    def __init__(self, names: dict[Value, str], external: _ExternalData | None = None) -> None:
         self.names = names
+        self.external = external
 
     def name(self, value: Value | None) -> str:
         return "" if value is None else self.names[value]
 
-    def graph(self, graph: Graph) -> onnx.GraphProto:
+    def graph(self, graph: Graph, proto: onnx.GraphProto | None = None) -> onnx.GraphProto:
+        """`graph` as a GraphProto, filled into `proto` when given; initializers are added one at a time."""
         boundary = {*graph.inputs, *graph.outputs, *graph.constants}
-        value_info = [
-            self.value_info(v)
-            for node in graph.nodes
-            for v in node.outputs
-            if v.type is not None and v not in boundary
-        ]
-        return helper.make_graph(
-            [self.node(node) for node in graph.nodes],
-            graph.name,
-            [self.value_info(v) for v in graph.inputs],
-            [self.value_info(v) for v in graph.outputs],
-            initializer=[self.tensor(v.const, self.names[v]) for v in graph.constants],
-            doc_string=graph.doc_string or None,
-            value_info=value_info,
+        proto = proto if proto is not None else onnx.GraphProto()
+        proto.name = graph.name
+        proto.node.extend(self.node(node) for node in graph.nodes)
+        proto.input.extend(self.value_info(v) for v in graph.inputs)
+        proto.output.extend(self.value_info(v) for v in graph.outputs)
+        for value in graph.constants:
+            proto.initializer.append(self.initializer(value.const, self.names[value]))
+        if graph.doc_string:
+            proto.doc_string = graph.doc_string
+        proto.value_info.extend(
+            self.value_info(v) for node in graph.nodes for v in node.outputs if v.type is not None and v not in boundary
         )
+        return proto
 
     def node(self, node: Node) -> onnx.NodeProto:
         proto = helper.make_node(
@@ -180,13 +299,22 @@ class _Exporter:
         value = [convert(v) for v in attr.value] if attr.kind.is_list else convert(attr.value)
         return helper.make_attribute(name, value, attr_type=onnx.AttributeProto.AttributeType.Value(attr.kind.name))
 
+    def initializer(self, data: np.ndarray | ElidedTensor, name: str) -> onnx.TensorProto:
+        if self.external is not None and isinstance(data, np.ndarray):
+            proto = self.external.tensor(data, name)
+            if proto is not None:
+                return proto
+        return self.tensor(data, name)
+
     def tensor(self, data: np.ndarray | ElidedTensor, name: str) -> onnx.TensorProto:
         if isinstance(data, ElidedTensor):
             raise ExportError(
                 f"constant {name or data.key!r} was elided from the text dump ({data.key!r}); "
                 "give the weights file that was written with it"
             )
-        return numpy_helper.from_array(data, name)
+        proto = numpy_helper.from_array(data, name)
+        release_pages(data)
+        return proto
 
     def sparse(self, sparse: SparseTensor) -> onnx.SparseTensorProto:
         return helper.make_sparse_tensor(

@@ -1,11 +1,18 @@
 """ONNX -> IR. One of the two modules that touch protobuf (the other is onnx_export).
 
-Loading runs, in order: read (with external data), inline model-local functions (the
-IR has no function table; inlining keeps the semantics), optional clean-up with
-onnx-graphsurgeon, shape inference (ONNX's; ONNX Runtime's symbolic inference first when
-inputs have symbolic dims), checks that name the offending node, then lowering.
+Loading runs, in order: read, inline model-local functions (the IR has no function
+table; inlining keeps the semantics), optional clean-up with onnx-graphsurgeon, shape
+inference (ONNX's; ONNX Runtime's symbolic inference first when inputs have symbolic
+dims), checks that name the offending node, then lowering.
 Shape inference is best effort: real exported graphs often defeat it, so nothing here
 depends on it succeeding.
+
+Tensors in external data files are not read: each file is memory-mapped read-only and
+its tensors become numpy views of the mapping (fileio.py), so a model of many GB costs
+no memory until its weights are used, and export can point at the same bytes. Their
+file is looked up beside the model (the working directory for bytes and ModelProtos);
+a location outside that folder, a missing file or one too short for its tensors is a
+ModelLoadError naming the file. Clean-up reads the data in (graphsurgeon needs it).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from .attributes import Attr, AttrKind
 from .core import Graph, Model, Node, Value, bulk_build
 from .dtypes import DType
 from .errors import ModelLoadError
+from .fileio import MappedFile, map_file, mapped_view
 from .tensors import SparseTensor
 from .types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
@@ -46,23 +54,24 @@ def load_model(
 
     `cleanup` folds constants, drops dead nodes and re-sorts with onnx-graphsurgeon.
     """
-    label, proto = _read(source)
+    label, proto, folder = _read(source)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
     if cleanup:
-        proto = _graphsurgeon_cleanup(proto, label)
+        proto = _graphsurgeon_cleanup(_with_external_data(proto, folder, label), label)
     if infer_shapes:
         proto = _infer_shapes(proto)
     _check_ops(proto, label)
     with bulk_build():
-        return _Importer(label).model(proto)
+        return _Importer(label, folder).model(proto)
 
 
-def _read(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[str, onnx.ModelProto]:
+def _read(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[str, onnx.ModelProto, Path]:
+    """The label for messages, the proto (external data not read) and the folder its data files are in."""
     if isinstance(source, onnx.ModelProto):
-        return "<model>", source
+        return "<model>", source, Path()
     if isinstance(source, bytes):
-        label = "<bytes>"
+        label, folder = "<bytes>", Path()
         try:
             proto = onnx.load_model_from_string(source)
         except (DecodeError, ValueError) as err:
@@ -70,19 +79,29 @@ def _read(source: str | os.PathLike | bytes | onnx.ModelProto) -> tuple[str, onn
     else:
         label = str(source)
         path = Path(source)
+        folder = path.parent
         if not path.is_file():
             raise ModelLoadError(f"{label}: no such file")
         try:
             proto = onnx.load(str(path), load_external_data=False)
-            if _uses_external_data(proto):
-                onnx.load_external_data_for_model(proto, str(path.parent))
         except DecodeError as err:
             raise ModelLoadError(f"{label}: not an ONNX model, or truncated ({err})") from None
-        except (OSError, ValueError, onnx.checker.ValidationError) as err:
-            raise ModelLoadError(f"{label}: cannot read external data: {err}") from None
     if not proto.HasField("graph") or not proto.opset_import:
         raise ModelLoadError(f"{label}: not an ONNX model (no graph or no opset import)")
-    return label, proto
+    return label, proto, folder
+
+
+def _with_external_data(proto: onnx.ModelProto, folder: Path, label: str) -> onnx.ModelProto:
+    """`proto` with its external tensors read in (a copy when it has any)."""
+    if not _uses_external_data(proto):
+        return proto
+    loaded = onnx.ModelProto()
+    loaded.CopyFrom(proto)
+    try:
+        onnx.load_external_data_for_model(loaded, str(folder))
+    except (OSError, ValueError, onnx.checker.ValidationError) as err:
+        raise ModelLoadError(f"{label}: cannot read external data: {err}") from None
+    return loaded
 
 
 def _uses_external_data(proto: onnx.ModelProto) -> bool:
@@ -111,36 +130,41 @@ def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     import went there) while only their shapes matter. Small and integer constants stay,
     since data propagation reads them (Reshape targets, Slice bounds).
     """
-    light, weights = _without_weights(proto)
+    light = _inferred_without_weights(proto)
+    return proto if light is None else _with_weights(light, proto)
+
+
+def _inferred_without_weights(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """The copy of `proto` without weights (see _infer_shapes), inferred; None when even it is too big."""
+    light = _without_weights(proto)
     if light.ByteSize() > _PROTOBUF_LIMIT:
-        return proto  # too big to serialize even without weights; shapes come from calibration later
+        return None  # shapes come from calibration later
     if _has_symbolic_inputs(light):
         light = _ort_symbolic_inference(light)
     try:
         light = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort; the model is still valid without it
         pass
-    return _with_weights(light, proto, weights)
+    return light
 
 
-def _without_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
-    """A copy of `proto` whose large float initializers are graph inputs of their type; their names."""
+def _without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` whose large float and external initializers are graph inputs of their type."""
     light = onnx.ModelProto()
     _copy_fields(proto, light, skip="graph")
     _copy_fields(proto.graph, light.graph, skip="initializer")
     inputs = {i.name for i in proto.graph.input}
-    weights = set()
     for tensor in proto.graph.initializer:
-        if tensor.data_type in _FLOAT_TENSORS and int(np.prod(tensor.dims)) > _INLINE_WEIGHT_ELEMENTS:
-            weights.add(tensor.name)
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL  # inference cannot read it anyway
+        if external or (tensor.data_type in _FLOAT_TENSORS and int(np.prod(tensor.dims)) > _INLINE_WEIGHT_ELEMENTS):
             if tensor.name not in inputs:
                 light.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
         else:
             light.graph.initializer.append(tensor)
-    return light, weights
+    return light
 
 
-def _with_weights(light: onnx.ModelProto, proto: onnx.ModelProto, weights: set[str]) -> onnx.ModelProto:
+def _with_weights(light: onnx.ModelProto, proto: onnx.ModelProto) -> onnx.ModelProto:
     """The inferred `light` model with `proto`'s inputs and initializers back, in their order."""
     del light.graph.input[:]
     light.graph.input.extend(proto.graph.input)
@@ -165,10 +189,11 @@ def infer_types(proto: onnx.ModelProto) -> dict[str, Type]:
     """The types shape inference (as run at load) finds for the values of every graph, by name.
 
     Lets the IR refresh its types after passes rewrote the graph; values inference
-    says nothing about are left out.
+    says nothing about are left out. The weights are never put back (only types are read).
     """
+    light = _inferred_without_weights(proto)
     types: dict[str, Type] = {}
-    for graph in _graphs(_infer_shapes(proto).graph):
+    for graph in _graphs(light.graph) if light is not None else ():
         for info in (*graph.value_info, *graph.output):
             type_ = _type(info.type)
             if type_ is not None:
@@ -295,8 +320,10 @@ def _sorted_nodes(graph: onnx.GraphProto, label: str) -> list[onnx.NodeProto]:
 class _Importer:
     """Lowers protobuf into IR objects, resolving names through nested scopes."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, folder: Path) -> None:
         self.label = label
+        self.folder = folder
+        self._files: dict[Path, MappedFile] = {}
 
     def model(self, proto: onnx.ModelProto) -> Model:
         opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
@@ -322,7 +349,7 @@ class _Importer:
             graph.add_input(value)
             scope[vi.name] = value
         for tensor in proto.initializer:
-            data = _tensor(tensor)
+            data = self.tensor(tensor)
             if tensor.name in scope and scope[tensor.name].graph is graph:
                 value = scope[tensor.name]  # an input with a default (IR version < 4 style)
                 value.const = data
@@ -375,19 +402,57 @@ class _Importer:
             AttrKind.FLOAT: lambda: proto.f,
             AttrKind.INT: lambda: proto.i,
             AttrKind.STRING: lambda: _text(proto.s),
-            AttrKind.TENSOR: lambda: _tensor(proto.t),
+            AttrKind.TENSOR: lambda: self.tensor(proto.t),
             AttrKind.GRAPH: lambda: self.graph(proto.g, scope),
             AttrKind.SPARSE_TENSOR: lambda: _sparse(proto.sparse_tensor),
             AttrKind.TYPE_PROTO: lambda: _type(proto.tp),
             AttrKind.FLOATS: lambda: proto.floats,
             AttrKind.INTS: lambda: proto.ints,
             AttrKind.STRINGS: lambda: [_text(s) for s in proto.strings],
-            AttrKind.TENSORS: lambda: [_tensor(t) for t in proto.tensors],
+            AttrKind.TENSORS: lambda: [self.tensor(t) for t in proto.tensors],
             AttrKind.GRAPHS: lambda: [self.graph(g, scope) for g in proto.graphs],
             AttrKind.SPARSE_TENSORS: lambda: [_sparse(s) for s in proto.sparse_tensors],
             AttrKind.TYPE_PROTOS: lambda: [_type(t) for t in proto.type_protos],
         }
         return Attr(kind, readers[kind]())
+
+    def tensor(self, proto: onnx.TensorProto) -> np.ndarray:
+        if proto.data_location != onnx.TensorProto.EXTERNAL:
+            return _tensor(proto)
+        info = {entry.key: entry.value for entry in proto.external_data}
+        location = info.get("location", "")
+        where = f"{self.label}: tensor {proto.name!r}"
+        if not location or Path(location).is_absolute() or ".." in Path(location).parts:
+            raise ModelLoadError(f"{where}: external data location {location!r} is not a path inside the model's folder")
+        path = self.folder / location
+        dtype = DType(proto.data_type)
+        shape = tuple(proto.dims)
+        plain = dtype != DType.STRING and dtype.bitwidth == 8 * dtype.numpy.itemsize  # bytes as numpy lays them out
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else int(np.prod(shape)) * dtype.numpy.itemsize
+        if plain and length != int(np.prod(shape)) * dtype.numpy.itemsize:
+            raise ModelLoadError(f"{where}: external data length {length} does not match its shape {list(shape)} "
+                                 f"of {dtype.short_name}")
+        if length == 0:
+            return np.zeros(shape, dtype.numpy)
+        mapped = self._mapping(path, where)
+        if offset + length > len(mapped):
+            raise ModelLoadError(f"{where} needs bytes {offset}..{offset + length} of {path}, which has only "
+                                 f"{len(mapped)} bytes (truncated?)")
+        if plain:
+            return mapped_view(mapped, dtype.numpy, shape, offset)
+        inline = onnx.TensorProto(name=proto.name, data_type=proto.data_type, dims=shape,
+                                  raw_data=mapped[offset:offset + length])
+        return _tensor(inline)
+
+    def _mapping(self, path: Path, where: str) -> MappedFile:
+        if path not in self._files:
+            if not path.is_file():
+                raise ModelLoadError(f"{where} is stored in {path}, which does not exist")
+            if path.stat().st_size == 0:
+                raise ModelLoadError(f"{where} is stored in {path}, which is empty (truncated?)")
+            self._files[path] = map_file(path)
+        return self._files[path]
 
 
 def _text(raw: bytes) -> str:

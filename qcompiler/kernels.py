@@ -59,7 +59,7 @@ import onnx
 from qcompiler import ir
 from qcompiler.ir.naming import unique_names
 from qcompiler.passes.cost import COMPUTE_OPS, node_macs
-from qcompiler.validate import open_session
+from qcompiler.validate import ModelSource, open_session
 
 INTEGER_KERNELS = frozenset({
     "ConvInteger", "DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat", "NhwcQLinearConv",
@@ -87,10 +87,11 @@ class KernelReport:
         return line
 
 
-def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: onnx.ModelProto | None = None) -> KernelReport:
+def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSource | None = None) -> KernelReport:
     """The kernels ONNX Runtime chose for `quant_model` (any model: a float one reports share 0).
 
-    `exported` is `ir.to_onnx(quant_model)` when the caller has it already (export is not free on large models).
+    `exported` is `quant_model` as ONNX (a ModelProto, or a path such as a ModelFile) when
+    the caller has it already: export is not free on large models.
     """
     optimized = _optimized_graph(exported if exported is not None else quant_model, threads)
     kernels = list(_onnx_nodes(optimized.graph))
@@ -108,7 +109,7 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: onnx.Mod
     )
 
 
-def _optimized_graph(model: ir.Model | onnx.ModelProto, threads: int) -> onnx.ModelProto:
+def _optimized_graph(model: ModelSource, threads: int) -> onnx.ModelProto:
     import onnxruntime as ort
 
     options = ort.SessionOptions()

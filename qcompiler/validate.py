@@ -3,8 +3,10 @@
 1. Both models run in ONNX Runtime (CPUExecutionProvider, default graph optimizations,
    as a deployment gets them) on the same feeds, batch by batch. Outputs pair up by name
    when both models have the same output names, else by position, and take the float
-   model's names; a model is an `ir.Model`, serialized ONNX bytes or a path. An `ir.Model` past the 2 GB protobuf limit reaches ONNX Runtime
-   through a temporary file with external data (ir/evaluate.py).
+   model's names; a model is an `ir.Model`, serialized ONNX bytes or a path (an
+   `ModelFile` is one). An `ir.Model` reaches ONNX Runtime through a ModelFile, with
+   external data when large. Comparison opens lean sessions (no prepacked weight copy,
+   ir/evaluate.py) for large models, so two sessions weigh about the two models.
 2. Metrics per output are passes/metrics.py's running sums (SQNR, cosine, max error,
    top-1 agreement, NaN/Inf counts), so memory holds one batch whatever the amount of
    data; `summary` puts a non-finite count first.
@@ -28,7 +30,8 @@ import numpy as np
 import onnx
 
 from qcompiler import ir
-from qcompiler.ir.evaluate import session_source
+from qcompiler.ir.evaluate import lean_options, session_source
+from qcompiler.ir.onnx_export import LARGE_MODEL_BYTES, ModelFile, constant_bytes
 from qcompiler.passes.metrics import ErrorSums, OutputMetrics
 from qcompiler.passes.sensitivity import rows_of
 
@@ -65,10 +68,11 @@ class LatencyPair:
 
 
 def open_session(model: ModelSource, *, threads: int = 0, options: onnxruntime.SessionOptions | None = None,
-                 label: str = "the") -> onnxruntime.InferenceSession:
+                 label: str = "the", lean: bool = False) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session over `model` with `threads` intra-op threads (0: all cores).
 
     `options` lets a caller ask for more (an optimized-model file); warnings stay quiet.
+    `lean` drops weight prepacking when the model is large (rule 1).
     Raises EvaluationError, naming `label`, when ONNX Runtime rejects the model.
     """
     import onnxruntime as ort  # 0.1 s to import; only validation needs it
@@ -76,9 +80,14 @@ def open_session(model: ModelSource, *, threads: int = 0, options: onnxruntime.S
     options = options or ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if lean and _is_large(model):
+        lean_options(options)
     with tempfile.TemporaryDirectory() as scratch:
-        if isinstance(model, ir.Model | onnx.ModelProto):
-            source = session_source(ir.to_onnx(model) if isinstance(model, ir.Model) else model, Path(scratch))
+        if isinstance(model, ir.Model):
+            exported = ModelFile(model)
+            source = str(exported.path)
+        elif isinstance(model, onnx.ModelProto):
+            source = session_source(model, Path(scratch))
         else:
             source = model if isinstance(model, bytes) else os.fspath(model)
         try:
@@ -93,8 +102,8 @@ def compare_models(float_model: ModelSource, quant_model: ModelSource, data: Ite
 
     `progress` (anything with advance() and close()) advances once per batch.
     """
-    reference = open_session(float_model, threads=threads, label="the float")
-    quantized = open_session(quant_model, threads=threads, label="the quantized")
+    reference = open_session(float_model, threads=threads, label="the float", lean=True)
+    quantized = open_session(quant_model, threads=threads, label="the quantized", lean=True)
     names = [output.name for output in reference.get_outputs()]
     quant_names = [output.name for output in quantized.get_outputs()]
     if len(quant_names) != len(names):
@@ -171,6 +180,18 @@ def summary(metrics: Iterable[OutputMetrics]) -> str:
         warning = f"{m.nonfinite} NaN/Inf value(s) in the quantized output; " if m.nonfinite else ""
         lines.append(f"{m.name}: {warning}{', '.join(parts)} ({m.samples} samples)")
     return "\n".join(lines)
+
+
+def _is_large(model: ModelSource) -> bool:
+    """Whether `model`'s weights pass LARGE_MODEL_BYTES (a path counts its data files beside it)."""
+    if isinstance(model, ModelFile):
+        return model.large
+    if isinstance(model, ir.Model):
+        return constant_bytes(model) > LARGE_MODEL_BYTES
+    if isinstance(model, onnx.ModelProto | bytes):
+        return False  # in memory, so under the protobuf limit and its weights are copied anyway
+    path = Path(os.fspath(model))
+    return sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if f.is_file()) > LARGE_MODEL_BYTES
 
 
 def _inputs(session: onnxruntime.InferenceSession, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
