@@ -27,6 +27,9 @@ reads the graph ONNX Runtime actually runs and weighs each of our compute nodes
    one, since an activation read by several nodes cannot tell them apart.
 5. Unclaimed nodes ran in float, and are listed by node name (their output's name when
    unnamed) in `float_nodes`.
+6. MatMulNBits nodes (weight-only) are compute nodes too, written by us and kept by ORT:
+   integer when their accuracy_level is 4, at which the kernel quantizes activations to
+   int8 and multiplies in integers; at level 0 it multiplies in float.
 
     ours, before ORT                                anchors of the Conv
     %x_q  = QuantizeLinear(%x)
@@ -48,6 +51,7 @@ share matters (`node_macs` says what it approximates). FLOPs are 2 x MACs.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -66,6 +70,7 @@ INTEGER_KERNELS = frozenset({
     "QAttention", "QGemm", "QLinearConv", "QLinearConvTranspose", "QLinearMatMul",
 })
 _ACTIVATIONS = frozenset({"Relu", "Clip"})
+_INT8_COMPUTE = 4  # MatMulNBits accuracy_level: activations quantized to int8 inside the kernel
 
 
 @dataclass
@@ -98,6 +103,12 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSou
     ours = [node for node in quant_model.graph.all_nodes() if not node.domain and node.op_type in COMPUTE_OPS]
     integer = _claimed(ours, [k for k in kernels if k.op_type in INTEGER_KERNELS], unique_names(quant_model.graph))
     macs = {node: node_macs(node) for node in ours}
+    for node in quant_model.graph.all_nodes():  # rule 6: ours already, ORT keeps them as written
+        if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
+            ours.append(node)
+            macs[node] = _matmul_nbits_macs(node)
+            if node.attributes.get("accuracy_level") and node.attributes["accuracy_level"].value == _INT8_COMPUTE:
+                integer.add(node)
     integer_macs = sum(macs[node] for node in integer)
     total = sum(macs.values())
     return KernelReport(
@@ -107,6 +118,13 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSou
         integer_share=integer_macs / total if total else 0.0,
         float_nodes=[node.name or node.outputs[0].name for node in ours if node not in integer],
     )
+
+
+def _matmul_nbits_macs(node: ir.Node) -> int:
+    """Rows of A (symbolic dims as 1) x K x N, from the op's K and N attributes."""
+    shape = node.inputs[0].shape or ()
+    rows = math.prod(d if isinstance(d, int) else 1 for d in shape[:-1])
+    return rows * node.attributes["K"].value * node.attributes["N"].value
 
 
 def _optimized_graph(model: ModelSource, threads: int) -> onnx.ModelProto:

@@ -88,4 +88,9 @@ def test_int4_weights_shrink_the_encoder_and_report_the_error(encoder):
     measured = _sqnr_db(reference, _outputs(ir.to_onnx(result.model)))
     assert result.report.outputs[0].sqnr_db == pytest.approx(measured, abs=0.01)
     assert measured > 15
+    kernels = result.report.kernels  # MatMulNBits at accuracy level 4 multiplies in int8; attention stays float
+    assert kernels.op_counts["com.microsoft::MatMulNBits"] == 36
+    assert kernels.float_nodes and all(name.endswith(("attention/MatMul", "attention/MatMul_1"))
+                                       for name in kernels.float_nodes)
+    assert kernels.integer_share > 0.8
     assert any(line.startswith("  weights: 36 stored int4 in blocks of 128") for line in result.report.summary())
