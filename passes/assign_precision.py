@@ -24,7 +24,8 @@ the pipeline and run in ONNX Runtime (sensitivity.py rules 2-4).
 6. Promotion: the top k ranked units go to that level for k = 1, 2, 4, ... until the budget
    is met, then bisection finds the smallest k that meets it.
 7. Lowering: each promoted unit, least sensitive first, tries the cheaper `levels`
-   (w8a16 only where the target has 16-bit activations) and keeps the one whose variant
+   (w8a16 only where the target has 16-bit activations, dynamic only when
+   dynamic-quant{marked_only=true} follows in the pipeline) and keeps the one whose variant
    meets the budget at the lowest cost (rule 8), ties to the earlier level (smaller
    weights); its top level stays when none is cheaper.
 8. Cost is measured on each emitted variant (cost.emitted_cost: MACs x the bytes ONNX
@@ -104,7 +105,7 @@ class AssignPrecision(Pass):
         budget = _Budget(self.options.min_sqnr_db, self.options.max_drop, evaluator.reference_metric)
         nodes = list(model.graph.nodes)
         free = [u for u in units(model) if not any("precision" in nodes[p].meta for p in u.positions)]  # rule 3
-        levels = self._levels(ctx.target)
+        levels = self._levels(ctx.target, ctx.following)
         if not levels:
             raise PassError(f"assign-precision: target {ctx.target} takes none of levels={','.join(self.options.levels)}")
         search = _Search(evaluator, budget, free, levels, SWITCH[self.options.progress], self.options.jobs)
@@ -118,10 +119,12 @@ class AssignPrecision(Pass):
                                                        time.perf_counter() - start)
         return bool(chosen)
 
-    def _levels(self, target: str) -> list[str]:
-        """Rule 7: the allowed levels in PRECISIONS order, w8a16 only where the target has 16-bit activations."""
+    def _levels(self, target: str, following: str) -> list[str]:
+        """Rule 7: the allowed levels in PRECISIONS order, w8a16 only where the target has 16-bit activations,
+        dynamic only where a following dynamic-quant emits it."""
         return [level for level in PRECISIONS if level in self.options.levels
-                and (level != "w8a16" or accepts_activations(target, "int16"))]
+                and (level != "w8a16" or accepts_activations(target, "int16"))
+                and (level != "dynamic" or "dynamic-quant" in following)]
 
 
 

@@ -7,6 +7,8 @@
 3. `emitted_cost` of a model in QDQ form: the MACs of each compute op times the bytes it
    computes with on ONNX Runtime's CPU provider: 1 where `runs_integer` (an 8-bit kernel),
    4 elsewhere (float32; fp16 weights and 16-bit activations compute in float32 there).
+   A MatMulInteger (dynamic-quant's, which ONNX Runtime fuses into its dynamic kernels)
+   counts as an 8-bit MatMul.
 4. `runs_integer` mirrors the QDQ fusions ONNX Runtime makes: every float input of the
    op read through a DequantizeLinear of an 8-bit tensor (int32 for a bias), and for
    Conv, ConvTranspose and Gemm the output, through a Relu/Clip chain the kernel
@@ -22,6 +24,7 @@ import math
 from qcompiler.ir import DType, Model, Node, Value
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+_COSTED_OPS = COMPUTE_OPS | {"MatMulInteger"}  # rule 3
 _NEEDS_QUANTIZED_OUTPUT = frozenset({"Conv", "ConvTranspose", "Gemm"})
 _ABSORBED = frozenset({"Relu", "Clip"})
 _8_BIT = frozenset({DType.INT8, DType.UINT8})
@@ -38,7 +41,7 @@ def work(node: Node) -> int:
 def emitted_cost(model: Model) -> int:
     """Rule 3: MACs x bytes over the compute ops of the main graph."""
     return sum(node_macs(n) * (1 if runs_integer(n) else 4) for n in model.graph.nodes
-               if not n.domain and n.op_type in COMPUTE_OPS)
+               if not n.domain and n.op_type in _COSTED_OPS)
 
 
 def runs_integer(node: Node) -> bool:
@@ -65,7 +68,7 @@ def runs_integer(node: Node) -> bool:
 
 
 def node_macs(node: Node) -> int:
-    """Multiply-accumulates of a Conv, ConvTranspose, Gemm or MatMul from its IR shapes.
+    """Multiply-accumulates of a Conv, ConvTranspose, Gemm or MatMul (or MatMulInteger) from its IR shapes.
 
     Symbolic and unknown dims count as 1. Approximations when a shape is unknown:
     Conv without an output shape takes the input's spatial size (stride 1, 'same'
@@ -91,12 +94,12 @@ def node_macs(node: Node) -> int:
         k = a[0] if node.attributes.get("transA", 0) else a[1]
         n = b[0] if node.attributes.get("transB", 0) else b[1]
         return (math.prod(out) if out is not None else m * n) * k
-    if node.op_type == "MatMul":
+    if node.op_type in ("MatMul", "MatMulInteger"):
         k = x[-1] if x else w[-2] if w and len(w) > 1 else w[0] if w else 1
         if out is None:
             out = (*(x[:-1] if x else ()), w[-1] if w and len(w) > 1 else 1)
         return math.prod(out) * k
-    raise ValueError(f"{node!r} is not a Conv, ConvTranspose, Gemm or MatMul")
+    raise ValueError(f"{node!r} is not a Conv, ConvTranspose, Gemm, MatMul or MatMulInteger")
 
 
 def _dims(value: Value | None) -> tuple[int, ...] | None:

@@ -123,7 +123,7 @@ class FoldWeights(Pass):
             self.stats["weights_skipped"] += 1
             return
         if (value, axis) not in folded:
-            params = _weight_params(data, axis, _WEIGHT_DTYPES[self.options.weight_dtype], self.options.symmetric,
+            params = weight_params(data, axis, _WEIGHT_DTYPES[self.options.weight_dtype], self.options.symmetric,
                                     self.options.reduce_range)
             folded[value, axis] = dequantized(graph, names, node, value, quantize(data, params), params)
             self.stats["weights_folded"] += 1
@@ -147,7 +147,7 @@ class FoldWeights(Pass):
         self.stats["biases_folded"] += 1
 
 
-def _weight_params(data: np.ndarray, axis: int | None, dtype: DType, symmetric: bool,
+def weight_params(data: np.ndarray, axis: int | None, dtype: DType, symmetric: bool,
                    reduce_range: bool) -> QuantParams:
     """Parameters covering each channel's [min, max] along `axis` (the whole tensor when None);
     with `reduce_range` the range is doubled, so codes use one bit less (rule 7)."""

@@ -40,7 +40,7 @@ from qcompiler.ir import Model, Node, Value
 
 from .base import Pass, PassError, register_pass
 from .observers import get_observer
-from .rules import quantized_values
+from .rules import float_by_choice, in_qdq_form, quantized_values
 
 _MARKS = ("observer", "observer_options", "observer_follows")
 _CONFIG_KEYS = frozenset({"by_op_type", "by_node", "exclude", "force"})
@@ -89,7 +89,10 @@ class InsertObservers(Pass):
         for value in _candidates(model):
             for key in _MARKS:
                 value.meta.pop(key, None)
+        raw_readers = float_by_choice(model)
         for value, leader in quantized_values(model).items():
+            if in_qdq_form(value, raw_readers) and in_qdq_form(leader, raw_readers):
+                continue  # a pair the model holds keeps its parameters (place-qdq): nothing to observe
             if leader is not value:
                 value.meta["observer_follows"] = leader.name
                 self.stats["follows"] += 1

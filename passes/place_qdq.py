@@ -74,7 +74,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 
 from .base import Pass, PassError, register_pass
 from .cost import COMPUTE_OPS
-from .rules import PRECISIONS, QuantPlan, float_by_choice, is_qdq, plans, quantized_values
+from .rules import PRECISIONS, QuantPlan, float_by_choice, in_qdq_form, is_qdq, plans, quantized_values
 
 _MIN_OPSET = 10
 _16BIT_OPSET = 21  # ai.onnx QuantizeLinear/DequantizeLinear take int16/uint16 from here
@@ -219,22 +219,13 @@ def _selected(values: dict[Value, Value], node_plans: dict[Node, QuantPlan], tar
                   if not node.domain and node.op_type in COMPUTE_OPS for i in plan.activations}
         values = {v: leader for v, leader in values.items() if v in inputs}
     return {v: leader for v, leader in values.items()
-            if not _in_qdq_form(v, raw_readers) and not _read_raw_only(v, raw_readers)}
+            if not in_qdq_form(v, raw_readers) and not _read_raw_only(v, raw_readers)}
 
 
 def _read_raw_only(value: Value, raw_readers: set[Node]) -> bool:
     """Every reader keeps float and reads the value itself (rule 9): a pair would be dead."""
     readers = value.consumers()
     return bool(readers) and not value.is_graph_output() and all(n in raw_readers for n in readers)
-
-
-def _in_qdq_form(value: Value, raw_readers: set[Node]) -> bool:
-    """Made by a DQ, or read by a Q and otherwise only by nodes kept float (rules 6, 9)."""
-    if is_qdq(value.producer, "DequantizeLinear"):
-        return True
-    readers = value.consumers()
-    return (any(is_qdq(n, "QuantizeLinear") for n in readers)
-            and all(is_qdq(n, "QuantizeLinear") or n in raw_readers for n in readers))
 
 
 def _params(value: Value, leader: Value, dtype: DType, symmetric: bool) -> QuantParams:

@@ -12,6 +12,9 @@ the op stays float. `plans(model)` then applies what no single op can see:
    `node.meta["precision"]` names a level of `PRECISIONS` (assign-precision sets it):
    fp16 and fp32 keep the node float like `quantize = false` (`kept_float`); w8a16 is
    read by place-qdq (16-bit activations) and fp16 by fold-weights (fp16 weights).
+   dynamic leaves the node to dynamic-quant (int8 weights, activations quantized at run
+   time): the static passes keep it float too, and so do the nodes dynamic-quant emits
+   for it, which carry the mark.
 2. Fusion groups (`node.meta["group"]`, see fuse.py) are quantized as one, by the plan
    of their first node: no edge inside a group is quantized, so the op's output is not
    and the activation's output is. An override on any member applies to the group.
@@ -105,17 +108,22 @@ def register_rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
     return register
 
 
-PRECISIONS = ("int8", "w8a16", "fp16", "fp32")  # the levels of rule 1, cheapest first
+PRECISIONS = ("int8", "dynamic", "w8a16", "fp16", "fp32")  # the levels of rule 1, cheapest first
 
 
 def kept_float(node: Node) -> bool:
-    """Whether an override keeps `node` float (rule 1): quantize=false, or precision fp16/fp32."""
-    return node.meta.get("quantize") is False or node.meta.get("precision") in ("fp16", "fp32")
+    """Whether an override keeps `node` float in static quantization (rule 1): quantize=false,
+    or precision fp16, fp32 or dynamic (left to dynamic-quant)."""
+    return node.meta.get("quantize") is False or node.meta.get("precision") in ("fp16", "fp32", "dynamic")
 
 
 def float_by_choice(model: Model) -> set[Node]:
     """The nodes an override keeps float, with every member of their fusion groups (rule 2)."""
-    chosen = {node for node in model.graph.nodes if kept_float(node)}
+    return with_groups(model, {node for node in model.graph.nodes if kept_float(node)})
+
+
+def with_groups(model: Model, chosen: set[Node]) -> set[Node]:
+    """`chosen` and every member of their fusion groups: an override on one member applies to all (rule 2)."""
     labels = {node.meta["group"] for node in chosen if "group" in node.meta}
     return chosen | {node for node in model.graph.nodes if node.meta.get("group") in labels}
 
@@ -347,6 +355,16 @@ def gelu(node: Node, model: Model) -> None:
     only add rounding. Its output is quantized by the MatMul reading it (the FFN's second
     Linear), where the integer work is."""
     return None
+
+
+def in_qdq_form(value: Value, raw_readers: set[Node]) -> bool:
+    """Made by a DequantizeLinear, or read by a QuantizeLinear and otherwise only by nodes kept
+    float (`raw_readers`, float_by_choice): a pair the model already holds, whose parameters stay."""
+    if is_qdq(value.producer, "DequantizeLinear"):
+        return True
+    readers = value.consumers()
+    return (any(is_qdq(n, "QuantizeLinear") for n in readers)
+            and all(is_qdq(n, "QuantizeLinear") or n in raw_readers for n in readers))
 
 
 # -- whole-model plans -------------------------------------------------------------------

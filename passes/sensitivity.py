@@ -138,7 +138,7 @@ class Evaluator:
                  target: str = "ort-cpu", metric: Metric | None = None, threads: int = 0) -> None:
         self.model, self.emit, self.feeds, self.target = model, emit, list(feeds), target
         self.metric, self.threads = metric, threads
-        self.reference = _run(ValueTap(model, model.graph.outputs, threads=threads), self.feeds)
+        self.reference = outputs_over(ValueTap(model, model.graph.outputs, threads=threads), self.feeds)
         self.reference_metric = metric(self.reference) if metric is not None else None
         self.runs = 0
 
@@ -153,7 +153,7 @@ class Evaluator:
         for position in forced.positions if forced is not None else ():
             nodes[position].meta["quantize"] = True
         PassManager(self.emit).run(variant, PassContext(target=self.target))
-        outputs = _run(ValueTap(variant, variant.graph.outputs, threads=self.threads), self.feeds)
+        outputs = outputs_over(ValueTap(variant, variant.graph.outputs, threads=self.threads), self.feeds)
         self.runs += 1
         sqnr = tuple(_sqnr(name, self.reference[name], outputs[name]) for name in self.reference)
         return Figure(sqnr, self.metric(outputs) if self.metric is not None else None, emitted_cost(variant))
@@ -231,7 +231,7 @@ def _gain(without: Figure, all_int8: Figure) -> float:
     return gain if math.isfinite(gain) else (math.inf if without.min_sqnr_db == math.inf else 0.0)
 
 
-def _run(tap: ValueTap, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def outputs_over(tap: ValueTap, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Each graph output over all feeds, joined on axis 0, keyed by its name (place-qdq keeps output names)."""
     batches = [tap.run({name: feed[name] for name in tap.input_names}) for feed in feeds]
     return {value.name: np.concatenate([np.atleast_1d(b[i]) for b in batches]) for i, value in enumerate(tap.values)}

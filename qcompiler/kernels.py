@@ -21,6 +21,7 @@ reads the graph ONNX Runtime actually runs and weighs each of our compute nodes
      it (ReluQuantFusion, ClipQuantFusion drop them), and the output of a QuantizeLinear
      reading its (or the chain's) output, which a fused kernel writes;
    - weak: the quantized activations its DequantizeLinear inputs read (Q outputs).
+   A MatMulInteger (dynamic-quant's) anchors on the int8 weight it reads itself.
 4. Integer kernels, in graph order, each claim one unclaimed node: the one sharing the
    most strong anchors with the kernel's inputs and outputs (ties: more weak anchors,
    then our graph order); with no strong anchor shared, the only node sharing a weak
@@ -70,6 +71,7 @@ INTEGER_KERNELS = frozenset({
     "QAttention", "QGemm", "QLinearConv", "QLinearConvTranspose", "QLinearMatMul",
 })
 _ACTIVATIONS = frozenset({"Relu", "Clip"})
+_OURS = COMPUTE_OPS | {"MatMulInteger"}  # dynamic-quant's MatMulInteger reads its int8 weight directly
 _INT8_COMPUTE = 4  # MatMulNBits accuracy_level: activations quantized to int8 inside the kernel
 
 
@@ -100,7 +102,7 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSou
     """
     optimized = _optimized_graph(exported if exported is not None else quant_model, threads)
     kernels = list(_onnx_nodes(optimized.graph))
-    ours = [node for node in quant_model.graph.all_nodes() if not node.domain and node.op_type in COMPUTE_OPS]
+    ours = [node for node in quant_model.graph.all_nodes() if not node.domain and node.op_type in _OURS]
     integer = _claimed(ours, [k for k in kernels if k.op_type in INTEGER_KERNELS], unique_names(quant_model.graph))
     macs = {node: node_macs(node) for node in ours}
     for node in quant_model.graph.all_nodes():  # rule 6: ours already, ORT keeps them as written
@@ -180,7 +182,8 @@ def _anchors(node: ir.Node, names: dict[ir.Value, str]) -> tuple[set[str], set[s
     """(strong, weak) names of `node` that its integer kernel would read or write (rule 3)."""
     strong, weak = set(), set()
     for value in node.inputs:
-        source = _dequantized(value)
+        source = value if node.op_type == "MatMulInteger" and value is not None and value.is_const \
+            else _dequantized(value)
         if source is not None:
             (strong if source.is_const else weak).add(names[source])
     value = node.outputs[0]

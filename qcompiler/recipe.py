@@ -35,7 +35,7 @@
 2. An override's `observer` and observer options go to insert-observers (by_op_type,
    by_node; a regex section becomes by_node entries for the nodes it matches);
    `activations` (uint8, int8, uint16, int16) becomes the node's `meta["activations"]`,
-   which place-qdq reads; `precision` (int8, w8a16, fp16, fp32: rules.PRECISIONS) its
+   which place-qdq reads; `precision` (int8, dynamic, w8a16, fp16, fp32: rules.PRECISIONS) its
    `meta["precision"]`, a level assign-precision keeps; `scheme` (per-channel,
    per-tensor) its `meta["weight_scheme"]`, which fold-weights reads. `exclude` and
    `force` go to insert-observers, which marks the nodes for every later pass.

@@ -67,10 +67,6 @@ def export(module: torch.nn.Module, example_inputs: Any, *, dynamic_shapes: Any 
     return model
 
 
-def is_module(model: Any) -> bool:
-    return isinstance(model, torch.nn.Module)
-
-
 def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     """A tensor, a tuple of forward's positional arguments, or a dict of its keyword arguments."""
     if isinstance(example_inputs, torch.Tensor):
@@ -193,3 +189,8 @@ def _quiet() -> Iterator[None]:
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+from qcompiler.qat import export_qat, prepare_qat  # noqa: E402  (qat builds on export above)
+
+__all__ = ["EXPORTERS", "ExportError", "export", "export_qat", "prepare_qat"]

@@ -106,7 +106,7 @@ def test_a_metric_budget_promotes_until_the_drop_is_small_enough(tmp_path):
     ("", "needs one budget"),
     ("{min_sqnr_db=20,metric=m.py:f,max_drop=1}", "needs one budget"),
     ("{metric=m.py:f}", "needs max_drop"),
-    ("{min_sqnr_db=20,levels=int4}", "takes some of w8a16, fp16, fp32, not int4"),
+    ("{min_sqnr_db=20,levels=int4}", "takes some of dynamic, w8a16, fp16, fp32, not int4"),
 ])
 def test_bad_options_are_refused_before_any_run(options, message):
     model, feeds = calibrated(OUTLIER)

@@ -94,7 +94,7 @@ def test_place_qdq_runs_twice_without_a_second_pair_for_a_float_reader():
 
 
 def test_unknown_level_and_a_level_the_target_cannot_emit_are_refused():
-    with pytest.raises(passes.PassError, match="precision='int4'.*int8, w8a16, fp16, fp32"):
+    with pytest.raises(passes.PassError, match="precision='int4'.*int8, dynamic, w8a16, fp16, fp32"):
         compiled("int4")
     with pytest.raises(passes.PassError, match=r"activations='int16' \(precision w8a16\).*tensorrt"):
         compiled("w8a16", target="tensorrt")

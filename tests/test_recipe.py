@@ -119,7 +119,7 @@ def test_overrides_toml_reads_back_as_a_recipe_pinning_the_same_levels():
     ("[overrides.node.c1]\nactivations = \"int4\"", "[overrides.node.c1] activations: 'int4' is not one of"),
     ("[overrides.node.c1]\nobserver = \"maxmin\"", "[overrides.node.c1] observer: unknown observer 'maxmin'"),
     ("[overrides.node.c1]\nbits = 4\ncolour = 1", "unknown key 'colour' in [overrides.node.c1]"),
-    ("[overrides.node.c1]\nprecision = \"int4\"", "[overrides.node.c1] precision: 'int4' is not one of int8, w8a16, fp16, fp32"),
+    ("[overrides.node.c1]\nprecision = \"int4\"", "[overrides.node.c1] precision: 'int4' is not one of int8, dynamic, w8a16, fp16, fp32"),
     ("[overrides.node.c1]\nscheme = \"per-row\"", "scheme: 'per-row' is not one of per-channel, per-tensor"),
     ("[overrides.node_regex.\"conv(\"]\nprecision = \"fp16\"", "[overrides.node_regex.conv(]: not a regular expression"),
     ("[overrides]\nexclude = \"head\"", "[overrides] exclude must be a list of node names"),
