@@ -16,7 +16,9 @@ from pathlib import Path
 from qcompiler import __version__, ir, passes
 from qcompiler.analyze import plot_table
 from qcompiler.analyze import sensitivity as sensitivity_table
-from qcompiler.compiler import DEFAULT_PIPELINE
+from qcompiler.auto import AutoError, auto, save_auto
+from qcompiler.bench import benchmark, file_bytes, quantized_kind, random_feeds
+from qcompiler.compiler import DEFAULT_PIPELINE, MODES
 from qcompiler.compiler import compile as compile_model
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.debug import annotate, value_errors
@@ -80,8 +82,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "and quantized models are then run side by side in ONNX Runtime and a report is printed.",
     )
     compile_.add_argument("model", help="the float model: .onnx (or .qir)")
-    compile_.add_argument("--calib", metavar="DATA", required=True,
-                          help="calibration data: .npz (samples on axis 0), .npy, or a folder of .npz/.npy files")
+    compile_.add_argument("--calib", metavar="DATA",
+                          help="calibration data: .npz (samples on axis 0), .npy, or a folder of .npz/.npy files "
+                          "(needed by static modes; dynamic, fp16 and int4 need none)")
     compile_.add_argument("-o", "--output", required=True, help="the quantized .onnx file to write")
     compile_.add_argument("--recipe", metavar="FILE.toml", help="pass options and per-op/per-node overrides")
     compile_.add_argument("--pipeline", help=f"passes to run (default: the recipe's, else {DEFAULT_PIPELINE!r})")
@@ -101,6 +104,23 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--save-overrides", metavar="FILE.toml",
                           help="write the precision chosen per layer as recipe overrides, to review, edit "
                           "and pin with --recipe")
+    compile_.add_argument("--reference", metavar="FLOAT.onnx",
+                          help="validate against this float model instead of the input (for a model that "
+                          "arrives quantized: --on-quantized keep)")
+    compile_.add_argument("--mode", choices=sorted(MODES), help="a named way to quantize: static (int8 with "
+                          "calibration, the default), dynamic (activations quantized at run time), fp16, "
+                          "int4 (weight-only)")
+    compile_.add_argument("--auto", action="store_true",
+                          help="try dynamic, static (two observers), static+smooth-quant and, if none is good "
+                          "enough, mixed precision; keep the fastest within --tolerance")
+    compile_.add_argument("--tolerance", type=float, metavar="T", default=1.0,
+                          help="with --auto: accuracy that may go, in percent of top-1 agreement or relative "
+                          "RMS error per output (default 1.0), or in the --metric's units")
+    compile_.add_argument("--metric", metavar="FILE.py:fn",
+                          help="with --auto: a function of the outputs over the evaluation rows, higher is better")
+    compile_.add_argument("--require", action="store_true",
+                          help="with --auto: exit 1 when no rung meets the tolerance (default: keep the float "
+                          "model and exit 0)")
     _add_plugin_option(compile_)
     compile_.set_defaults(run=_compile)
 
@@ -177,7 +197,56 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="write the quantized IR with err<...> on each value (constants in OUT.npz)")
     debug.add_argument("--json", metavar="OUT.json", help="write every value's figures as JSON")
     debug.set_defaults(run=_debug)
+
+    bench = commands.add_parser(
+        "bench", help="time a float and a quantized model side by side in ONNX Runtime",
+        description="Run FLOAT and QUANT interleaved in ONNX Runtime (CPU) at batch 1 and batch N, with each "
+        "thread count, and print their sizes, median and p90 latency, rows per second and a verdict per "
+        "setting. The feed is the first of DATA, its rows repeated to fill a batch; without --data, random "
+        "inputs built from FLOAT's input shapes (standard normal floats, zero integers; a dim that is not a "
+        "number is 1 unless --shape gives the input's shape).",
+    )
+    bench.add_argument("float_model", metavar="FLOAT", help="the float model (.onnx)")
+    bench.add_argument("quant_model", metavar="QUANT", help="the quantized model (.onnx)")
+    bench.add_argument("--data", metavar="DATA", help="inputs: .npz (samples on axis 0), .npy, or a folder of "
+                       ".npz/.npy files; only the first feed is used")
+    bench.add_argument("--batch", type=_positive, default=8, metavar="N", help="the batch measured besides 1 "
+                       "(default 8)")
+    bench.add_argument("--threads", type=_non_negative, nargs="+", default=[1, 0], metavar="T",
+                       help="intra-op thread counts to measure, 0 for ONNX Runtime's default, all cores "
+                       "(default: 1 0)")
+    bench.add_argument("--shape", type=_input_shape, action="append", default=[], metavar="INPUT=D0,D1,...",
+                       help="the shape of INPUT's random feed, without --data (repeatable)")
+    bench.add_argument("--budget", type=float, default=1.0, metavar="SECONDS",
+                       help="time per setting, after which its runs stop (default 1)")
+    bench.add_argument("--json", metavar="OUT.json", help="write the figures as JSON")
+    bench.set_defaults(run=_bench)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, _, dims = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not name or not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected INPUT=D0,D1,... with positive dims, not {text!r}")
+    return name, shape
 
 
 def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
@@ -222,14 +291,20 @@ def _compile(args: argparse.Namespace) -> int:
     for path in (args.output, args.report, args.save_overrides):
         if path is not None:
             check_writable(path)
+    if args.auto:
+        return _compile_auto(args)
+    if args.mode and args.pipeline:
+        print(f"qc: error: give --mode or --pipeline, not both (--mode {args.mode} is the pipeline "
+              f"{MODES[args.mode]!r})", file=sys.stderr)
+        return 2
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
     pipeline = args.pipeline
     if args.min_sqnr is not None:
         recipe.pass_options.setdefault("assign-precision", {})["min_sqnr_db"] = [repr(args.min_sqnr)]
         pipeline = pipeline or "mixed"
     result = compile_model(args.model, args.calib, recipe=recipe, pipeline=pipeline, target=args.target,
-                           eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized,
-                           log=lambda message: print(f"qc: {message}", file=sys.stderr))
+                           eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized, mode=args.mode, reference=args.reference,
+                           log=_log)
     result.save(args.output)
     if args.report:
         write_text(args.report, result.report.to_json())
@@ -241,6 +316,34 @@ def _compile(args: argparse.Namespace) -> int:
     print("\n".join(result.report.summary()))
     print(f"wrote {args.output}")
     return 0
+
+
+def _compile_auto(args: argparse.Namespace) -> int:
+    """--auto: the ladder of qcompiler.auto; exit 1 only with --require and nothing good enough."""
+    clashing = [flag for flag, given in (("--mode", args.mode), ("--pipeline", args.pipeline),
+                                         ("--min-sqnr", args.min_sqnr is not None)) if given]
+    if clashing:
+        print(f"qc: error: --auto chooses the pipeline itself; drop {', '.join(clashing)}", file=sys.stderr)
+        return 2
+    recipe = Recipe.load(args.recipe) if args.recipe else None
+    try:
+        result = auto(args.model, args.calib, tolerance=args.tolerance, eval=args.eval, metric=args.metric,
+                      recipe=recipe, require=args.require, log=_log)
+    except AutoError as err:
+        print(f"qc: error: {err}", file=sys.stderr)
+        return 1
+    save_auto(result, args.output)
+    if args.report:
+        write_text(args.report, json.dumps(result.to_dict(), indent=2) + "\n")
+    print("\n".join(result.summary()))
+    if result.chosen is not None:
+        print("\n".join(result.chosen.result.report.summary()))
+    print(f"wrote {args.output}" + ("" if result.chosen is not None else " (the float model, unchanged)"))
+    return 0
+
+
+def _log(message: str) -> None:
+    print(f"qc: {message}", file=sys.stderr)
 
 
 def _overrides_comment(model: str, report) -> str:
@@ -357,6 +460,36 @@ def _debug(args: argparse.Namespace) -> int:
     if args.dump:
         annotate(quant_model, result)
         write_dump(quant_model, args.dump, str(Path(args.dump).with_suffix(".npz")))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.json:
+        check_writable(args.json)
+    for path in (args.float_model, args.quant_model):
+        if Path(path).suffix != ".onnx":
+            raise ir.IRError(f"{path}: qc bench times ONNX files (.onnx); write a .qir as ONNX with qc export")
+    float_model, quant_model = read_model(args.float_model), read_model(args.quant_model)
+    specs = input_specs(float_model)
+    try:
+        if args.data:
+            feeds = next(iter(open_calibration_data(args.data, specs)), None)
+            if feeds is None:
+                raise ir.IRError(f"{args.data}: no samples")
+        else:
+            feeds = random_feeds(specs, dict(args.shape))
+        sizes = {"float": file_bytes(args.float_model), "quantized": file_bytes(args.quant_model)}
+        result = benchmark(args.float_model, args.quant_model, feeds, specs, size_bytes=sizes,
+                           quantized=quantized_kind(quant_model), batches=(1, args.batch), threads=args.threads,
+                           budget_s=args.budget, repeat=10_000)
+    except ValueError as err:
+        raise ir.IRError(str(err)) from None
+    print(result.size_line())
+    print("\n".join(result.lines()))
+    for warning in result.warnings():
+        print(f"warning: {warning}")
+    if args.json:
+        write_text(args.json, json.dumps(result.to_dict(), indent=1) + "\n")
     return 0
 
 

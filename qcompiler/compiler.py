@@ -6,8 +6,8 @@
    QuantizeLinear/DequantizeLinear or QLinear* nodes is refused unless `on_quantized="keep"`: then its pairs keep their
    parameters (place-qdq leaves values in QDQ form alone) and the rest is quantized.
 2. Settings: arguments beat the recipe, which beats defaults (target ort-cpu, the
-   `int8` pipeline). The target becomes place-qdq's `target` option. On ort-cpu,
-   fold-weights' `reduce_range` follows the CPU compiled on (target.py) unless set.
+   `int8` pipeline). `mode` names a pipeline: static (int8), dynamic, fp16, int4. The target becomes place-qdq's `target` option. On ort-cpu,
+   fold-weights' and dynamic-quant's `reduce_range` follow the CPU compiled on (target.py) unless set.
 3. Models below opset 13 are converted to 13 (per-channel DequantizeLinear needs it)
    by `ir.convert_opset`, which checks the converted model computes the same.
    Initializers listed as graph inputs (older exporters list every weight) become
@@ -18,10 +18,17 @@
    calibration data when none is given, with a warning: figures on the data the scales
    were fitted to flatter the result); the report holds per-output SQNR, cosine, max
    error, top-1 agreement, sizes, Q/DQ counts, the integer kernels ONNX Runtime chose,
-   and float vs quantized latency at batch 1 with a verdict when int8 is slower.
+   and a benchmark of float against quantized (qcompiler/bench.py: latency and throughput
+   at batch 1 and 8, on one thread and on all) from the first evaluation feed, with a
+   warning where the quantized model is slower. Around calibrate, qcompiler/diagnostics.py
+   checks the data (too few or repeated calibration rows, evaluation data outside the
+   calibrated ranges); NaN/Inf in the quantized outputs are warned about too.
    Memory stays near one copy of the weights: the float model is exported before the
    passes as an `ir.onnx_export.ModelFile` (weights mapped from the source file are
    linked, not copied), the quantized one after, and ONNX Runtime reads both from disk.
+6. `reference` (any model compile takes) replaces the input as the float side of
+   validation: a model that arrives quantized (on_quantized="keep", from QAT or another
+   tool) is re-validated against its float original instead of against itself.
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ from typing import Any
 import onnx
 
 from qcompiler import ir, passes
+from qcompiler.bench import benchmark, quantized_kind
 from qcompiler.data import CalibrationData, CalibrationDataError, InputSpec, input_specs, open_calibration_data
 from qcompiler.debug import record_float_names
+from qcompiler.diagnostics import DataChecks, nonfinite_warnings
 from qcompiler.ir.fileio import release_mapped_pages
 from qcompiler.ir.naming import unique_names
 from qcompiler.ir.onnx_export import ModelFile
@@ -50,10 +59,12 @@ from qcompiler.passes.rules import has_rule, is_float
 from qcompiler.recipe import Recipe, apply_pass_options
 from qcompiler.report import CompileReport, PassRecord
 from qcompiler.target import reduce_range_advice
-from qcompiler.validate import compare_models, latency_verdict, measure_latency
+from qcompiler.validate import compare_models
 
 DEFAULT_PIPELINE = "int8"
+MODES = {"static": "int8", "dynamic": "dynamic", "fp16": "fp16", "int4": "int4"}  # mode -> named pipeline
 _PER_CHANNEL_OPSET = 13
+_BENCH_BUDGET_S = 0.1  # per setting (batch size x thread count), so the benchmark adds little to a compile
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _QUANTIZED_OPS = _QDQ_OPS | {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
                              "MatMulNBits", "GatherBlockQuantized"}
@@ -74,22 +85,28 @@ class CompileResult:
 def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
             pipeline: str | None = None, target: str | None = None, eval: Any = None,
             dump_dir: str | Path | None = None, on_quantized: str = "error",
-            example_inputs: Any = None, dynamic_shapes: Any = None,
-            log: Callable[[str], None] | None = None) -> CompileResult:
+            example_inputs: Any = None, dynamic_shapes: Any = None, mode: str | None = None,
+            reference: Any = None, log: Callable[[str], None] | None = None) -> CompileResult:
     """Quantize `model` with calibration data `calib`; see the module docstring for each argument's role."""
     say = log or (lambda message: None)
+    pipeline = _mode_pipeline(mode, pipeline)
     start = time.perf_counter()
     job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval, on_quantized=on_quantized,
                   example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
     model, report = job.model, job.report
+    if reference is not None:  # rule 6: measure against the float original, not the (quantized) input
+        job.float_file = ModelFile(load_for_compile(reference))
+        named = reference if isinstance(reference, str | Path) else "the given float model"
+        report.settings["reference"] = f"validated against {named}"
     timing = passes.Timing(stream=io.StringIO())
-    instruments: list[passes.Instrument] = [passes.Verifier(), timing]
+    checks = DataChecks()
+    instruments: list[passes.Instrument] = [passes.Verifier(), timing, checks]
     if dump_dir is not None:
         instruments.append(passes.DumpDir(Path(dump_dir)))
     context = job.context(instruments)
     say(f"running {report.pipeline}")
     result = passes.PassManager(job.steps).run(model, context)
-    report.warnings.extend(result.warnings)
+    report.warnings.extend([*result.warnings, *checks.warnings])
     report.precision = context.report.get("assign-precision")
     report.weight_only = context.report.get("weight-only")
     report.passes = [PassRecord(name, seconds, changed, dict(stats)) for name, seconds, changed, stats in timing.rows]
@@ -160,6 +177,22 @@ def _recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
     return Recipe.load(recipe)
 
 
+def _mode_pipeline(mode: str | None, pipeline: str | None) -> str | None:
+    """A mode is a name for a pipeline (MODES); giving both is ambiguous."""
+    if mode is None:
+        return pipeline
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if pipeline is not None:
+        raise ValueError(f"give a mode or a pipeline, not both (mode {mode!r} is the pipeline {MODES[mode]!r})")
+    return MODES[mode]
+
+
+def load_for_compile(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None) -> ir.Model:
+    """Any model compile() takes, as IR (rule 1): for callers that compile one model several ways."""
+    return _read(model, example_inputs, dynamic_shapes)[0]
+
+
 def _read(model: Any, example_inputs: Any, dynamic_shapes: Any) -> tuple[ir.Model, str]:
     if _is_torch_module(model):
         from qcompiler import torch as torch_frontend
@@ -221,11 +254,13 @@ def _pass_options(recipe: Recipe, target: str, report: CompileReport) -> dict[st
     """The recipe's pass options plus the target's defaults (rule 2)."""
     options = {name: dict(values) for name, values in recipe.pass_options.items()}
     options.setdefault("place-qdq", {}).setdefault("target", [target])
-    fold = options.setdefault("fold-weights", {})
-    if target == "ort-cpu" and "reduce_range" not in fold:
+    if target == "ort-cpu":
         reduce, why = reduce_range_advice()
-        fold["reduce_range"] = ["true" if reduce else "false"]
-        report.settings["reduce_range"] = f"{'on' if reduce else 'off'}: {why}"
+        for name in ("fold-weights", "dynamic-quant"):  # both store int8 weights for ORT's u8 x s8 kernels
+            settings = options.setdefault(name, {})
+            if "reduce_range" not in settings:
+                settings["reduce_range"] = ["true" if reduce else "false"]
+                report.settings["reduce_range"] = f"{'on' if reduce else 'off'}: {why}"
     return options
 
 
@@ -267,26 +302,18 @@ def _validate(float_file: ModelFile, model: ir.Model, quant_file: ModelFile,
     say(f"validating on the {report.validation_data}")
     first: list[dict] = []
     report.outputs = compare_models(float_file, quant_file, _recording_first(evaluation, first))
-    report.warnings.extend(f"output {m.name}: {m.nonfinite} NaN/Inf values in the quantized model"
-                           for m in report.outputs if m.nonfinite)
+    report.warnings.extend(nonfinite_warnings(report.outputs))
     report.kernels = kernel_report(model, exported=quant_file)
-    report.latency = measure_latency(float_file, quant_file, _one_row(first[0], specs), threads=1)
-    report.latency_verdict = latency_verdict(report.latency)
-    if round(report.latency.ratio, 1) > 1.0:  # what the verdict calls slower
-        report.warnings.append(f"{report.latency_verdict}: Q/DQ overhead outweighs the integer kernels at this "
-                               f"size; keep the float model, or quantize only the large layers")
+    say("benchmarking float against quantized")
+    report.bench = benchmark(float_file, quant_file, first[0], specs, size_bytes=report.size_bytes,
+                             quantized=quantized_kind(model), budget_s=_BENCH_BUDGET_S)
+    report.latency = report.bench.settings[0]  # batch 1 (or the fixed batch), 1 thread
+    report.warnings.extend(report.bench.warnings())
 
 
 def _recording_first(data: CalibrationData, first: list[dict]) -> Iterator[dict]:
-    """The feeds of `data`, keeping the first in `first` for the latency run."""
+    """The feeds of `data`, keeping the first in `first` for the benchmark."""
     for feeds in data:
         if not first:
             first.append(feeds)
         yield feeds
-
-
-def _one_row(feeds: dict, specs: list[InputSpec]) -> dict:
-    """Batch 1 for latency, unless the model's batch dim is fixed (then the feed as it is)."""
-    if any(spec.shape and isinstance(spec.shape[0], int) for spec in specs):
-        return feeds
-    return {name: array[:1] for name, array in feeds.items()}

@@ -36,14 +36,17 @@ class CompileReport:
     validation_data: str = ""
     outputs: list[Any] = field(default_factory=list)  # passes.metrics.OutputMetrics
     kernels: Any = None  # kernels.KernelReport
-    latency: Any = None  # validate.LatencyPair
-    latency_verdict: str = ""
+    latency: Any = None  # validate.LatencyPair: the benchmark's first setting (batch 1, 1 thread)
+    bench: Any = None  # bench.Benchmark
     precision: dict[str, Any] | None = None  # assign-precision's report, when it ran
     weight_only: dict[str, Any] | None = None  # weight-only's report, when it ran
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        plain = _plain(dataclasses.asdict(self))
+        if self.bench is not None:
+            plain["bench"] = _plain(self.bench.to_dict())  # with the throughput and verdict of each setting
+        return plain
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -59,7 +62,7 @@ class CompileReport:
             lines.append(f"  integer kernels: {self.kernels.integer_share:.0%} of Conv/MatMul/Gemm MACs")
         if self.size_bytes:
             before, after = self.size_bytes["float"], self.size_bytes["quantized"]
-            lines.append(f"  size: {_mb(before)} -> {_mb(after)} ({after / max(before, 1):.0%})")
+            lines.append(f"  size: {megabytes(before)} -> {megabytes(after)} ({after / max(before, 1):.0%})")
         lines.append(f"  Q/DQ nodes: {self.qdq_nodes.get('QuantizeLinear', 0)} QuantizeLinear, "
                      f"{self.qdq_nodes.get('DequantizeLinear', 0)} DequantizeLinear")
         if self.ops_without_rule:
@@ -69,8 +72,9 @@ class CompileReport:
             lines.extend(_precision_lines(self.precision))
         if self.weight_only is not None:
             lines.append(_weight_only_line(self.weight_only))
-        if self.latency_verdict:
-            lines.append(f"  speed: {self.latency_verdict}")
+        if self.bench is not None:
+            lines.append(f"  speed, float vs {self.bench.quantized} in ONNX Runtime:")
+            lines.extend(f"    {line}" for line in self.bench.lines())
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return lines
 
@@ -78,8 +82,8 @@ class CompileReport:
 def _weight_only_line(found: dict[str, Any]) -> str:
     kind = f"{'' if found['symmetric'] else 'u'}int{found['bits']}"
     return (f"  weights: {found['weights']} stored {kind} in blocks of {found['block_size']} ({found['format']}), "
-            f"{_mb(found['float_bytes'])} -> {_mb(found['quantized_bytes'])} ({found['ratio']:.1f}x smaller); "
-            f"{found['skipped']} left float")
+            f"{megabytes(found['float_bytes'])} -> {megabytes(found['quantized_bytes'])} "
+            f"({found['ratio']:.1f}x smaller); {found['skipped']} left float")
 
 
 def _precision_lines(precision: dict[str, Any]) -> list[str]:
@@ -92,7 +96,7 @@ def _precision_lines(precision: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _mb(size: int) -> str:
+def megabytes(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
 
 

@@ -14,6 +14,8 @@
    noise (other processes, frequency scaling) hits both alike. Each model gets `warmup`
    untimed runs, then up to `repeat` timed ones, stopping once either model has spent
    `budget_s` seconds: it runs after every compile, so it stays cheap on large models.
+   `time_sessions` does this on sessions already open, so a benchmark (qcompiler/bench.py)
+   times several batch sizes on one pair of sessions.
 """
 
 from __future__ import annotations
@@ -136,8 +138,15 @@ def measure_latency(float_model: ModelSource, quant_model: ModelSource, feeds: M
     `feeds` is one batch, e.g. the first of the validation data; its axis 0 is the batch
     the verdict names.
     """
-    sessions = [open_session(float_model, threads=threads, label="the float"),
-                open_session(quant_model, threads=threads, label="the quantized")]
+    sessions = (open_session(float_model, threads=threads, label="the float"),
+                open_session(quant_model, threads=threads, label="the quantized"))
+    return time_sessions(sessions, feeds, threads=threads, warmup=warmup, repeat=repeat, budget_s=budget_s)
+
+
+def time_sessions(sessions: tuple[onnxruntime.InferenceSession, onnxruntime.InferenceSession],
+                  feeds: Mapping[str, np.ndarray], *, threads: int, warmup: int = 2, repeat: int = 50,
+                  budget_s: float = 1.0) -> LatencyPair:
+    """measure_latency on open (float, quantized) sessions; `threads` is what they were opened with."""
     labels = ["the float model", "the quantized model"]
     inputs = [_inputs(session, feeds) for session in sessions]
     spent, times = [0.0, 0.0], [[], []]
@@ -158,16 +167,18 @@ def measure_latency(float_model: ModelSource, quant_model: ModelSource, feeds: M
     return LatencyPair(_latency(times[0]), _latency(times[1]), rows_of(feeds), threads)
 
 
-def latency_verdict(pair: LatencyPair) -> str:
-    """One line: which side is faster and by how much, with the medians and the setting they hold for."""
-    threads = "ORT's default threads" if pair.threads == 0 else f"{pair.threads} thread{'s' * (pair.threads != 1)}"
-    where = (f"({_ms(pair.quant_model.median_ms)} vs {_ms(pair.float_model.median_ms)} "
-             f"at batch {pair.batch}, {threads})")
+def latency_verdict(pair: LatencyPair, quantized: str = "the quantized model") -> str:
+    """One line: which side is faster and by how much, with the medians and the setting they hold for.
+
+    `quantized` names the quantized side: its mode ("int8", "fp16") when known.
+    """
+    where = (f"({ms_text(pair.quant_model.median_ms)} vs {ms_text(pair.float_model.median_ms)} "
+             f"at batch {pair.batch}, {threads_text(pair.threads)})")
     ratio = pair.ratio
     factor = max(ratio, 1 / ratio)
     if round(factor, 1) <= 1.0:
-        return f"int8 runs as fast as float here {where}"
-    return f"int8 is {factor:.1f}x {'slower' if ratio > 1 else 'faster'} than float here {where}"
+        return f"{quantized} runs as fast as float here {where}"
+    return f"{quantized} is {factor:.1f}x {'slower' if ratio > 1 else 'faster'} than float here {where}"
 
 
 def summary(metrics: Iterable[OutputMetrics]) -> str:
@@ -212,8 +223,13 @@ def _latency(seconds: list[float]) -> Latency:
     return Latency(float(np.median(ms)), float(np.percentile(ms, 90)), len(ms))
 
 
-def _ms(value: float) -> str:
+def ms_text(value: float) -> str:
     return f"{value:.3g} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def threads_text(count: int) -> str:
+    """A LatencyPair's thread count in words (0: ORT's default intra-op pool)."""
+    return "ORT's default threads" if count == 0 else f"{count} thread{'s' * (count != 1)}"
 
 
 def _first_line(err: Exception) -> str:

@@ -175,7 +175,9 @@ def test_latency_gives_positive_medians_and_a_verdict_that_matches_them():
     assert pair.ratio == pair.quant_model.median_ms / pair.float_model.median_ms
     verdict = latency_verdict(pair)
     side = "slower" if pair.ratio > 1 else "faster"
-    assert f"x {side} than float here (" in verdict or verdict.startswith("int8 runs as fast as float here (")
+    factor = max(pair.ratio, 1 / pair.ratio)
+    assert verdict.startswith((f"the quantized model is {factor:.1f}x {side} than float here (",
+                               "the quantized model runs as fast as float here ("))
     assert verdict.endswith("at batch 4, 1 thread)")
 
 
@@ -193,7 +195,8 @@ def test_latency_stops_at_its_time_budget():
 ])
 def test_verdict_names_the_faster_side(quant_ms, float_ms, threads, expected):
     pair = LatencyPair(Latency(float_ms, float_ms, 3), Latency(quant_ms, quant_ms, 3), 1, threads)
-    assert latency_verdict(pair) == expected
+    assert latency_verdict(pair, "int8") == expected
+    assert latency_verdict(pair) == expected.replace("int8", "the quantized model", 1)
 
 
 def test_summary_lines():
