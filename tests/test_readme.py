@@ -69,11 +69,14 @@ def test_console_commands_run(workdir, capsys):
     from qcompiler.cli import main
 
     lines = [line[2:] for block in blocks("console") for line in block.splitlines() if line.startswith("$ qc ")]
-    assert len(lines) == 4
+    assert len(lines) == 6
     for line in lines:
         assert main(shlex.split(line)[1:]) == 0, line
     out = capsys.readouterr().out
     assert "/features/mix/mix.0/Conv (Conv): fp16" in out
+    assert "auto: tolerance 1% (top-1 agreement >= 99%)" in out and "chose static" in out
+    model = ir.load_model(workdir / "mlp_dynamic.onnx")
+    assert any(n.op_type == "DynamicQuantizeLinear" for n in model.graph.nodes)
     saved = (workdir / "overrides.toml").read_text()
     (shown,) = re.findall(r"```\n(# precision per layer.*?)```", README, flags=re.S)
     assert saved.split("\n\n", 1)[1] == shown.split("\n\n", 1)[1]  # the section; the header's figures vary

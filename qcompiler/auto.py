@@ -1,0 +1,301 @@
+"""auto(): walk the quantization ladder, measure every rung, keep the fastest that stays within a tolerance.
+
+1. The tolerance is how much accuracy may go. With a metric function (`FILE.py:fn`,
+   called on a dict {output name: that output over every evaluation row, in data order},
+   higher is better; labels are the function's business) the metric may fall at most
+   `tolerance` below the float model's, in the metric's own units. Without one, each
+   output is judged in percent: a classifier's output (rank 2, more than one class)
+   needs top-1 agreement with the float model >= 100 - tolerance %; any other output a
+   relative RMS error <= tolerance %, that is SQNR >= -20 log10(tolerance / 100) dB
+   (40 dB for 1%).
+2. The rungs, cheapest to compile first: `dynamic` (weights int8 offline, activations
+   quantized at run time, no calibration), `static` (int8, min-max observers),
+   `static-percentile` (percentile 99.99 observers: the observer choice), `static-smooth`
+   (smooth-quant first; only when a LayerNorm feeds a MatMul or Gemm, where activation
+   outliers live), and, only when none of those meets the tolerance, `mixed`
+   (assign-precision promotes the most sensitive layers until the budget holds: the SQNR
+   or metric budget of rule 1; for top-1 agreement, SQNR budgets 6 and 12 dB above the
+   best static rung, checked by agreement). A rung that leaves less than half of the
+   compute quantized is rejected: that is the float model with extra steps (dynamic on
+   a conv net, which it leaves float; a mixed rung that promoted most layers). The share
+   is assign-precision's int8 work when it ran, else the MACs ORT runs in integer
+   kernels. A rung that fails to compile is reported with its error and the walk goes on.
+3. Every rung is a full `compile()`: its accuracy comes from the validation on the
+   evaluation data, its speed from the latency ratio quantized / float that compile
+   measured interleaved with the float model (a ratio, so machine noise between rungs
+   cancels), its size from the written bytes. Among the rungs that meet the tolerance
+   the lowest latency ratio wins; within 5% of it the smaller model. A winner slower
+   than float is kept for its size, with that said in its verdict.
+4. When nothing meets the tolerance the float model is kept, said so, with the best rung
+   reached and a pointer to quantization-aware training (`qcompiler.torch.prepare_qat`).
+   `require=True` makes that an error (`AutoError`); the CLI exits 1 then, else 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompiler import ir
+from qcompiler.compiler import CompileResult, compile, load_for_compile
+from qcompiler.data import input_specs, open_calibration_data
+from qcompiler.ir.evaluate import ValueTap
+from qcompiler.passes.plugins import load_function
+from qcompiler.passes.sensitivity import outputs_over
+from qcompiler.recipe import Recipe
+
+_LATENCY_TIE = 0.05
+_MIN_INT8_WORK = 0.5
+_MIXED_SQNR_STEPS_DB = (6.0, 12.0)
+
+
+class AutoError(Exception):
+    """`require=True` and no rung met the tolerance."""
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One way to quantize: a pipeline and recipe settings on top of the user's recipe."""
+
+    name: str
+    pipeline: str
+    passes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    needs_calibration: bool = True
+
+
+@dataclass
+class Attempt:
+    """What one rung measured and why it was kept or rejected."""
+
+    rung: str
+    pipeline: str
+    accuracy: str = ""
+    latency_ratio: float | None = None
+    size_ratio: float | None = None
+    compile_seconds: float = 0.0
+    meets: bool = False
+    verdict: str = ""
+    result: CompileResult | None = None
+
+
+@dataclass
+class AutoResult:
+    """The rung kept (None: the float model is kept) and every attempt, in the order tried."""
+
+    tolerance: str
+    attempts: list[Attempt]
+    chosen: Attempt | None
+    float_model: ir.Model
+
+    @property
+    def model(self) -> ir.Model:
+        return self.chosen.result.model if self.chosen is not None else self.float_model
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `--report` writes: the tolerance, every attempt, and the chosen rung's compile report."""
+        return {
+            "tolerance": self.tolerance,
+            "chosen": self.chosen.rung if self.chosen is not None else None,
+            "attempts": [{key: getattr(a, key) for key in ("rung", "pipeline", "accuracy", "latency_ratio", "size_ratio",
+                                                          "compile_seconds", "meets", "verdict")}
+                         for a in self.attempts],
+            "report": self.chosen.result.report.to_dict() if self.chosen is not None else None,
+        }
+
+    def summary(self) -> list[str]:
+        lines = [f"auto: tolerance {self.tolerance}"]
+        width = max(len(a.rung) for a in self.attempts)
+        for a in self.attempts:
+            latency = f"{a.latency_ratio:.2f}x" if a.latency_ratio is not None else "-"
+            size = f"{a.size_ratio:.0%}" if a.size_ratio is not None else "-"
+            lines.append(f"  {a.rung:<{width}}  {a.accuracy or '-':<34} latency {latency:>6}  size {size:>4}  {a.verdict}")
+        if self.chosen is None:
+            lines.append("  kept the float model: no rung met the tolerance; quantization-aware training "
+                         "(qcompiler.torch.prepare_qat) can recover accuracy post-training quantization loses")
+        else:
+            lines.append(f"  chose {self.chosen.rung}: {self.chosen.pipeline}")
+        return lines
+
+
+def ladder(model: ir.Model) -> list[Rung]:
+    """Rule 2's cheap rungs for `model`; `mixed` is added by auto() only when they all fail."""
+    rungs = [Rung("dynamic", "dynamic", needs_calibration=False), Rung("static", "int8"),
+             Rung("static-percentile", "int8",
+                  {"insert-observers": {"method": "percentile", "percentile": 99.99}})]
+    if _has_normalized_linear(model):
+        rungs.append(Rung("static-smooth", "int8-smooth"))
+    return rungs
+
+
+def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: str | Callable | None = None,
+         recipe: Recipe | None = None, require: bool = False, example_inputs: Any = None,
+         dynamic_shapes: Any = None, log: Callable[[str], None] | None = None) -> AutoResult:
+    """Rules 1-4 of the module: try each rung on `model`, keep the fastest within `tolerance`."""
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0, not {tolerance}")
+    say = log or (lambda message: None)
+    float_model = load_for_compile(model, example_inputs, dynamic_shapes)
+    judge = _Judge(float_model, eval if eval is not None else calib, tolerance, metric)
+    attempts = []
+    for rung in ladder(float_model):
+        attempts.append(_attempt(rung, float_model, calib, eval, recipe, judge, say))
+    if not any(a.meets for a in attempts):
+        for rung in _mixed_rungs(judge, attempts):
+            attempts.append(_attempt(rung, float_model, calib, eval, recipe, judge, say))
+            if attempts[-1].meets:
+                break
+    chosen = _choose(attempts)
+    result = AutoResult(judge.describe(), attempts, chosen, float_model)
+    if chosen is None and require:
+        raise AutoError("no rung met the tolerance (" + judge.describe() + "); " +
+                        "; ".join(f"{a.rung}: {a.verdict}" for a in attempts))
+    return result
+
+
+def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: Recipe | None,
+             judge: _Judge, say: Callable[[str], None]) -> Attempt:
+    attempt = Attempt(rung.name, rung.pipeline)
+    if rung.needs_calibration and calib is None:
+        attempt.verdict = "skipped: needs calibration data"
+        return attempt
+    say(f"auto: trying {rung.name} ({rung.pipeline})")
+    try:
+        result = compile(ir.clone_model(float_model), calib if rung.needs_calibration else None,
+                         recipe=_with_passes(recipe, rung.passes), pipeline=rung.pipeline,
+                         eval=eval if eval is not None else calib)
+    except Exception as err:  # a rung that cannot compile this model is a finding, not the end of the walk
+        attempt.verdict = f"failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+        return attempt
+    report = result.report
+    attempt.result, attempt.pipeline = result, report.pipeline
+    attempt.compile_seconds = report.compile_seconds
+    attempt.latency_ratio = report.latency.ratio if report.latency is not None else None
+    attempt.size_ratio = report.size_bytes["quantized"] / max(report.size_bytes["float"], 1)
+    attempt.meets, attempt.accuracy, shortfall = judge.judge(result)
+    share = _quantized_share(report)
+    if attempt.meets and share < _MIN_INT8_WORK:
+        attempt.meets, shortfall = False, (f"only {share:.0%} of the compute is quantized: the float model "
+                                           "with extra steps")
+    attempt.verdict = "meets the tolerance" if attempt.meets else f"rejected: {shortfall}"
+    return attempt
+
+
+def _quantized_share(report) -> float:
+    """The share of MACs left int8: assign-precision's count when it ran, else the integer kernels ORT chose."""
+    if report.precision is not None:
+        return report.precision["int8_work_share"]
+    return report.kernels.integer_share if report.kernels is not None else 1.0
+
+
+def _choose(attempts: list[Attempt]) -> Attempt | None:
+    """Rule 3: the lowest latency ratio among those that meet; near-ties to the smaller model."""
+    meeting = [a for a in attempts if a.meets and a.latency_ratio is not None]
+    if not meeting:
+        return None
+    fastest = min(a.latency_ratio for a in meeting)
+    close = [a for a in meeting if a.latency_ratio <= fastest * (1 + _LATENCY_TIE)]
+    chosen = min(close, key=lambda a: (a.size_ratio, a.latency_ratio))
+    for a in meeting:
+        a.verdict = ("kept: the fastest that meets the tolerance" if a is chosen else
+                     f"meets, but {a.latency_ratio / chosen.latency_ratio:.2f}x the latency of {chosen.rung}"
+                     if a.latency_ratio > chosen.latency_ratio else f"meets, but larger than {chosen.rung}")
+    if round(chosen.latency_ratio, 1) > 1.0:
+        chosen.verdict += (f"; but {chosen.latency_ratio:.1f}x slower than float here: it only saves size, keep "
+                           "the float model if speed matters")
+    return chosen
+
+
+def _mixed_rungs(judge: _Judge, attempts: list[Attempt]) -> list[Rung]:
+    """Rule 2's mixed rung: one budget from the tolerance, or escalating SQNR budgets for agreement."""
+    if judge.metric_reference is not None:
+        return [Rung("mixed", "mixed", {"assign-precision": {"metric": judge.metric_reference,
+                                                             "max_drop": judge.tolerance}})]
+    if judge.all_sqnr and judge.metric is None:
+        return [Rung("mixed", "mixed", {"assign-precision": {"min_sqnr_db": round(judge.min_sqnr_db, 2)}})]
+    best = max((min(m.sqnr_db for m in a.result.report.outputs) for a in attempts if a.result is not None),
+               default=20.0)
+    return [Rung(f"mixed+{step:g}dB", "mixed", {"assign-precision": {"min_sqnr_db": round(best + step, 2)}})
+            for step in _MIXED_SQNR_STEPS_DB]
+
+
+class _Judge:
+    """Rule 1: whether a compiled model's outputs stay within the tolerance."""
+
+    def __init__(self, float_model: ir.Model, data: Any, tolerance: float, metric: str | Callable | None) -> None:
+        self.tolerance = tolerance
+        self.min_sqnr_db = -20 * math.log10(tolerance / 100) if tolerance < 100 else -math.inf
+        self.metric_reference = metric if isinstance(metric, str) else None
+        self.metric = load_function(metric, "metric") if isinstance(metric, str) else metric
+        self.data = open_calibration_data(data, input_specs(float_model)) if self.metric is not None else None
+        self.float_metric = self.metric(self._outputs(float_model)) if self.metric is not None else None
+        classifier = {v.name: _is_classifier(v) for v in float_model.graph.outputs}
+        self.all_sqnr = not any(classifier.values())
+        self.classifier = classifier
+
+    def describe(self) -> str:
+        if self.metric is not None:
+            return f"{self.tolerance:g} below the float model's metric {self.float_metric:.4g}"
+        parts = []
+        if not self.all_sqnr:
+            parts.append(f"top-1 agreement >= {100 - self.tolerance:g}%")
+        if not all(self.classifier.values()):
+            parts.append(f"SQNR >= {self.min_sqnr_db:.1f} dB")
+        return f"{self.tolerance:g}% ({', '.join(parts)})"
+
+    def judge(self, result: CompileResult) -> tuple[bool, str, str]:
+        """(meets, the accuracy figure, what fell short)."""
+        if self.metric is not None:
+            value = self.metric(self._outputs(result.model))
+            drop = self.float_metric - value
+            figure = f"metric {value:.4g} (drop {drop:.3g})"
+            return drop <= self.tolerance, figure, f"metric drop {drop:.3g} > {self.tolerance:g}"
+        figures, short = [], []
+        for m in result.report.outputs:
+            if self.classifier.get(m.name) and m.top1_agreement is not None:
+                agreement = 100 * m.top1_agreement
+                figures.append(f"top-1 {agreement:.1f}%")
+                if agreement < 100 - self.tolerance:
+                    short.append(f"{m.name}: top-1 agreement {agreement:.1f}% < {100 - self.tolerance:g}%")
+            else:
+                figures.append(f"SQNR {m.sqnr_db:.1f} dB")
+                if not m.sqnr_db >= self.min_sqnr_db:
+                    short.append(f"{m.name}: SQNR {m.sqnr_db:.1f} dB < {self.min_sqnr_db:.1f} dB")
+            if m.nonfinite:
+                short.append(f"{m.name}: {m.nonfinite} NaN/Inf values")
+        return not short, ", ".join(figures), "; ".join(short)
+
+    def _outputs(self, model: ir.Model) -> dict[str, np.ndarray]:
+        return outputs_over(ValueTap(model, model.graph.outputs), list(self.data))
+
+
+def _is_classifier(value: ir.Value) -> bool:
+    shape = value.shape
+    return shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1
+
+
+def _has_normalized_linear(model: ir.Model) -> bool:
+    norms = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
+    return any(node.op_type in norms and any(user.op_type in ("MatMul", "Gemm") for user in node.outputs[0].consumers())
+               for node in model.graph.nodes)
+
+
+def _with_passes(recipe: Recipe | None, options: dict[str, dict[str, Any]]) -> Recipe:
+    """`recipe` (or none) with the rung's pass options added, as recipe TOML values would be."""
+    merged = Recipe.from_dict({"passes": options}) if options else Recipe()
+    if recipe is None:
+        return merged
+    combined = dataclasses.replace(recipe, pass_options=dict(recipe.pass_options))
+    for name, values in merged.pass_options.items():
+        combined.pass_options[name] = {**combined.pass_options.get(name, {}), **values}
+    return combined
+
+
+def save_auto(result: AutoResult, path: str | Path) -> None:
+    """The chosen model, or the float model unchanged when nothing met the tolerance."""
+    ir.save_model(result.model, path)

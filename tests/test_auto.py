@@ -1,0 +1,82 @@
+"""--auto: the ladder is walked, each rung measured, and the choice explained; nothing good enough keeps float."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from encoder_model import build_encoder, token_batches
+from helpers import run_onnx
+
+from qcompiler import ir
+from qcompiler.auto import AutoError, auto, save_auto
+from qcompiler.cli import main
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+DIGITS = GOLDEN / "digits_cnn"
+
+
+def test_conv_net_and_encoder_choose_different_rungs():
+    conv = auto(DIGITS / "model.onnx", DIGITS / "calib.npz", eval=DIGITS / "inputs.npz", tolerance=2.0)
+    assert conv.chosen is not None and conv.chosen.meets
+    assert [a.rung for a in conv.attempts][:3] == ["dynamic", "static", "static-percentile"]
+    assert "static-smooth" not in [a.rung for a in conv.attempts]  # no LayerNorm feeds a Linear here
+    assert conv.chosen.verdict.startswith("kept: the fastest that meets the tolerance")
+
+    module = build_encoder()
+    dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=64)}}
+    calib, held_out = token_batches(32, 1, lengths=(16, 48)), token_batches(8, 2, lengths=(16, 48))
+    encoder = auto(module, calib, eval=held_out, tolerance=1.0, example_inputs=(torch.from_numpy(
+        calib[0]["input_ids"]),), dynamic_shapes=dims)
+    by_rung = {a.rung: a for a in encoder.attempts}
+    assert not by_rung["static"].meets and "SQNR" in by_rung["static"].verdict  # outliers: 40 dB out of reach
+    assert by_rung["static-smooth"].meets
+    assert encoder.chosen is not None and encoder.chosen.rung != conv.chosen.rung
+    text = "\n".join(encoder.summary())
+    assert "tolerance 1% (SQNR >= 40.0 dB)" in text and f"chose {encoder.chosen.rung}" in text
+
+
+def test_an_impossible_tolerance_keeps_the_float_model(tmp_path):
+    unet = GOLDEN / "unet_like"
+    result = auto(unet / "model.onnx", unet / "calib.npz", eval=unet / "inputs.npz", tolerance=1e-9)
+    assert result.chosen is None
+    assert all(not a.meets for a in result.attempts)
+    assert "kept the float model" in "\n".join(result.summary())
+    path = tmp_path / "kept.onnx"
+    save_auto(result, path)
+    assert not any(n.op_type.endswith("QuantizeLinear") for n in ir.load_model(path).graph.nodes)
+    with pytest.raises(AutoError, match="no rung met the tolerance"):
+        auto(unet / "model.onnx", unet / "calib.npz", eval=unet / "inputs.npz", tolerance=1e-9, require=True)
+
+
+def test_a_metric_function_judges_by_its_own_units(tmp_path):
+    metric = tmp_path / "accuracy.py"
+    metric.write_text("import numpy as np\n"
+                      f"LABELS = np.load({str(DIGITS / 'labels.npz')!r})['labels']\n"
+                      "def accuracy(outputs):\n"
+                      "    return float(np.mean(outputs['logits'].argmax(1) == LABELS))\n")
+    result = auto(DIGITS / "model.onnx", DIGITS / "calib.npz", eval=DIGITS / "inputs.npz", tolerance=0.01,
+                  metric=f"{metric}:accuracy")
+    assert result.tolerance.startswith("0.01 below the float model's metric 0.97")
+    assert result.chosen is not None
+    (logits,) = run_onnx(ir.to_onnx(result.model), {"x": np.load(DIGITS / "inputs.npz")["x"]})
+    accuracy = float(np.mean(logits.argmax(1) == np.load(DIGITS / "labels.npz")["labels"]))
+    assert accuracy >= 0.97 - 0.01
+    assert result.chosen.accuracy.startswith(f"metric {accuracy:.4g}")
+
+
+def test_cli_auto_exit_codes_and_report(tmp_path):
+    unet = GOLDEN / "unet_like"
+    common = ["compile", str(unet / "model.onnx"), "--calib", str(unet / "calib.npz"), "--eval", str(unet / "inputs.npz"),
+              "--auto", "-o", str(tmp_path / "out.onnx")]
+    assert main([*common, "--tolerance", "1e-9", "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["chosen"] is None and report["attempts"][0]["rung"] == "dynamic"
+    assert (tmp_path / "out.onnx").exists()
+    (tmp_path / "out.onnx").unlink()
+    assert main([*common, "--tolerance", "1e-9", "--require"]) == 1
+    assert not (tmp_path / "out.onnx").exists()
+    assert main([*common, "--pipeline", "int8"]) == 2

@@ -1,0 +1,94 @@
+"""A model ONNX Runtime quantized (quantize_static, QDQ format) imports with its parameters kept.
+
+golden/resnet_like (Conv, Add residuals, MaxPool, GlobalAveragePool, Gemm) is quantized by
+ONNX Runtime's own tool on the case's calibration images, then compiled with
+`on_quantized="keep"`: every pair keeps ORT's scale and zero point, nothing is added,
+and the figures against the float model are ORT's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import run_onnx
+from onnx import numpy_helper
+
+import qcompiler
+from qcompiler import ir
+from qcompiler.target import reduce_range_advice
+from qcompiler.validate import compare_models
+
+CASE = Path(__file__).resolve().parent.parent / "golden" / "resnet_like"
+
+
+@pytest.fixture(scope="module")
+def ort_quantized(tmp_path_factory) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            with np.load(CASE / "calib.npz") as calib:
+                self.batches = iter([{"x": calib["x"][i:i + 8]} for i in range(0, len(calib["x"]), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    path = tmp_path_factory.mktemp("ort") / "resnet_like_qdq.onnx"
+    quantize_static(CASE / "model.onnx", path, Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=reduce_range_advice()[0], activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kept(ort_quantized):
+    return qcompiler.compile(ort_quantized, CASE / "calib.npz", eval=CASE / "inputs.npz", on_quantized="keep")
+
+
+def _dequantizers(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """DequantizeLinear output name -> (scale, zero point), read from the initializers."""
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.output[0]: (constants[n.input[1]], constants[n.input[2]])
+            for n in model.graph.node if n.op_type == "DequantizeLinear"}
+
+
+def _sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) /
+                               np.sum((reference.astype(np.float64) - actual) ** 2)))
+
+
+def test_every_scale_is_kept(ort_quantized, kept):
+    theirs = _dequantizers(onnx.load(ort_quantized))
+    ours = _dequantizers(ir.to_onnx(kept.model))
+    assert len(theirs) >= 30 and ours.keys() == theirs.keys()
+    for name, (scale, zero_point) in theirs.items():
+        np.testing.assert_array_equal(ours[name][0], scale, err_msg=name)
+        np.testing.assert_array_equal(ours[name][1], zero_point, err_msg=name)
+    assert kept.report.qdq_nodes == {"DequantizeLinear": len(theirs), "QuantizeLinear": 16}
+
+
+def test_revalidated_figures_are_onnx_runtimes(ort_quantized, kept):
+    with np.load(CASE / "inputs.npz") as inputs:
+        feeds = dict(inputs)
+    float_out = run_onnx(str(CASE / "model.onnx"), feeds)[0]
+    theirs = run_onnx(str(ort_quantized), feeds)[0]
+    ours = run_onnx(ir.to_onnx(kept.model), feeds)[0]
+    np.testing.assert_array_equal(ours, theirs)  # the same model runs in ONNX Runtime
+    (metrics,) = compare_models(CASE / "model.onnx", ir.to_onnx(kept.model).SerializeToString(), [feeds])
+    assert metrics.sqnr_db == pytest.approx(_sqnr_db(float_out, theirs), abs=0.1)
+    assert metrics.top1_agreement == np.mean(float_out.argmax(1) == theirs.argmax(1))
+    # by itself compile measures against the model it was given, which it left as it was
+    assert kept.report.outputs[0].sqnr_db == np.inf and kept.report.outputs[0].top1_agreement == 1.0
+    assert kept.report.kernels.integer_share >= 0.95
+    revalidated = qcompiler.compile(ort_quantized, eval=CASE / "inputs.npz", on_quantized="keep",
+                                    reference=CASE / "model.onnx")
+    assert revalidated.report.outputs[0].sqnr_db == pytest.approx(_sqnr_db(float_out, theirs), abs=0.1)
+    assert revalidated.report.outputs[0].top1_agreement == metrics.top1_agreement
