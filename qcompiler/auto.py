@@ -204,7 +204,8 @@ def _choose(attempts: list[Attempt]) -> Attempt | None:
     for a in meeting:
         a.verdict = ("kept: the fastest that meets the tolerance" if a is chosen else
                      f"meets, but {a.latency_ratio / chosen.latency_ratio:.2f}x the latency of {chosen.rung}"
-                     if a.latency_ratio > chosen.latency_ratio else f"meets, but larger than {chosen.rung}")
+                     if a not in close else f"meets, as fast as {chosen.rung} within {_LATENCY_TIE:.0%}: "
+                     "the smaller one (then the faster) is kept")
     if round(chosen.latency_ratio, 1) > 1.0:
         chosen.verdict += (f"; but {chosen.latency_ratio:.1f}x slower than float here: it only saves size, keep "
                            "the float model if speed matters")
