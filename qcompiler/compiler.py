@@ -269,7 +269,7 @@ def _describe(model: ir.Model, float_file: ModelFile, quant_file: ModelFile,
     ops = Counter(n.op_type for n in model.graph.nodes)
     report.qdq_nodes = {op: ops[op] for op in sorted(_QDQ_OPS)}
     report.ops_without_rule = dict(Counter(n.op_type for n in model.graph.nodes
-                                           if n.op_type not in _QUANTIZED_OPS and not has_rule(n)
+                                           if n.op_type not in _QUANTIZED_OPS | {"Cast"} and not has_rule(n)
                                            and any(is_float(v) for v in n.outputs)
                                            and not all(v is None or v.is_const for v in n.inputs)))
     report.size_bytes = {"float": float_file.size, "quantized": quant_file.size}
