@@ -29,6 +29,7 @@ import multiprocessing
 import operator
 import pickle
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -307,3 +308,13 @@ def _load_cache(path: Path, key: str) -> list[Observer] | None:
 def _save_cache(path: Path, key: str, observers: list[Observer]) -> None:
     with atomic_output(path) as staged, staged.open("wb") as f:
         pickle.dump({"version": _CACHE_VERSION, "key": key, "observers": observers}, f)
+
+
+def first_rows(data, samples: int) -> Iterator[dict[str, np.ndarray]]:
+    """Whole batches of `data` until at least `samples` rows (axis 0) have been read."""
+    seen = 0
+    for feeds in data:
+        if seen >= samples:
+            return
+        yield feeds
+        seen += max((np.shape(a)[0] for a in feeds.values() if np.ndim(a)), default=1)

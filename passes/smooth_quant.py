@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,7 +61,7 @@ import numpy as np
 from qcompiler.ir import Graph, Model, NameAllocator, Node, Use, Value
 
 from .base import Pass, PassError, register_pass
-from .calibrate import main_values, observe
+from .calibrate import first_rows, main_values, observe
 from .fold_weights import drop_if_unread
 from .patterns import constant_value
 from .progress import SWITCH, Progress
@@ -137,7 +136,7 @@ class SmoothQuant(Pass):
 
     def _activation_maxima(self, model: Model, values: list[Value], data) -> tuple[list[np.ndarray], int]:
         """max |x| per last-dim channel of each value, and the batches read (rule 2)."""
-        feeds = _first_samples(data, self.options.samples) if self.options.samples else data
+        feeds = first_rows(data, self.options.samples) if self.options.samples else data
         progress = Progress(self.name, operator.length_hint(feeds) or None, "batches",
                             enabled=SWITCH[self.options.progress])
         observers, batches = observe(model, values, [_CHANNEL_MINMAX] * len(values), feeds, progress)
@@ -271,13 +270,3 @@ def _insert_mul(graph: Graph, names: NameAllocator, value: Value, readers: list[
 def _along(s: np.ndarray, axis: int, ndim: int) -> np.ndarray:
     """s shaped to broadcast along `axis` of an array of `ndim` dims."""
     return s.reshape([-1 if d == axis else 1 for d in range(ndim)])
-
-
-def _first_samples(data, samples: int) -> Iterator[dict[str, np.ndarray]]:
-    """Whole batches of `data` until at least `samples` rows (axis 0) have been read."""
-    seen = 0
-    for feeds in data:
-        if seen >= samples:
-            return
-        yield feeds
-        seen += max((np.shape(a)[0] for a in feeds.values() if np.ndim(a)), default=1)

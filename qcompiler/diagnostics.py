@@ -8,8 +8,10 @@
    earlier one add no information and weigh their values twice. Checks 1 and 2 read the
    calibration data once more, without running the model.
 3. Distribution shift, only with held-out evaluation data: right after calibrate, the
-   float model runs once over the evaluation data with the observed values tapped
-   (minmax observers through calibrate.observe) and a value whose evaluation range
+   float model runs once over the first SHIFT_ROWS rows of the evaluation data (whole
+   batches) with the observed values tapped (minmax observers through calibrate.observe):
+   a shift that matters shows in a few dozen rows, and a tapped run costs about two plain
+   ones, so the whole set would double validation's time. A value whose evaluation range
    passes its calibration range (`observed_range`) by more than SHIFT_LIMIT times that
    range's width on either side is listed, worst first: its evaluation values clip.
    When one batch of those activations passes calibrate's memory budget (which would
@@ -27,11 +29,12 @@ from collections.abc import Iterable
 import numpy as np
 
 from qcompiler import ir, passes
-from qcompiler.passes.calibrate import Calibrate, main_values, observe, tap_groups
+from qcompiler.passes.calibrate import Calibrate, first_rows, main_values, observe, tap_groups
 from qcompiler.passes.metrics import OutputMetrics
 from qcompiler.passes.progress import Progress
 
 MIN_CALIBRATION_ROWS = 64
+SHIFT_ROWS = 64
 SHIFT_LIMIT = 1.0
 _LISTED = 5
 
@@ -78,7 +81,8 @@ def shift_warnings(model: ir.Model, data: Iterable[dict[str, np.ndarray]]) -> li
         return [("distribution shift not checked: the activations of one evaluation batch pass calibrate's "
                  "memory budget; evaluate on smaller batches to have it checked")]
     try:
-        observers, _ = observe(model, values, [("minmax", ())] * len(values), data, Progress("", None, enabled=False))
+        observers, _ = observe(model, values, [("minmax", ())] * len(values), first_rows(data, SHIFT_ROWS),
+                               Progress("", None, enabled=False))
     except passes.PassError as err:
         return [f"distribution shift not checked: {err}"]
     shifted = []
