@@ -35,6 +35,10 @@
    store their float32 constant inputs as float16 initializers behind a Cast to float32:
    half the bytes, float32 compute (ONNX Runtime's CPU provider has no fp16 Conv or
    Gemm). A constant beyond float16's finite range stays float32 (`fp16_kept_fp32`).
+9. A model that arrives with its weights fake-quantized, DequantizeLinear(QuantizeLinear(w))
+   on a constant w (a QAT export, another tool's), gets the codes that QuantizeLinear
+   computes as an initializer carrying its parameters (`quantize_folded`): int8 in the
+   file, and ORT fuses it like any weight of ours. The pair's parameters are kept as given.
 
     const %w: f32[8,3,3,3]                  const %w_quantized: i8[8,3,3,3] q<i8, axis=0, scale=[...], zp=[...]>
     const %b: f32[8]                        const %b_quantized: i32[8] q<i32, axis=0, scale=[s_in*s_w...], zp=[...]>
@@ -54,7 +58,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from qcompiler.ir.quant import dtype_range, quantize
 
 from .base import Pass, PassError, register_pass
-from .rules import Bias, is_qdq, plans
+from .rules import Bias, attr, is_qdq, plans
 
 _PER_CHANNEL_OPSET = 13
 _WEIGHT_DTYPES = {"int8": DType.INT8}
@@ -84,10 +88,11 @@ class FoldWeights(Pass):
                             f"(onnx.version_converter.convert_version), or use per_channel=false")
 
     def run(self, model: Model, ctx) -> bool:
+        before = sum(self.stats.values())
+        self.stats["quantize_folded"] += fold_quantized_constants(model)
         graph = model.graph
         names = NameAllocator(graph)
         folded: dict[tuple[Value, int | None], Value] = {}  # (float weight, axis) -> its DQ output
-        before = sum(self.stats.values())
         for node, plan in plans(model).items():
             scheme = node.meta.get("weight_scheme")
             per_channel = self.options.per_channel if scheme is None else scheme == "per-channel"
@@ -196,3 +201,26 @@ def drop_if_unread(graph: Graph, value: Value) -> None:
     """Remove constant `value` once a rewrite left no reader of it."""
     if not value.uses() and value in graph.constants and value not in graph.inputs:
         graph.remove_constant(value)
+
+
+def fold_quantized_constants(model: Model) -> int:
+    """Rule 9: each QuantizeLinear whose input, scale and zero point are constants becomes an
+    initializer of its codes carrying the parameters; returns how many."""
+    graph = model.graph
+    names = NameAllocator(graph)
+    folded = 0
+    for node in list(graph.nodes):
+        data = [v.const if v is not None and v.is_const else None for v in node.inputs]
+        if not is_qdq(node, "QuantizeLinear") or len(data) < 3 or \
+                not all(isinstance(d, np.ndarray) for d in data) or "block_size" in node.attributes:
+            continue
+        weight = node.inputs[0]
+        axis = attr(node, "axis", 1) % weight.const.ndim if data[1].ndim else None
+        params = QuantParams(DType.from_numpy(data[2].dtype), data[1], data[2], axis)
+        codes = graph.add_constant(Value(names.fresh(f"{weight.name}_quantized"),
+                                         const=quantize(data[0], params), quant=params))
+        node.outputs[0].replace_all_uses_with(codes)
+        graph.remove(node)
+        drop_if_unread(graph, weight)
+        folded += 1
+    return folded

@@ -35,7 +35,7 @@
    weights, exports the module (each fake-quant becomes a QuantizeLinear/DequantizeLinear
    pair: the dynamo exporter through torch's ONNX op library, the classic one from opset
    13) and folds every QuantizeLinear of constants into its codes
-   (`fold_quantized_constants`), so weights are int8 initializers behind a
+   (fold-weights' `fold_quantized_constants`), so weights are int8 initializers behind a
    DequantizeLinear carrying the learned scale. torch has no shape kernels for its
    fake-quant ops, which torch.export needs for a symbolic (dynamic) dim: export_qat
    registers them for the duration of the export.
@@ -72,15 +72,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qcompiler import ir, passes
-from qcompiler.ir import DType, NameAllocator, QuantParams, Value
-from qcompiler.ir.quant import quantize
-from qcompiler.passes.fold_weights import drop_if_unread, weight_params
+from qcompiler.ir import DType, QuantParams, Value
+from qcompiler.passes.fold_weights import fold_quantized_constants, weight_params
 from qcompiler.passes.pipeline import Pipeline
 from qcompiler.passes.rules import (
-    attr,
     float_by_choice,
     is_constant,
-    is_qdq,
     plans,
     quantized_values,
 )
@@ -258,30 +255,6 @@ def _fake_quant_shapes() -> Iterator[None]:
 
 def _cachemask_shapes(x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.empty_like(x), torch.empty_like(x, dtype=torch.bool)
-
-
-def fold_quantized_constants(model: ir.Model) -> int:
-    """DequantizeLinear(QuantizeLinear(constant)) -> DequantizeLinear(codes): each QuantizeLinear whose input,
-    scale and zero point are constants becomes an initializer of its codes carrying the parameters; returns how
-    many (a fake-quant export's weights; rule 6)."""
-    graph = model.graph
-    names = NameAllocator(graph)
-    folded = 0
-    for node in list(graph.nodes):
-        data = [v.const if v is not None and v.is_const else None for v in node.inputs]
-        if not is_qdq(node, "QuantizeLinear") or len(data) < 3 or \
-                not all(isinstance(d, np.ndarray) for d in data) or "block_size" in node.attributes:
-            continue
-        weight = node.inputs[0]
-        axis = attr(node, "axis", 1) % weight.const.ndim if data[1].ndim else None
-        params = QuantParams(DType.from_numpy(data[2].dtype), data[1], data[2], axis)
-        codes = graph.add_constant(Value(names.fresh(f"{weight.name}_quantized"),
-                                         const=quantize(data[0], params), quant=params))
-        node.outputs[0].replace_all_uses_with(codes)
-        graph.remove(node)
-        drop_if_unread(graph, weight)
-        folded += 1
-    return folded
 
 
 def _mirror_weights(model: ir.Model, module: nn.Module, per_channel: bool, reduce_range: bool,

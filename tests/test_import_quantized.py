@@ -92,3 +92,32 @@ def test_revalidated_figures_are_onnx_runtimes(ort_quantized, kept):
                                     reference=CASE / "model.onnx")
     assert revalidated.report.outputs[0].sqnr_db == pytest.approx(_sqnr_db(float_out, theirs), abs=0.1)
     assert revalidated.report.outputs[0].top1_agreement == metrics.top1_agreement
+
+
+def test_fake_quantized_weights_from_another_tool_are_stored_as_int8(tmp_path):
+    """DQ(Q(w)) on a float constant, as fake-quant exports write it: fold-weights stores the codes."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    nodes = [
+        onnx.helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        onnx.helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        onnx.helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], axis=1),
+        onnx.helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=1),
+        onnx.helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    constants = [numpy_helper.from_array(a, n) for n, a in (
+        ("xs", np.float32(0.02)), ("xz", np.uint8(128)), ("w", w), ("ws", scale), ("wz", np.zeros(8, np.int8)))]
+    graph = onnx.helper.make_graph(nodes, "fq", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 16])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 8])], constants)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    feeds = {"x": rng.standard_normal((4, 16)).astype(np.float32)}
+    expected = run_onnx(model, feeds)[0]
+
+    result = qcompiler.compile(model, [feeds], eval=[feeds], on_quantized="keep")  # data: the MatMul's output
+    (stored,) = [v for v in result.model.graph.constants if v.dtype == ir.DType.INT8 and v.shape == (16, 8)]
+    np.testing.assert_array_equal(stored.const, np.clip(np.round(w / scale), -128, 127).astype(np.int8))
+    assert not any(v.dtype == ir.DType.FLOAT and v.shape == (16, 8) for v in result.model.graph.constants)
+    assert result.report.passes[[p.name for p in result.report.passes].index("fold-weights")].stats[
+        "quantize_folded"] == 1
+    assert _sqnr_db(expected, run_onnx(ir.to_onnx(result.model), feeds)[0]) > 35  # only y's new 8-bit step added

@@ -24,13 +24,13 @@ from onnx import numpy_helper
 
 import qcompiler
 from qcompiler import ir
+from qcompiler.passes.fold_weights import fold_quantized_constants
 from qcompiler.qat import (
     ActivationQuant,
     Follow,
     Quantized,
     WeightQuant,
     export_qat,
-    fold_quantized_constants,
     prepare_qat,
 )
 from qcompiler.target import reduce_range_advice
