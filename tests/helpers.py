@@ -1,4 +1,4 @@
-"""Shared test helpers: running models in ONNX Runtime and random feeds for their inputs."""
+"""Shared test helpers: running models in ONNX Runtime, random feeds for their inputs, SQNR in numpy."""
 
 from __future__ import annotations
 
@@ -49,6 +49,17 @@ _ORT_TYPES = {
     "tensor(uint8)": onnx.TensorProto.UINT8,
     "tensor(bool)": onnx.TensorProto.BOOL,
 }
+
+
+def sqnr_db(reference, actual) -> float:
+    """Signal-to-quantization-noise ratio in dB, summed in float64: arrays, or lists of arrays paired in order."""
+    pairs = zip(reference, actual) if isinstance(reference, list | tuple) else [(reference, actual)]
+    signal = noise = 0.0
+    for want, got in pairs:
+        want = np.asarray(want, np.float64)
+        signal += float(np.sum(want**2))
+        noise += float(np.sum((want - got) ** 2))
+    return 10 * float(np.log10(signal / noise))
 
 
 def through_text(model: ir.Model) -> tuple[str, ir.Model]:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import run_onnx
+from helpers import run_onnx, sqnr_db
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from torch_models import export_model
@@ -22,10 +22,6 @@ from qcompiler.passes import PassContext, PassManager, convert_fp16
 PIPELINE = "canonicalize,fuse,convert-fp16,cleanup"
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
-
-def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    reference, actual = reference.astype(np.float64), actual.astype(np.float64)
-    return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - actual) ** 2)))
 
 
 def convert(model: ir.Model, pipeline: str = PIPELINE, data=None) -> tuple[onnx.ModelProto, PassContext]:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import run_onnx
+from helpers import run_onnx, sqnr_db
 from onnx import TensorProto, helper, numpy_helper
 from torch_models import export_model
 
@@ -51,10 +51,6 @@ def optimized_graph(proto: onnx.ModelProto) -> onnx.GraphProto:
 def weight_matmuls(model: ir.Model) -> int:
     return sum(1 for n in model.graph.nodes if n.op_type in ("MatMul", "Gemm") and n.inputs[1].is_const)
 
-
-def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    reference, actual = reference.astype(np.float64), actual.astype(np.float64)
-    return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - actual) ** 2)))
 
 
 # -- numpy reference of the scheme ------------------------------------------------------

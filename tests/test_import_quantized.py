@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import run_onnx
+from helpers import run_onnx, sqnr_db
 from onnx import numpy_helper
 
 import qcompiler
@@ -60,10 +60,6 @@ def _dequantizers(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndar
             for n in model.graph.node if n.op_type == "DequantizeLinear"}
 
 
-def _sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) /
-                               np.sum((reference.astype(np.float64) - actual) ** 2)))
-
 
 def test_every_scale_is_kept(ort_quantized, kept):
     theirs = _dequantizers(onnx.load(ort_quantized))
@@ -83,14 +79,14 @@ def test_revalidated_figures_are_onnx_runtimes(ort_quantized, kept):
     ours = run_onnx(ir.to_onnx(kept.model), feeds)[0]
     np.testing.assert_array_equal(ours, theirs)  # the same model runs in ONNX Runtime
     (metrics,) = compare_models(CASE / "model.onnx", ir.to_onnx(kept.model).SerializeToString(), [feeds])
-    assert metrics.sqnr_db == pytest.approx(_sqnr_db(float_out, theirs), abs=0.1)
+    assert metrics.sqnr_db == pytest.approx(sqnr_db(float_out, theirs), abs=0.1)
     assert metrics.top1_agreement == np.mean(float_out.argmax(1) == theirs.argmax(1))
     # by itself compile measures against the model it was given, which it left as it was
     assert kept.report.outputs[0].sqnr_db == np.inf and kept.report.outputs[0].top1_agreement == 1.0
     assert kept.report.kernels.integer_share >= 0.95
     revalidated = qcompiler.compile(ort_quantized, eval=CASE / "inputs.npz", on_quantized="keep",
                                     reference=CASE / "model.onnx")
-    assert revalidated.report.outputs[0].sqnr_db == pytest.approx(_sqnr_db(float_out, theirs), abs=0.1)
+    assert revalidated.report.outputs[0].sqnr_db == pytest.approx(sqnr_db(float_out, theirs), abs=0.1)
     assert revalidated.report.outputs[0].top1_agreement == metrics.top1_agreement
 
 
@@ -120,4 +116,4 @@ def test_fake_quantized_weights_from_another_tool_are_stored_as_int8(tmp_path):
     assert not any(v.dtype == ir.DType.FLOAT and v.shape == (16, 8) for v in result.model.graph.constants)
     assert result.report.passes[[p.name for p in result.report.passes].index("fold-weights")].stats[
         "quantize_folded"] == 1
-    assert _sqnr_db(expected, run_onnx(ir.to_onnx(result.model), feeds)[0]) > 35  # only y's new 8-bit step added
+    assert sqnr_db(expected, run_onnx(ir.to_onnx(result.model), feeds)[0]) > 35  # only y's new 8-bit step added

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import run_onnx
+from helpers import run_onnx, sqnr_db
 
 import qcompiler
 from qcompiler import ir, validate
@@ -102,7 +102,7 @@ def test_compile_with_large_model_paths(mlp, tmp_path, monkeypatch):
     x = dict(np.load(held_out))
     reference = numpy_forward(mlp, x["x"]).astype(np.float64)
     quantized = run_onnx(str(out), x)[0]
-    sqnr = 10 * np.log10(np.sum(reference**2) / np.sum((reference - quantized) ** 2))
+    sqnr = sqnr_db(reference, quantized)
     assert sqnr > 25
     assert result.report.outputs[0].sqnr_db == pytest.approx(sqnr, abs=0.5)
     assert result.report.size_bytes["quantized"] < result.report.size_bytes["float"] / 2

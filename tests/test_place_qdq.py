@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import run_onnx
+from helpers import run_onnx, sqnr_db
 from test_calibrate import Batches
 
 from qcompiler import ir
@@ -30,9 +30,6 @@ INTEGER_OPS = {
     "mlp_matmul": {"QLinearMatMul", "MatMulIntegerToFloat", "QGemm"},
 }
 
-
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref.astype(np.float64) - out) ** 2)))
 
 
 def random_batches(name: str, shape: tuple[int, ...], count: int, seed: int) -> Batches:

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 from encoder_model import build_encoder, token_batches
-from helpers import run_onnx
+from helpers import run_onnx, sqnr_db
 from torch_models import build_module
 
 import qcompiler
@@ -50,7 +50,7 @@ def test_conv_net_from_module_equals_its_onnx_export(tmp_path):
     assert from_module.report.kernels.integer_share == from_file.report.kernels.integer_share > 0.9
     # the float reference is the module itself, not only its export
     expected = module(torch.from_numpy(held_out[0]["x"])).detach().numpy()
-    assert 10 * np.log10(np.sum(expected**2) / np.sum((expected - _outputs(from_module, held_out)[0]) ** 2)) > 25
+    assert sqnr_db(expected, _outputs(from_module, held_out)[0]) > 25
 
 
 def test_both_exporters_name_nodes_by_module_path():
@@ -96,7 +96,7 @@ def test_symbolic_dims_survive_and_variable_lengths_calibrate(small_encoder):
         expected = module(torch.from_numpy(feed["input_ids"])).detach().numpy()
         (actual,) = run_onnx(proto, feed)
         assert actual.shape == (batch, seq, 64)
-        assert 10 * np.log10(np.sum(expected**2) / np.sum((expected - actual) ** 2)) > 15
+        assert sqnr_db(expected, actual) > 15
 
 
 def test_dataloader_calibrates_like_the_arrays_it_holds():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from encoder_model import build_encoder, token_batches
-from helpers import run_onnx
+from helpers import run_onnx, sqnr_db
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
 import qcompiler
@@ -21,12 +21,6 @@ from qcompiler.torch import export
 CALIBRATION = token_batches(64, 1, lengths=(16, 48))
 HELD_OUT = token_batches(16, 2, lengths=(16, 48))
 DIMS = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=64)}}
-
-
-def _sqnr_db(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
-    signal = sum(float(np.sum(e.astype(np.float64) ** 2)) for e in expected)
-    noise = sum(float(np.sum((e.astype(np.float64) - a) ** 2)) for e, a in zip(expected, actual))
-    return 10 * np.log10(signal / noise)
 
 
 def _outputs(model) -> list[np.ndarray]:
@@ -55,20 +49,20 @@ def test_smooth_quant_beats_plain_int8_and_onnxruntime(encoder, tmp_path):
     ir.save_model(float_model, float_path)
     reference = _outputs(str(float_path))
     from_torch = [module(torch.from_numpy(feed["input_ids"])).detach().numpy() for feed in HELD_OUT]
-    assert _sqnr_db(from_torch, reference) > 80  # the export computes what the module does
+    assert sqnr_db(from_torch, reference) > 80  # the export computes what the module does
 
     smooth = qcompiler.compile(module, CALIBRATION, eval=HELD_OUT, example_inputs=example, dynamic_shapes=DIMS,
                                pipeline="int8-smooth")
     plain = qcompiler.compile(ir.clone_model(float_model), CALIBRATION, eval=HELD_OUT)
-    ours_smooth = _sqnr_db(reference, _outputs(ir.to_onnx(smooth.model)))
-    ours_plain = _sqnr_db(reference, _outputs(ir.to_onnx(plain.model)))
+    ours_smooth = sqnr_db(reference, _outputs(ir.to_onnx(smooth.model)))
+    ours_plain = sqnr_db(reference, _outputs(ir.to_onnx(plain.model)))
 
     theirs = {}
     for per_channel in (False, True):  # ORT's defaults, and its per-channel weights with reduce_range
         path = tmp_path / f"ort_{per_channel}.onnx"
         quantize_static(str(float_path), str(path), _Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, reduce_range=per_channel)
-        theirs[per_channel] = round(_sqnr_db(reference, _outputs(str(path))), 2)
+        theirs[per_channel] = round(sqnr_db(reference, _outputs(str(path))), 2)
 
     print(f"int8 {ours_plain:.2f} dB, int8-smooth {ours_smooth:.2f} dB, quantize_static {theirs}")
     assert ours_smooth >= ours_plain + 15  # measured: 41.3 against 18.7 dB
@@ -85,7 +79,7 @@ def test_int4_weights_shrink_the_encoder_and_report_the_error(encoder):
     assert found["weights"] == 36 and found["bits"] == 4
     assert 6.5 < found["float_bytes"] / found["quantized_bytes"] < 8.5
     reference = _outputs(ir.to_onnx(float_model))
-    measured = _sqnr_db(reference, _outputs(ir.to_onnx(result.model)))
+    measured = sqnr_db(reference, _outputs(ir.to_onnx(result.model)))
     assert result.report.outputs[0].sqnr_db == pytest.approx(measured, abs=0.01)
     assert measured > 15
     kernels = result.report.kernels  # MatMulNBits at accuracy level 4 multiplies in int8; attention stays float

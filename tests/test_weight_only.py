@@ -3,13 +3,12 @@ partial blocks, Gemm transB, Gather tables, skipped nodes, option errors, file s
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import run_onnx, through_text
+from helpers import run_onnx, sqnr_db, through_text
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import ir
@@ -80,9 +79,6 @@ def run_float_compute(model: ir.Model, feeds: dict[str, np.ndarray]) -> np.ndarr
     session = ort.InferenceSession(ir.to_onnx(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
 
-
-def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    return 10 * math.log10(float(np.sum(reference.astype(np.float64) ** 2) / np.sum((reference - actual) ** 2.0)))
 
 
 @pytest.mark.parametrize("bits", [4, 8])
