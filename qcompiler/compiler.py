@@ -92,12 +92,8 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     pipeline = _mode_pipeline(mode, pipeline)
     start = time.perf_counter()
     job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval, on_quantized=on_quantized,
-                  example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
+                  example_inputs=example_inputs, dynamic_shapes=dynamic_shapes, reference=reference)
     model, report = job.model, job.report
-    if reference is not None:  # rule 6: measure against the float original, not the (quantized) input
-        job.float_file = ModelFile(load_for_compile(reference))
-        named = reference if isinstance(reference, str | Path) else "the given float model"
-        report.settings["reference"] = f"validated against {named}"
     timing = passes.Timing(stream=io.StringIO())
     checks = DataChecks()
     instruments: list[passes.Instrument] = [passes.Verifier(), timing, checks]
@@ -146,8 +142,9 @@ class Job:
 
 def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
             pipeline: str | None = None, target: str | None = None, eval: Any = None,
-            on_quantized: str = "error", example_inputs: Any = None, dynamic_shapes: Any = None) -> Job:
-    """Rules 1-3 of the module, and the data opened with its first batch checked."""
+            on_quantized: str = "error", example_inputs: Any = None, dynamic_shapes: Any = None,
+            reference: Any = None) -> Job:
+    """Rules 1-3 (and 6) of the module, and the data opened with its first batch checked."""
     recipe = _recipe(recipe)
     model, source = _read(model, example_inputs, dynamic_shapes)
     _check_not_quantized(model, source, on_quantized)
@@ -158,7 +155,10 @@ def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     options = _pass_options(recipe, target, report)
     steps = apply_pass_options(passes.parse_pipeline(pipeline or recipe.pipeline or DEFAULT_PIPELINE), options)
     report.pipeline = str(steps)
-    float_file = ModelFile(model)
+    float_file = ModelFile(model if reference is None else load_for_compile(reference))
+    if reference is not None:  # rule 6: measure against the float original, not the (quantized) input
+        named = reference if isinstance(reference, str | Path) else "the given float model"
+        report.settings["reference"] = f"validated against {named}"
     float_names = unique_names(model.graph)
     specs = input_specs(model)
     calibration = _checked_data(calib, specs, "calibration") if calib is not None else None
