@@ -59,6 +59,7 @@ import onnx
 
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, TensorType, Value
 from qcompiler.ir.evaluate import ValueTap
+from qcompiler.ir.onnx_export import constant_bytes
 
 from .base import Pass, register_pass
 from .calibrate import tap_groups
@@ -107,7 +108,7 @@ class ConvertFp16(Pass):
 
     def run(self, model: Model, ctx) -> bool:
         graph = model.graph
-        bytes_before = _constant_bytes(graph)
+        bytes_before = constant_bytes(model)
         plans = {node: plan for node in graph.nodes if (plan := _plan(node, model.opset_imports)) is not None}
         kept = self._kept(model, plans, ctx.calibration_data)
         converted = {node: plan for node, plan in plans.items() if node not in kept}
@@ -128,7 +129,7 @@ class ConvertFp16(Pass):
         if not (converted or made or folded):
             return False
         self.stats["bytes_before"] = bytes_before
-        self.stats["bytes_after"] = _constant_bytes(graph)
+        self.stats["bytes_after"] = constant_bytes(model)
         ctx.report[self.name] = self._report()
         return True
 
@@ -318,7 +319,3 @@ def _main_values(graph: Graph) -> list[Value]:
     """Inputs, initializers and node outputs of the main graph (subgraphs keep their types)."""
     return [*graph.inputs, *(v for v in graph.constants if v not in graph.inputs),
             *(v for node in graph.nodes for v in node.outputs)]
-
-
-def _constant_bytes(graph: Graph) -> int:
-    return sum(v.const.nbytes for v in graph.constants if isinstance(v.const, np.ndarray))
