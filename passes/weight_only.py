@@ -70,7 +70,7 @@ from qcompiler.ir.quant import quantize
 from .base import Pass, PassError, register_pass
 from .fold_weights import dequantized, drop_if_unread
 from .patterns import erase
-from .rules import float_by_choice, is_constant
+from .rules import attr, float_by_choice, is_constant
 
 _BLOCKED_DQ_OPSET = 21
 _CONTRIB_DOMAIN = "com.microsoft"
@@ -215,8 +215,7 @@ class WeightOnly(Pass):
                 "zp": None if dtype == DType.INT4 else params.zero_point,
             }, params)
         codes, scales, zero_point = done[key]
-        axis = node.attributes.get("axis")
-        attributes = {"gather_axis": 0 if axis is None else axis.value, "quantize_axis": target.axis,
+        attributes = {"gather_axis": attr(node, "axis", 0), "quantize_axis": target.axis,
                       "block_size": self.options.block_size, "bits": self.options.bits}
         self._replace(model, node, "GatherBlockQuantized", [codes, node.inputs[1], scales, zero_point], attributes)
 
@@ -257,8 +256,7 @@ def _weight_of(node: Node, gather: bool) -> _Target | None:
     if node.op_type == "MatMul":
         target = _Target(node, 1, 0)
     elif node.op_type == "Gemm":
-        transposed = node.attributes.get("transB")
-        target = _Target(node, 1, 1 if transposed is not None and transposed.value else 0)
+        target = _Target(node, 1, 1 if attr(node, "transB", 0) else 0)
     elif node.op_type == "Gather" and gather and not is_constant(node.inputs[1]):
         target = _Target(node, 0, 1)
     else:
@@ -271,13 +269,9 @@ def _weight_of(node: Node, gather: bool) -> _Target | None:
 
 def _nbits_gemm(node: Node) -> bool:
     """Whether MatMulNBits computes this Gemm: alpha = 1, A not transposed, C absent or a 1-D bias with beta = 1."""
-    def attr(key: str, default: float) -> float:
-        found = node.attributes.get(key)
-        return default if found is None else found.value
-
     c = node.inputs[2] if len(node.inputs) > 2 else None
-    bias_ok = c is None or (attr("beta", 1.0) == 1.0 and c.shape is not None and len(c.shape) == 1)
-    return attr("alpha", 1.0) == 1.0 and not attr("transA", 0) and bias_ok
+    bias_ok = c is None or (attr(node, "beta", 1.0) == 1.0 and c.shape is not None and len(c.shape) == 1)
+    return attr(node, "alpha", 1.0) == 1.0 and not attr(node, "transA", 0) and bias_ok
 
 
 def blocked_params(data: np.ndarray, axis: int, block_size: int, dtype: DType, symmetric: bool) -> QuantParams:
