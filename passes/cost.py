@@ -23,6 +23,8 @@ import math
 
 from qcompiler.ir import DType, Model, Node, Value
 
+from .rules import attr
+
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _COSTED_OPS = COMPUTE_OPS | {"MatMulInteger"}  # rule 3
 _NEEDS_QUANTIZED_OUTPUT = frozenset({"Conv", "ConvTranspose", "Gemm"})
@@ -68,7 +70,7 @@ def runs_integer(node: Node) -> bool:
 
 
 def node_macs(node: Node) -> int:
-    """Multiply-accumulates of a Conv, ConvTranspose, Gemm or MatMul (or MatMulInteger) from its IR shapes.
+    """Multiply-accumulates of a Conv, ConvTranspose, Gemm or MatMul (or MatMulInteger, MatMulNBits) from its IR shapes.
 
     Symbolic and unknown dims count as 1. Approximations when a shape is unknown:
     Conv without an output shape takes the input's spatial size (stride 1, 'same'
@@ -90,16 +92,18 @@ def node_macs(node: Node) -> int:
         return math.prod(w or ()) * math.prod(out[2:] if out else ())
     if node.op_type == "Gemm":
         a, b = x or (1, 1), w or (1, 1)
-        m = a[1] if node.attributes.get("transA", 0) else a[0]
-        k = a[0] if node.attributes.get("transA", 0) else a[1]
-        n = b[0] if node.attributes.get("transB", 0) else b[1]
+        m = a[1] if attr(node, "transA", 0) else a[0]
+        k = a[0] if attr(node, "transA", 0) else a[1]
+        n = b[0] if attr(node, "transB", 0) else b[1]
         return (math.prod(out) if out is not None else m * n) * k
+    if node.op_type == "MatMulNBits":  # com.microsoft: B is packed, K and N are attributes
+        return math.prod(x[:-1] if x else ()) * attr(node, "K", 1) * attr(node, "N", 1)
     if node.op_type in ("MatMul", "MatMulInteger"):
         k = x[-1] if x else w[-2] if w and len(w) > 1 else w[0] if w else 1
         if out is None:
             out = (*(x[:-1] if x else ()), w[-1] if w and len(w) > 1 else 1)
         return math.prod(out) * k
-    raise ValueError(f"{node!r} is not a Conv, ConvTranspose, Gemm, MatMul or MatMulInteger")
+    raise ValueError(f"{node!r} is not a Conv, ConvTranspose, Gemm, MatMul, MatMulInteger or MatMulNBits")
 
 
 def _dims(value: Value | None) -> tuple[int, ...] | None:

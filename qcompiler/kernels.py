@@ -52,7 +52,6 @@ share matters (`node_macs` says what it approximates). FLOPs are 2 x MACs.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -64,6 +63,7 @@ import onnx
 from qcompiler import ir
 from qcompiler.ir.naming import unique_names
 from qcompiler.passes.cost import COMPUTE_OPS, node_macs
+from qcompiler.passes.rules import attr
 from qcompiler.validate import ModelSource, open_session
 
 INTEGER_KERNELS = frozenset({
@@ -108,8 +108,8 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSou
     for node in quant_model.graph.all_nodes():  # rule 6: ours already, ORT keeps them as written
         if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
             ours.append(node)
-            macs[node] = _matmul_nbits_macs(node)
-            if node.attributes.get("accuracy_level") and node.attributes["accuracy_level"].value == _INT8_COMPUTE:
+            macs[node] = node_macs(node)
+            if attr(node, "accuracy_level", 0) == _INT8_COMPUTE:
                 integer.add(node)
     integer_macs = sum(macs[node] for node in integer)
     total = sum(macs.values())
@@ -120,13 +120,6 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSou
         integer_share=integer_macs / total if total else 0.0,
         float_nodes=[node.name or node.outputs[0].name for node in ours if node not in integer],
     )
-
-
-def _matmul_nbits_macs(node: ir.Node) -> int:
-    """Rows of A (symbolic dims as 1) x K x N, from the op's K and N attributes."""
-    shape = node.inputs[0].shape or ()
-    rows = math.prod(d if isinstance(d, int) else 1 for d in shape[:-1])
-    return rows * node.attributes["K"].value * node.attributes["N"].value
 
 
 def _optimized_graph(model: ModelSource, threads: int) -> onnx.ModelProto:
@@ -147,8 +140,8 @@ def _onnx_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Nodes of `graph` and, depth first, of the subgraphs in their attributes."""
     for node in graph.node:
         yield node
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.HasField("g") else attribute.graphs:
                 yield from _onnx_nodes(sub)
 
 

@@ -133,3 +133,12 @@ def test_conv_macs_by_hand_with_groups_strides_and_a_symbolic_batch(tmp_path):
 def test_golden_node_macs_by_hand():
     nodes = {node.name: node for node in conv_net(None).graph.nodes}
     assert {name: node_macs(nodes[name]) for name in GOLDEN_MACS} == GOLDEN_MACS
+
+
+def test_gemm_macs_read_transpose_flags_by_value():
+    """transA=0 written out is no transpose: M x K x N = 4 x 16 x 8 either way."""
+    x = ir.Value("x", ir.TensorType(ir.DType.FLOAT, (4, 16)))
+    w = ir.Value("w", const=np.zeros((16, 8), np.float32))
+    for attributes in ({}, {"transA": 0, "transB": 0}):
+        gemm = ir.Node("Gemm", [x, w], [ir.Value("y", ir.TensorType(ir.DType.FLOAT, (4, 8)))], attributes=attributes)
+        assert node_macs(gemm) == 4 * 16 * 8, attributes
