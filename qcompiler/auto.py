@@ -47,6 +47,7 @@ from qcompiler.compiler import CompileResult, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap
 from qcompiler.passes.plugins import load_function
+from qcompiler.passes.rules import NORMS
 from qcompiler.passes.sensitivity import outputs_over
 from qcompiler.recipe import Recipe
 
@@ -281,8 +282,7 @@ def _is_classifier(value: ir.Value) -> bool:
 
 
 def _has_normalized_linear(model: ir.Model) -> bool:
-    norms = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
-    return any(node.op_type in norms and any(user.op_type in ("MatMul", "Gemm") for user in node.outputs[0].consumers())
+    return any(node.op_type in NORMS and any(user.op_type in ("MatMul", "Gemm") for user in node.outputs[0].consumers())
                for node in model.graph.nodes)
 
 
