@@ -215,9 +215,7 @@ def _attribute_graphs(attr: onnx.AttributeProto):
 
 
 def _has_symbolic_inputs(proto: onnx.ModelProto) -> bool:
-    return any(
-        d.HasField("dim_param") for i in proto.graph.input for d in i.type.tensor_type.shape.dim
-    )
+    return any(not isinstance(_dim(d), int) for i in proto.graph.input for d in i.type.tensor_type.shape.dim)
 
 
 def _ort_symbolic_inference(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -501,6 +499,17 @@ def _type(proto: onnx.TypeProto) -> Type | None:
 def _shape(proto) -> tuple | None:
     if not proto.HasField("shape"):
         return None
-    return tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in proto.shape.dim
-    )
+    return tuple(_dim(d) for d in proto.shape.dim)
+
+
+def _dim(dim) -> int | str | None:
+    """A dim as exporters write it: a positive size, a name that ties equal names together, or
+    None for a dynamic dim of its own. paddle2onnx and tf2onnx write dynamic dims as -1 or 0
+    values, or as placeholder names ("?", "-1") that must not tie two dims into one."""
+    if dim.HasField("dim_value"):
+        return dim.dim_value if dim.dim_value > 0 else None
+    name = dim.dim_param.strip() if dim.HasField("dim_param") else ""
+    return name if name and name not in _PLACEHOLDER_DIMS and not name.lstrip("-").isdigit() else None
+
+
+_PLACEHOLDER_DIMS = frozenset({"?", "*"})

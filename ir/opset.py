@@ -45,11 +45,13 @@ _SEED = 0
 
 
 def convert_opset(proto: onnx.ModelProto, opset: int, *, rtol: float = 1e-5,
-                  label: str | None = None) -> onnx.ModelProto:
+                  label: str | None = None, feeds: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """`proto` with its default-domain opset raised to `opset`, checked to compute the same.
 
-    `label` names the model in errors (default: its graph name). Raises ModelLoadError
-    when the converter fails or the converted model computes something else.
+    `label` names the model in errors (default: its graph name). `feeds` (one real input,
+    e.g. a calibration sample) replace rule 4's random ones: a model with dynamic spatial
+    dims may not run at the random feeds' size. Raises ModelLoadError when the converter
+    fails or the converted model computes something else.
     """
     label = label or f"model {proto.graph.name!r}"
     old = _default_opset(proto)
@@ -57,7 +59,7 @@ def convert_opset(proto: onnx.ModelProto, opset: int, *, rtol: float = 1e-5,
         return proto
     converted = _convert(proto, old, opset, label)
     _declare_ir_version(converted, proto.ir_version)
-    _check_same(proto, converted, old, opset, rtol, label)
+    _check_same(proto, converted, old, opset, rtol, label, feeds)
     return converted
 
 
@@ -124,10 +126,12 @@ def _declare_ir_version(converted: onnx.ModelProto, old_ir: int) -> None:
 
 
 def _check_same(original: onnx.ModelProto, converted: onnx.ModelProto, old: int, new: int, rtol: float,
-                label: str) -> None:
+                label: str, feeds: dict[str, np.ndarray] | None) -> None:
     """Rules 4 and 5."""
-    before = _run(original, f"{label} at opset {old}", "so the conversion cannot be checked")
-    after = _run(converted, f"{label} converted to opset {new}", "")
+    if feeds is None:
+        feeds = dict(_random_feeds(original, label))
+    before = _run(original, feeds, f"{label} at opset {old}", "so the conversion cannot be checked")
+    after = _run(converted, feeds, f"{label} converted to opset {new}", "")
     hint = ", ".join(_changed_ops(original, old, new)) or "none"
     for name, want, got in zip([o.name for o in original.graph.output], before, after):
         difference = _difference(want, got, rtol)
@@ -136,7 +140,7 @@ def _check_same(original: onnx.ModelProto, converted: onnx.ModelProto, old: int,
                                  f"{difference} (ops whose definition changed: {hint})")
 
 
-def _run(proto: onnx.ModelProto, what: str, consequence: str) -> list:
+def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str, consequence: str) -> list:
     import onnxruntime as ort  # 0.1 s to import; only the check needs it
 
     options = ort.SessionOptions()
@@ -146,9 +150,7 @@ def _run(proto: onnx.ModelProto, what: str, consequence: str) -> list:
         with tempfile.TemporaryDirectory() as scratch:
             session = ort.InferenceSession(session_source(proto, Path(scratch)), options,
                                            providers=["CPUExecutionProvider"])
-        return session.run(None, dict(_random_feeds(proto, what)))
-    except ModelLoadError:
-        raise
+        return session.run(None, feeds)
     except Exception as err:  # ORT's pybind errors share no narrower base
         lines = str(err).strip().splitlines() or [type(err).__name__]
         raise ModelLoadError(f"{what} does not run in ONNX Runtime{', ' if consequence else ''}{consequence}: "
@@ -165,7 +167,7 @@ def _random_feeds(proto: onnx.ModelProto, what: str) -> Iterator[tuple[str, np.n
         if value.type.WhichOneof("value") != "tensor_type":
             raise ModelLoadError(f"{what}: input {value.name!r} is not a tensor, so the conversion cannot be checked")
         tensor = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else _SYMBOLIC_SIZE for d in tensor.shape.dim]
+        shape = [d.dim_value if d.dim_value > 0 else _SYMBOLIC_SIZE for d in tensor.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
         if dtype.kind == "f":
             yield value.name, rng.standard_normal(shape).astype(dtype)

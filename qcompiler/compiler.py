@@ -9,7 +9,8 @@
    `int8` pipeline). `mode` names a pipeline: static (int8), dynamic, fp16, int4. The target becomes place-qdq's `target` option. On ort-cpu,
    fold-weights' and dynamic-quant's `reduce_range` follow the CPU compiled on (target.py) unless set.
 3. Models below opset 13 are converted to 13 (per-channel DequantizeLinear needs it)
-   by `ir.convert_opset`, which checks the converted model computes the same.
+   by `ir.convert_opset`, which checks the converted model computes the same (on the
+   first feed of the data when there is data: dynamic spatial dims need real sizes).
    Initializers listed as graph inputs (older exporters list every weight) become
    plain constants, so they are quantized as the weights they are.
 4. The pipeline runs with the IR verifier after each pass; `dump_dir` keeps the IR
@@ -150,7 +151,10 @@ def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     _check_not_quantized(model, source, on_quantized)
     target = target or recipe.target or "ort-cpu"
     report = CompileReport(source=source, target=target, pipeline="")
-    model = _convert_if_old(model, report)
+    specs = input_specs(model)
+    calibration = _checked_data(calib, specs, "calibration") if calib is not None else None
+    held_out = _checked_data(eval, specs, "evaluation") if eval is not None else None
+    model = _convert_if_old(model, report, next(iter(calibration or held_out or ()), None))
     _freeze_weight_inputs(model, report)
     options = _pass_options(recipe, target, report)
     steps = apply_pass_options(passes.parse_pipeline(pipeline or recipe.pipeline or DEFAULT_PIPELINE), options)
@@ -160,9 +164,6 @@ def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
         named = reference if isinstance(reference, str | Path) else "the given float model"
         report.settings["reference"] = f"validated against {named}"
     float_names = unique_names(model.graph)
-    specs = input_specs(model)
-    calibration = _checked_data(calib, specs, "calibration") if calib is not None else None
-    held_out = _checked_data(eval, specs, "evaluation") if eval is not None else None
     recipe.mark_nodes(model)
     return Job(model, recipe, report, steps, float_file, specs, calibration, held_out, float_names)
 
@@ -230,11 +231,13 @@ def _check_not_quantized(model: ir.Model, source: str, on_quantized: str) -> Non
                          f"(--on-quantized keep) to keep its parameters and quantize the rest")
 
 
-def _convert_if_old(model: ir.Model, report: CompileReport) -> ir.Model:
+def _convert_if_old(model: ir.Model, report: CompileReport, feed: dict | None) -> ir.Model:
+    """Checked on the first feed of the data where there is one: a model with dynamic spatial
+    dims may not run on the converter's small random inputs."""
     if model.opset >= _PER_CHANNEL_OPSET:
         return model
     before = model.opset
-    model = ir.load_model(ir.convert_opset(ir.to_onnx(model), _PER_CHANNEL_OPSET))
+    model = ir.load_model(ir.convert_opset(ir.to_onnx(model), _PER_CHANNEL_OPSET, feeds=feed))
     report.settings["opset"] = f"{before} -> {model.opset}: per-channel DequantizeLinear needs 13 (outputs checked)"
     return model
 

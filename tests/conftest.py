@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tests use the tools' helpers
 from torch_models import MODEL_NAMES, export_model
 
 from qcompiler import ir, passes

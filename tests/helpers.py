@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from make_golden import KERNEL_NOISE, within_kernel_noise
 
 from qcompiler import ir
 
@@ -75,3 +76,12 @@ def assert_same_outputs(expected: list[np.ndarray], actual: list[np.ndarray]) ->
     for want, got in zip(expected, actual):
         assert want.dtype == got.dtype and want.shape == got.shape
         assert np.array_equal(want, got, equal_nan=want.dtype.kind == "f")
+
+
+def assert_close_across_cpus(actual, expected, noise: float = KERNEL_NOISE) -> None:
+    """Float results compared with data another machine made: within kernel noise relative to the
+    array's magnitude (make_golden.KERNEL_NOISE says why), never bit for bit."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert within_kernel_noise(actual, expected, noise), (
+        f"max abs difference {np.max(np.abs(actual.astype(np.float64) - expected)):.3g} "
+        f"exceeds {noise:g} x max|expected| = {noise * np.max(np.abs(expected)):.3g}")

@@ -139,13 +139,17 @@ def test_coarse_weights_rank_their_conv_worst_and_downstream_values_only_inherit
 
 
 def test_a_small_memory_budget_taps_in_groups_with_nearly_the_same_figures(coarse, coarse_result):
-    """Values left untapped in a group may run as integer kernels, which round a little differently."""
+    """Values left untapped in a group may run inside fused integer kernels, whose requantization
+    can round an element to the neighbouring code (how often depends on the CPU's kernels). A
+    max-abs statistic follows one worst element, so it may move by up to one quantization step
+    of the coarsest activation; the averaged figures barely move."""
     grouped = value_errors(FLOAT, coarse, batches(8), memory_budget_mb=4)
     assert grouped.groups > 1 and grouped.batches == 4
+    step = max(float(np.max(v.quant.scale)) for v in coarse.graph.all_values() if v.quant is not None and v.const is None)
     for a, b in zip(coarse_result.rows, grouped.rows):
         assert a.name == b.name
-        np.testing.assert_allclose([a.sqnr_db, a.added_db, a.cosine, a.max_abs_error],
-                                   [b.sqnr_db, b.added_db, b.cosine, b.max_abs_error], rtol=5e-3, err_msg=a.name)
+        assert abs(a.sqnr_db - b.sqnr_db) < 0.25 and abs(a.added_db - b.added_db) < 0.25, a.name
+        assert abs(a.cosine - b.cosine) < 1e-3 and abs(a.max_abs_error - b.max_abs_error) <= step, a.name
 
 
 def test_compile_records_the_float_names(coarse_result):

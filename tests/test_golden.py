@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from helpers import run_onnx, through_text
+from helpers import assert_close_across_cpus, run_onnx, through_text
 
 from qcompiler import ir
 
+import make_golden
+from golden_models import EXPECTED
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import make_golden  # noqa: E402
-from golden_models import EXPECTED  # noqa: E402
 
 CASES = sorted(make_golden.CASES)
 TARGETS = {"min_sqnr_db", "min_top1_agreement", "max_accuracy_drop", "min_integer_flop_share", "float_accuracy"}
@@ -34,7 +33,7 @@ def test_golden_model_round_trips_to_its_outputs(name):
     with np.load(folder / "inputs.npz") as inputs, np.load(folder / "outputs.npz") as outputs:
         got = run_onnx(ir.to_onnx(model), dict(inputs))
         for actual, key in zip(got, outputs.files):
-            np.testing.assert_allclose(actual, outputs[key], rtol=1e-5, atol=1e-6)
+            assert_close_across_cpus(actual, outputs[key])
 
 
 def test_stale_case_is_reported(tmp_path, monkeypatch):
@@ -46,6 +45,28 @@ def test_stale_case_is_reported(tmp_path, monkeypatch):
     assert make_golden.main(["--write", "conv_relu"]) == 0 and make_golden.main(["conv_relu"]) == 0
     (tmp_path / "conv_relu" / "model.onnx").write_bytes(b"changed")
     assert make_golden.stale_files("conv_relu", files) == ["conv_relu/model.onnx: differs"]
+
+
+def test_float_outputs_within_kernel_noise_are_current_and_beyond_it_are_stale(tmp_path, monkeypatch):
+    monkeypatch.setattr(make_golden, "GOLDEN", tmp_path)
+    assert make_golden.main(["--write", "conv_relu"]) == 0
+    files = make_golden.case_files("conv_relu")
+    with np.load(tmp_path / "conv_relu" / "outputs.npz") as stored:
+        logits = stored["logits"]
+    scale = np.abs(logits).max()
+    for change, stale in [(0.5 * make_golden.KERNEL_NOISE, []), (1e-3, ["conv_relu/outputs.npz: logits max abs"])]:
+        shifted = logits.copy()
+        shifted.flat[0] += change * scale
+        np.savez(tmp_path / "conv_relu" / "outputs.npz", logits=shifted)
+        found = make_golden.stale_files("conv_relu", files)
+        assert [line[:len(s)] for line, s in zip(found, stale)] == stale and len(found) == len(stale)
+
+
+def test_a_dump_is_current_when_only_the_last_digits_of_its_floats_moved():
+    old = "  %a: f32[4] q<u8, scale=0.020337915, zp=0> range=[0.0, 5.186168] = Relu(%x)\n  const %b: i32[2] = [746, 254]"
+    assert make_golden._dump_differences(old, old.replace("0.020337915", "0.020337913").replace("746", "747")) == []
+    for edit in [("0.020337915", "0.0204"), ("Relu", "Sigmoid"), ("746", "749"), ("u8", "i8")]:
+        assert make_golden._dump_differences(old, old.replace(*edit)) != [], edit
 
 
 def test_trained_case_without_its_stored_model_asks_for_retraining(tmp_path, monkeypatch, capsys):
