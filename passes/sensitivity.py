@@ -139,7 +139,7 @@ class Evaluator:
         self.model, self.emit, self.feeds, self.target = model, emit, list(feeds), target
         self.metric, self.threads = metric, threads
         self.reference = outputs_over(ValueTap(model, model.graph.outputs, threads=threads), self.feeds)
-        self.reference_metric = metric(self.reference) if metric is not None else None
+        self.reference_metric = metric(joined(self.reference)) if metric is not None else None
         self.runs = 0
 
     def measure(self, levels: dict[Unit, str], forced: Unit | None = None) -> Figure:
@@ -156,7 +156,7 @@ class Evaluator:
         outputs = outputs_over(ValueTap(variant, variant.graph.outputs, threads=self.threads), self.feeds)
         self.runs += 1
         sqnr = tuple(_sqnr(name, self.reference[name], outputs[name]) for name in self.reference)
-        return Figure(sqnr, self.metric(outputs) if self.metric is not None else None, emitted_cost(variant))
+        return Figure(sqnr, self.metric(joined(outputs)) if self.metric is not None else None, emitted_cost(variant))
 
 
 def sensitivity(evaluator: Evaluator, all_units: Sequence[Unit], *, jobs: int = 1,
@@ -231,16 +231,25 @@ def _gain(without: Figure, all_int8: Figure) -> float:
     return gain if math.isfinite(gain) else (math.inf if without.min_sqnr_db == math.inf else 0.0)
 
 
-def outputs_over(tap: ValueTap, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Each graph output over all feeds, joined on axis 0, keyed by its name (place-qdq keeps output names)."""
+def outputs_over(tap: ValueTap, feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Each graph output, one array per feed, keyed by its name (place-qdq keeps output names).
+    Kept per feed: samples of different shapes (text lines, sentences) have outputs that don't join."""
     batches = [tap.run({name: feed[name] for name in tap.input_names}) for feed in feeds]
-    return {value.name: np.concatenate([np.atleast_1d(b[i]) for b in batches]) for i, value in enumerate(tap.values)}
+    return {value.name: [np.atleast_1d(b[i]) for b in batches] for i, value in enumerate(tap.values)}
 
 
-def _sqnr(name: str, reference: np.ndarray, actual: np.ndarray) -> float:
-    """Rule 4's SQNR of one output; -inf when the variant makes NaN/Inf the float model does not."""
+def joined(outputs: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """What a metric function is given: each output's feeds joined on axis 0 where their shapes
+    allow, else the list of per-feed arrays, in data order."""
+    return {name: np.concatenate(arrays) if len({a.shape[1:] for a in arrays}) == 1 else list(arrays)
+            for name, arrays in outputs.items()}
+
+
+def _sqnr(name: str, reference: list[np.ndarray], actual: list[np.ndarray]) -> float:
+    """Rule 4's SQNR of one output over every feed; -inf when the variant makes NaN/Inf the float model does not."""
     sums = ErrorSums(name)
-    sums.add(reference, actual)
+    for want, got in zip(reference, actual):
+        sums.add(want, got)
     metrics = sums.metrics()
     return -math.inf if metrics.nonfinite else metrics.sqnr_db
 

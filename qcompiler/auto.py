@@ -48,7 +48,7 @@ from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap
 from qcompiler.passes.plugins import load_function
 from qcompiler.passes.rules import NORMS
-from qcompiler.passes.sensitivity import outputs_over
+from qcompiler.passes.sensitivity import joined, outputs_over
 from qcompiler.recipe import Recipe
 
 _LATENCY_TIE = 0.05
@@ -272,8 +272,8 @@ class _Judge:
                 short.append(f"{m.name}: {m.nonfinite} NaN/Inf values")
         return not short, ", ".join(figures), "; ".join(short)
 
-    def _outputs(self, model: ir.Model) -> dict[str, np.ndarray]:
-        return outputs_over(ValueTap(model, model.graph.outputs), list(self.data))
+    def _outputs(self, model: ir.Model) -> dict[str, np.ndarray | list[np.ndarray]]:
+        return joined(outputs_over(ValueTap(model, model.graph.outputs), list(self.data)))
 
 
 def _is_classifier(value: ir.Value) -> bool:

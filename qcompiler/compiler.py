@@ -154,7 +154,10 @@ def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     specs = input_specs(model)
     calibration = _checked_data(calib, specs, "calibration") if calib is not None else None
     held_out = _checked_data(eval, specs, "evaluation") if eval is not None else None
-    model = _convert_if_old(model, report, next(iter(calibration or held_out or ()), None))
+    for role, data in (("calibration data", calibration), ("evaluation data", held_out)):
+        if data is not None:
+            report.settings[role] = data.describe()
+    model = _convert_if_old(model, report, calibration if calibration is not None else held_out)
     _freeze_weight_inputs(model, report)
     options = _pass_options(recipe, target, report)
     steps = apply_pass_options(passes.parse_pipeline(pipeline or recipe.pipeline or DEFAULT_PIPELINE), options)
@@ -231,11 +234,12 @@ def _check_not_quantized(model: ir.Model, source: str, on_quantized: str) -> Non
                          f"(--on-quantized keep) to keep its parameters and quantize the rest")
 
 
-def _convert_if_old(model: ir.Model, report: CompileReport, feed: dict | None) -> ir.Model:
+def _convert_if_old(model: ir.Model, report: CompileReport, data: CalibrationData | None) -> ir.Model:
     """Checked on the first feed of the data where there is one: a model with dynamic spatial
     dims may not run on the converter's small random inputs."""
     if model.opset >= _PER_CHANNEL_OPSET:
         return model
+    feed = next(iter(data), None) if data is not None else None
     before = model.opset
     model = ir.load_model(ir.convert_opset(ir.to_onnx(model), _PER_CHANNEL_OPSET, feeds=feed))
     report.settings["opset"] = f"{before} -> {model.opset}: per-channel DequantizeLinear needs 13 (outputs checked)"

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from qcompiler import ir
+from qcompiler import ir, safe_pickle
 
 _IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 _ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
@@ -168,6 +168,10 @@ class CalibrationData:
             raise TypeError(f"{self._source.label}: the number of samples is unknown until the data is read")
         feeds = samples // self._batch if self._drop_tail else -(-samples // self._batch)
         return len(range(self._index, feeds, self._count))
+
+    def describe(self) -> str:
+        """The source, how its samples are read and how many make a feed."""
+        return self._source.describe() + (f", {self._batch} per feed" if self._batch > 1 else "")
 
     @property
     def replayable(self) -> bool:
@@ -329,6 +333,15 @@ def _check_array(spec: InputSpec, value: Any, whole: bool, sizes: dict[str, tupl
     return array
 
 
+def _as_rows(value: Any) -> np.ndarray:
+    """A dict's value: an array, or a list of variable-shape arrays as a ragged object array."""
+    if isinstance(value, (list, tuple)) and value and len({np.shape(_as_array(v)) for v in value}) > 1:
+        ragged = np.empty(len(value), dtype=object)
+        ragged[:] = [_as_array(v) for v in value]
+        return ragged
+    return _as_array(value)
+
+
 def _as_array(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
@@ -373,6 +386,13 @@ class _Source:
         """The number of samples, when known without reading them."""
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """Where the samples come from and how they are read, for the report."""
+        count = self.count()
+        return f"{self.label}: {'an unknown number of' if count is None else count} {self.unit}"
+
+    unit = "samples, one per item"
+
     def samples(self) -> Iterator[tuple[str, Callable[[], Any]]]:
         raise NotImplementedError
 
@@ -381,30 +401,54 @@ class _Source:
 
 
 class _Rows(_Source):
-    """Arrays with samples on axis 0: an .npz or .npy file, a dict of arrays, or one array."""
+    """Arrays whose axis 0 indexes the samples: an .npz or .npy file, a dict of arrays, or one array.
 
-    single_rows = True
+    How axis 0 is read (`reading`) follows from the arrays, never from a guess per sample:
+    * rows: each index is one row of a batch (rank = the input's rank);
+    * stacked feeds: each index is a whole feed with its own batch axis (rank = the input's
+      rank + 1 for every input), what `np.stack([feed["x"] for feed in feeds])` makes;
+    * ragged: a 1-D object array of arrays of different shapes (what `np.savez` writes for a
+      list of variable-shape samples), each one sample with or without its batch axis.
+    """
 
-    def __init__(self, label: str, path: Path | None = None, name: str | None = None,
+    def __init__(self, label: str, specs: list[InputSpec], path: Path | None = None, name: str | None = None,
                  arrays: Mapping[str, np.ndarray] | None = None) -> None:
         self.label, self._path, self._name, self._arrays = label, path, name, arrays
-        shapes = {key: np.shape(a) for key, a in arrays.items()} if arrays is not None else _file_shapes(path, name)
-        for key, shape in shapes.items():
+        if arrays is not None:
+            headers = {key: (np.shape(a), np.asarray(a).dtype if not hasattr(a, "dtype") else a.dtype)
+                       for key, a in arrays.items()}
+        else:
+            headers = _file_headers(path, name)
+        for key, (shape, _) in headers.items():
             if not shape:
                 raise CalibrationDataError(label, f"array {key!r} is a scalar; samples go on axis 0")
-        lengths = {shape[0] for shape in shapes.values()}
+        lengths = {shape[0] for shape, _ in headers.values()}
         if len(lengths) > 1:
-            found = ", ".join(f"{key} has {shape[0]}" for key, shape in shapes.items())
+            found = ", ".join(f"{key} has {shape[0]}" for key, (shape, _) in headers.items())
             raise CalibrationDataError(label, f"arrays hold different numbers of samples: {found}")
         self._count = lengths.pop() if lengths else 0
+        self.reading = _reading(label, headers, specs)
+        self.single_rows = self.reading == "rows"
+        self._ranks = {spec.name: len(spec.shape) for spec in specs if spec.shape is not None}
+
+    @property
+    def unit(self) -> str:
+        return {"rows": "rows of axis 0", "stacked": "stacked feeds (axis 0 indexes whole feeds)",
+                "ragged": "ragged samples (an object array of variable-shape arrays)"}[self.reading]
 
     def count(self) -> int:
         return self._count
 
     def samples(self) -> Iterator[tuple[str, Callable[[], Any]]]:
-        arrays = self._arrays if self._arrays is not None else _read_file(self._path, self._name, mmap=True)
+        if self._arrays is not None:
+            arrays = self._arrays
+        else:
+            arrays = _read_file(self._path, self._name, mmap=self.reading != "ragged", label=self.label)
         for row in range(self._count):
-            yield "", partial(_row, arrays, row)
+            if self.reading == "rows":
+                yield "", partial(_row, arrays, row)
+            else:
+                yield "", partial(_item, arrays, row, self._ranks if self.reading == "ragged" else {})
 
     def fingerprint(self) -> str:
         if self._path is not None:
@@ -412,48 +456,99 @@ class _Rows(_Source):
         return _content_hash([self._arrays])
 
 
+def _reading(label: str, headers: dict[str, tuple[tuple, np.dtype]], specs: list[InputSpec]) -> str:
+    """How axis 0 of these arrays is read (see `_Rows`)."""
+    ragged = [key for key, (_, dtype) in headers.items() if dtype.hasobject]
+    if ragged:
+        flat = [key for key in ragged if len(headers[key][0]) != 1]
+        if flat or len(ragged) != len(headers):
+            bad = (flat or sorted(set(headers) - set(ragged)))[0]
+            raise CalibrationDataError(label, f"array {bad!r}: ragged samples are a 1-D object array per input, "
+                                       "and every input's array must be one")
+        return "ragged"
+    ranks = {spec.name: len(spec.shape) for spec in specs if spec.shape is not None}
+    stacked = [key for key, (shape, _) in headers.items() if key in ranks and len(shape) == ranks[key] + 1]
+    if stacked and len(stacked) == len(headers) == len(ranks):
+        return "stacked"
+    return "rows"
+
+
 def _row(arrays: Mapping[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
     return {key: np.asarray(array[row:row + 1]) for key, array in arrays.items()}
 
 
-def _file_shapes(path: Path, name: str | None) -> dict[str, tuple]:
-    """Array shapes from the headers alone, so sizing a large file reads almost nothing."""
+def _item(arrays: Mapping[str, np.ndarray], index: int, unbatched_ranks: dict[str, int]) -> dict[str, np.ndarray]:
+    """One stacked feed or ragged sample; an item one rank short of `unbatched_ranks` gets its batch axis."""
+    items = {key: np.asarray(array[index:index + 1])[0] for key, array in arrays.items()}
+    return {key: item[None] if item.ndim + 1 == unbatched_ranks.get(key) else item for key, item in items.items()}
+
+
+def _file_headers(path: Path, name: str | None) -> dict[str, tuple[tuple, np.dtype]]:
+    """Array shapes and dtypes from the headers alone, so sizing a large file reads almost nothing."""
     try:
         if name is not None:
-            return {name: np.load(path, mmap_mode="r").shape}
+            with path.open("rb") as f:
+                return {name: _header(f)}
         with zipfile.ZipFile(path) as archive:
-            return {member.removesuffix(".npy"): _header_shape(archive, member) for member in archive.namelist()}
+            headers = {}
+            for member in archive.namelist():
+                with archive.open(member) as f:
+                    headers[member.removesuffix(".npy")] = _header(f)
+            return headers
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise CalibrationDataError(str(path), f"cannot read: {err}") from None
 
 
-def _header_shape(archive: zipfile.ZipFile, member: str) -> tuple:
-    with archive.open(member) as f:
-        version = np.lib.format.read_magic(f)  # 3.0 differs from 2.0 only in how field names are encoded
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return read(f)[0]
+def _header(f) -> tuple[tuple, np.dtype]:
+    version = np.lib.format.read_magic(f)  # 3.0 differs from 2.0 only in how field names are encoded
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return tuple(shape), dtype
 
 
-def _read_file(path: Path, name: str | None, mmap: bool = False) -> dict[str, np.ndarray]:
-    """An .npy (as {name: array}) or an .npz (all its arrays).
+def _read_file(path: Path, name: str | None, mmap: bool = False, label: str | None = None) -> dict[str, np.ndarray]:
+    """An .npy (as {name: array}) or an .npz (all its arrays); object arrays through `safe_pickle`.
 
     With `mmap`, C-ordered arrays of an .npy, and of .npz members stored uncompressed
     (as np.savez writes them), are read a row at a time from the file, so memory does
     not grow with the data set (memory-mapped pages would count as resident once read);
     other arrays are read whole.
     """
+    label = label or str(path)
     if name is not None:
-        return {name: _rows_or_whole(path, 0, lambda: np.load(path)) if mmap else np.load(path)}
-    with np.load(path) as archive:
-        if not mmap:
-            return {key: archive[key] for key in archive.files}
-        members = {info.filename: info for info in archive.zip.infolist()}
+        whole = partial(_load_npy_file, path, label, name)
+        return {name: _rows_or_whole(path, 0, whole) if mmap else whole()}
+    with zipfile.ZipFile(path) as archive:
         arrays = {}
-        for key in archive.files:
-            member = members[f"{key}.npy"]
-            stored = member.compress_type == zipfile.ZIP_STORED
-            arrays[key] = _rows_or_whole(path, _member_start(path, member), lambda key=key: archive[key]) if stored else archive[key]
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            whole = partial(_load_member, archive, info, label, key)
+            stored = mmap and info.compress_type == zipfile.ZIP_STORED
+            arrays[key] = _rows_or_whole(path, _member_start(path, info), whole) if stored else whole()
         return arrays
+
+
+def _load_npy_file(path: Path, label: str, key: str) -> np.ndarray:
+    with path.open("rb") as f:
+        return _load_npy(f, label, key)
+
+
+def _load_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, key: str) -> np.ndarray:
+    with archive.open(info) as f:
+        return _load_npy(f, label, key)
+
+
+def _load_npy(f, label: str, key: str) -> np.ndarray:
+    """One .npy stream; an object array is unpickled admitting numpy arrays and nothing else."""
+    start = f.tell()
+    _, dtype = _header(f)
+    if not dtype.hasobject:
+        f.seek(start)
+        return np.lib.format.read_array(f, allow_pickle=False)
+    try:
+        return safe_pickle.load_arrays(f)
+    except safe_pickle.RefusedPickle as refused:
+        raise CalibrationDataError(label, f"array {key!r}: {refused}") from None
 
 
 def _member_start(path: Path, member: zipfile.ZipInfo) -> int:
@@ -498,6 +593,8 @@ class _RowFile:
 class _Folder(_Source):
     """A folder of .npz/.npy files, one sample each, in sorted order of relative path."""
 
+    unit = "files, one sample each"
+
     def __init__(self, folder: Path, specs: list[InputSpec]) -> None:
         self.label, self._files = str(folder), _list_files(folder, _ARRAY_SUFFIXES)
         if not self._files:
@@ -523,6 +620,8 @@ class _Folder(_Source):
 def _read_sample_file(path: Path, name: str | None) -> dict[str, np.ndarray]:
     try:
         return _read_file(path, name)
+    except CalibrationDataError as err:
+        raise _Bad(err.problem) from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise _Bad(f"cannot read: {err}") from None
 
@@ -531,6 +630,7 @@ class _Images(_Source):
     """A folder of images, one sample (one row) each, in sorted order of relative path."""
 
     single_rows = True
+    unit = "images, one row each"
 
     def __init__(self, folder: Path, specs: list[InputSpec], recipe: ImageRecipe) -> None:
         self.label, self._recipe = str(folder), recipe
@@ -656,9 +756,9 @@ def _open_source(source: Any, specs: list[InputSpec], recipe: ImageRecipe | None
     if recipe is not None:
         raise ValueError(f"image_recipe applies to a folder of images, not to a {type(source).__name__}")
     if isinstance(source, Mapping):
-        return _Rows("<dict of arrays>", arrays={key: _as_array(a) for key, a in source.items()})
+        return _Rows("<dict of arrays>", specs, arrays={key: _as_rows(a) for key, a in source.items()})
     if isinstance(source, np.ndarray):
-        return _Rows("<array>", arrays={_single_input(specs, "<array>", "an array"): source})
+        return _Rows("<array>", specs, arrays={_single_input(specs, "<array>", "an array"): source})
     if isinstance(source, Iterable):
         return _Once(source) if iter(source) is source else _Iterable(source)
     if callable(source):
@@ -676,9 +776,9 @@ def _open_path(path: Path, specs: list[InputSpec], recipe: ImageRecipe | None) -
     if recipe is not None:
         raise CalibrationDataError(label, "an image_recipe needs a folder of images")
     if path.suffix == ".npz":
-        return _Rows(label, path)
+        return _Rows(label, specs, path)
     if path.suffix == ".npy":
-        return _Rows(label, path, _single_input(specs, label, "a .npy file"))
+        return _Rows(label, specs, path, _single_input(specs, label, "a .npy file"))
     raise CalibrationDataError(label, "not an .npz or .npy file, or a folder")
 
 

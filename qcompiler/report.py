@@ -54,6 +54,8 @@ class CompileReport:
     def summary(self) -> list[str]:
         """A few lines for a person: accuracy, integer share, size, speed, warnings."""
         lines = [f"compiled {self.source} for {self.target} in {self.compile_seconds:.1f} s"]
+        lines.extend(f"  {role}: {self.settings[role]}" for role in ("calibration data", "evaluation data")
+                     if role in self.settings)
         for metrics in self.outputs:
             top1 = "" if metrics.top1_agreement is None else f", top-1 agreement {metrics.top1_agreement:.1%}"
             lines.append(f"  output {metrics.name}: SQNR {metrics.sqnr_db:.1f} dB, cosine {metrics.cosine:.4f}, "
