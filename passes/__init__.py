@@ -15,7 +15,7 @@ from . import insert_observers as _insert_observers  # noqa: F401  (registers th
 from . import place_qdq as _place_qdq  # noqa: F401  (registers the pass)
 from . import smooth_quant as _smooth_quant  # noqa: F401  (registers the pass)
 from . import weight_only as _weight_only  # noqa: F401  (registers the pass)
-from .base import Pass, PassError, PipelineError, get_pass, register_pass, registered_passes
+from .base import Pass, PassCrash, PassError, PipelineError, get_pass, register_pass, registered_passes
 from .context import PassContext
 from .instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
 from .manager import PassManager, PassResult
@@ -33,7 +33,7 @@ register_pipeline("int8-smooth",
 register_pipeline("mixed", "canonicalize,fuse,insert-observers,calibrate,assign-precision,place-qdq,fold-weights,cleanup")
 
 __all__ = [
-    "CrashReproducer", "DumpDir", "Instrument", "Pass", "PassContext", "PassError", "PassManager",
+    "CrashReproducer", "DumpDir", "Instrument", "Pass", "PassContext", "PassCrash", "PassError", "PassManager",
     "PassResult", "PipelineError", "PluginError", "PrintIR", "Timing", "Verifier", "get_pass",
     "load_entry_point_plugins", "load_plugin_file", "parse_pipeline", "register_pass",
     "register_pipeline", "registered_passes", "registered_pipelines",

@@ -24,6 +24,11 @@ class PassError(Exception):
     """A pass failed; says which one and what ran before it."""
 
 
+class PassCrash(PassError):
+    """A pass raised an exception that is not about its input (a bug): the message names the
+    pass and, where a CrashReproducer ran, the reproducer file."""
+
+
 class PipelineError(Exception):
     """A pipeline text or its options are wrong; carries the column in the text."""
 

@@ -52,7 +52,8 @@ class ObserverOptions:
     """method: the observer's registered name. The rest go to the observers that take them:
     percentile (percentile: the share of values kept, in percent), histograms' bins
     (percentile, entropy, mse), entropy's quantized_bins, mse's bits, ema-minmax's
-    averaging_constant. Values are checked by constructing the observer when the pass runs."""
+    averaging_constant. Values are checked by constructing the observer once, when the options
+    are made: a pipeline with a bad observer fails as it is parsed, before any pass runs."""
 
     method: str = "minmax"
     percentile: float = 99.99
@@ -60,6 +61,12 @@ class ObserverOptions:
     quantized_bins: int = 128
     bits: int = 8
     averaging_constant: float = 0.01
+
+    def __post_init__(self) -> None:
+        try:
+            self.marks()
+        except KeyError as err:  # an unknown observer
+            raise ValueError(err.args[0] if err.args else str(err)) from None
 
     def marks(self) -> tuple[str, str]:
         """(observer name, `k=v,...` of the options it takes), after building one to check them."""

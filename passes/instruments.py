@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 from qcompiler import ir
 from qcompiler.ir.fileio import atomic_output
 
-from .base import Pass, PassError
+from .base import Pass, PassCrash, PassError
 
 if TYPE_CHECKING:
     from .context import PassContext
@@ -144,7 +144,7 @@ class Verifier(Instrument):
 
 @dataclass
 class CrashReproducer(Instrument):
-    """Keep the IR from before each pass; when one raises, write it with the rest of the pipeline.
+    """Keep the IR from before each pass; when one crashes, write it with the rest of the pipeline.
 
     The file is a .qir whose first lines say which pass failed and the pipeline left to
     run: `qc opt FILE --pipeline "<remaining>"` replays the crash.
@@ -158,6 +158,8 @@ class CrashReproducer(Instrument):
         self._text = ir.print_model(model, weights=self._weights, weights_file="")
 
     def on_error(self, error, event, ctx) -> str | None:
+        if isinstance(error, (PassError, ir.IRError)) and not isinstance(error, PassCrash):
+            return None  # about the input (data, options, the model): the message says what to fix
         directory = Path(self.directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"qc-crash-{event.pass_.name}.qir"

@@ -1,7 +1,9 @@
 """The `qc` command line.
 
 Errors in the user's input print one line, `qc: error: ...`, and exit 1; usage
-errors exit 2 (argparse's convention). No traceback reaches the terminal for them.
+errors exit 2 (argparse's convention). Anything else is a bug in qcompiler: it prints one
+line, `qc COMMAND: internal error ...`, naming the pass (with its reproducer) or the
+function where it was raised, and exits 2. No traceback reaches the terminal.
 """
 
 from __future__ import annotations
@@ -30,14 +32,39 @@ from qcompiler.recipe import Recipe, overrides_toml
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    command = args.run.__name__.strip("_")
     try:
         return args.run(args)
+    except passes.PassCrash as err:
+        print(f"qc {command}: internal error: {_one_line(err)}", file=sys.stderr)
+        return 2
     except (ir.IRError, OSError, passes.PassError, passes.PipelineError, passes.PluginError) as err:
         print(f"qc: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("qc: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug: one line that says where, never a traceback
+        print(f"qc {command}: internal error in {_raised_at(err)}: {type(err).__name__}: {_one_line(err)}",
+              file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _raised_at(err: BaseException) -> str:
+    """The innermost frame of qcompiler's own code the exception passed through: function, file, line."""
+    import traceback
+
+    homes = [Path(module.__file__).resolve().parent for module in (sys.modules[__name__], ir, passes)]
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        path = Path(frame.filename).resolve()
+        home = next((h for h in homes if path.is_relative_to(h)), None)
+        if home is not None:
+            return f"{frame.name} ({home.name}/{path.relative_to(home)}:{frame.lineno})"
+    return "qc"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -49,15 +76,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     dump = commands.add_parser(
         "dump", help="print the IR of a model as text",
-        description="Print a model (.onnx or .qir) as text IR. With --weights FILE.npz the large "
-        "constants go to that file and the dump parses back to the same model.",
+        description="Print a model (.onnx or .qir) as text IR. Written to a file (-o X.qir), its large "
+        "constants go to X.npz beside it and the dump parses back to the same model.",
     )
     dump.add_argument("model", help="an .onnx or .qir file")
     dump.add_argument("-o", "--output", help="write the text here instead of standard output")
     dump.add_argument(
-        "--weights", default="summary", metavar="inline|summary|FILE.npz",
-        help="inline: every constant in full; summary (default): large constants as a summary; "
-        "FILE.npz: summaries in the text, data saved to FILE.npz",
+        "--weights", metavar="inline|summary|FILE.npz",
+        help="inline: every constant in full; summary: large constants as a summary only (does not parse "
+        "back); FILE.npz: summaries in the text, data saved to FILE.npz (default: OUTPUT.npz beside the "
+        "-o file, so a written dump parses back; summary on standard output)",
     )
     _add_import_options(dump)
     dump.set_defaults(run=_dump)
@@ -97,6 +125,8 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="a model that already holds Q/DQ nodes: refuse it (default), or keep its "
                           "parameters and quantize the rest")
     compile_.add_argument("--timing", action="store_true", help="print a per-pass time and statistics table")
+    compile_.add_argument("--crash-dir", metavar="DIR", default=".",
+                          help="where a crashing pass leaves its reproducer (default: the current folder)")
     compile_.add_argument("--min-sqnr", type=float, metavar="DB",
                           help="mixed precision: promote the layers that hurt most (int16 activations, fp16, "
                           "fp32) until every output's SQNR reaches DB; runs the 'mixed' pipeline unless "
@@ -274,7 +304,8 @@ def _read(args: argparse.Namespace, weights: str | None = None) -> ir.Model:
 
 
 def _dump(args: argparse.Namespace) -> int:
-    text = write_dump(_read(args), args.output, args.weights)
+    weights = args.weights or (str(Path(args.output).with_suffix(".npz")) if args.output else "summary")
+    text = write_dump(_read(args), args.output, weights)
     if args.output is None:
         sys.stdout.write(text)
     return 0
@@ -303,8 +334,8 @@ def _compile(args: argparse.Namespace) -> int:
         recipe.pass_options.setdefault("assign-precision", {})["min_sqnr_db"] = [repr(args.min_sqnr)]
         pipeline = pipeline or "mixed"
     result = compile_model(args.model, args.calib, recipe=recipe, pipeline=pipeline, target=args.target,
-                           eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized, mode=args.mode, reference=args.reference,
-                           log=_log)
+                           eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized, mode=args.mode,
+                           reference=args.reference, log=_log, crash_dir=args.crash_dir)
     result.save(args.output)
     if args.report:
         write_text(args.report, result.report.to_json())

@@ -14,7 +14,8 @@
    Initializers listed as graph inputs (older exporters list every weight) become
    plain constants, so they are quantized as the weights they are.
 4. The pipeline runs with the IR verifier after each pass; `dump_dir` keeps the IR
-   after every pass.
+   after every pass, and `crash_dir` receives a reproducer (the IR before the pass that
+   raised, and the pipeline left to run) when a pass crashes.
 5. Validation: the float and quantized models run in ONNX Runtime on `eval` data (the
    calibration data when none is given, with a warning: figures on the data the scales
    were fitted to flatter the result); the report holds per-output SQNR, cosine, max
@@ -87,7 +88,8 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
             pipeline: str | None = None, target: str | None = None, eval: Any = None,
             dump_dir: str | Path | None = None, on_quantized: str = "error",
             example_inputs: Any = None, dynamic_shapes: Any = None, mode: str | None = None,
-            reference: Any = None, log: Callable[[str], None] | None = None) -> CompileResult:
+            reference: Any = None, log: Callable[[str], None] | None = None,
+            crash_dir: str | Path | None = None) -> CompileResult:
     """Quantize `model` with calibration data `calib`; see the module docstring for each argument's role."""
     say = log or (lambda message: None)
     pipeline = _mode_pipeline(mode, pipeline)
@@ -100,6 +102,8 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     instruments: list[passes.Instrument] = [passes.Verifier(), timing, checks]
     if dump_dir is not None:
         instruments.append(passes.DumpDir(Path(dump_dir)))
+    if crash_dir is not None:
+        instruments.append(passes.CrashReproducer(Path(crash_dir)))
     context = job.context(instruments)
     say(f"running {report.pipeline}")
     result = passes.PassManager(job.steps).run(model, context)

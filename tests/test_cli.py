@@ -62,8 +62,18 @@ def test_dump_to_stdout_inline_and_summary(capsys):
     assert code == 0 and "blob(" not in inline and len(inline) > len(summary)
 
 
+def test_a_dump_written_to_a_file_keeps_its_weights_beside_it_and_parses_back(tmp_path, capsys):
+    code, _, err = qc(capsys, "dump", LIGHT, "-o", tmp_path / "m.qir")
+    assert code == 0, err
+    assert (tmp_path / "m.qir").read_text().startswith('weights "m.npz"\n') and (tmp_path / "m.npz").exists()
+    code, _, err = qc(capsys, "export", tmp_path / "m.qir", "-o", tmp_path / "m.onnx")
+    assert code == 0, err
+    feeds = {"data_0": np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    assert_same_outputs(run_onnx(str(LIGHT), feeds), run_onnx(str(tmp_path / "m.onnx"), feeds))
+
+
 def test_export_of_a_summary_dump_says_weights_are_missing(tmp_path, capsys):
-    qc(capsys, "dump", LIGHT, "-o", tmp_path / "m.qir")
+    qc(capsys, "dump", LIGHT, "-o", tmp_path / "m.qir", "--weights", "summary")
     code, _, err = qc(capsys, "export", tmp_path / "m.qir", "-o", tmp_path / "m.onnx")
     assert code == 1 and "elided" in err and "weights file" in err
     assert not (tmp_path / "m.onnx").exists()
@@ -160,3 +170,50 @@ def test_weights_file_that_does_not_match_is_refused(tmp_path, capsys):
 def test_usage_errors_exit_2():
     result = subprocess.run([sys.executable, "-m", "qcompiler.cli", "dump"], capture_output=True, text=True)
     assert result.returncode == 2 and "usage: qc dump" in result.stderr
+
+
+CRASHING_PASS = '''
+from qcompiler.passes import Pass, register_pass
+
+
+@register_pass
+class Explode(Pass):
+    """Divides by zero: a bug inside a pass."""
+
+    name = "explode"
+
+    def run(self, model, ctx):
+        return 1 / 0
+'''
+
+
+def test_a_pass_that_crashes_gives_one_line_exit_2_and_a_reproducer_that_replays_it(tmp_path, capsys):
+    plugin = tmp_path / "explode.py"
+    plugin.write_text(CRASHING_PASS)
+    golden = Path(__file__).resolve().parent.parent / "golden" / "mlp"
+    code = main(["compile", str(golden / "model.onnx"), "--calib", str(golden / "calib.npz"), "-o",
+                 str(tmp_path / "out.onnx"), "--plugin", str(plugin), "--pipeline", "canonicalize,explode,cleanup",
+                 "--crash-dir", str(tmp_path / "crash")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("qc: running")]
+    reproducer = tmp_path / "crash" / "qc-crash-explode.qir"
+    assert code == 2 and not (tmp_path / "out.onnx").exists()
+    assert errors == [f"qc compile: internal error: pass 'explode' (2) failed: ZeroDivisionError: division by zero "
+                      f"[passes already run: canonicalize]; reproducer written to {reproducer}"]
+    assert reproducer.read_text().splitlines()[1] == '// replay: qc opt qc-crash-explode.qir --pipeline "explode,cleanup"'
+    assert main(["opt", str(reproducer), "--plugin", str(plugin), "--pipeline", "explode,cleanup",
+                 "--crash-dir", str(tmp_path / "again"), "-o", str(tmp_path / "replayed.qir")]) == 2
+    assert "ZeroDivisionError: division by zero" in capsys.readouterr().err
+
+
+def test_a_bug_outside_any_pass_names_the_function_it_was_raised_in(tmp_path, capsys, monkeypatch):
+    from qcompiler import cli
+
+    def broken(*args, **kwargs):
+        raise KeyError("latency")
+
+    monkeypatch.setattr(cli, "file_bytes", broken)
+    model = tmp_path / "m.onnx"
+    model.write_bytes((Path(__file__).resolve().parent.parent / "golden" / "mlp" / "model.onnx").read_bytes())
+    assert main(["bench", str(model), str(model)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("qc bench: internal error in _bench (qcompiler/cli.py:") and line.endswith(": KeyError: 'latency'")

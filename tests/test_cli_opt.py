@@ -100,18 +100,18 @@ def test_crashing_pass_leaves_a_reproducer_that_replays(tmp_path):
     setup(tmp_path)
     result = qc("opt", "m.qir", "--plugin", "user_passes.py", "--pipeline", "cleanup,crash-halfway,cleanup",
                 "-o", "out.qir", "--crash-dir", "crash", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # a crash is qcompiler's bug: exit 2
     assert "pass 'crash-halfway' (2) failed: ValueError: halfway [passes already run: cleanup]" in result.stderr
     reproducer = tmp_path / "crash" / "qc-crash-crash-halfway.qir"
     assert f"reproducer written to {Path('crash') / reproducer.name}" in result.stderr
     assert not (tmp_path / "out.qir").exists()
     replay = qc("opt", reproducer.name, "--plugin", "../user_passes.py", "--pipeline", "crash-halfway,cleanup",
                 cwd=reproducer.parent)
-    assert replay.returncode == 1 and "ValueError: halfway" in replay.stderr
+    assert replay.returncode == 2 and "ValueError: halfway" in replay.stderr
     assert [n.op_type for n in ir.parse_file(reproducer).graph.nodes] == ["Relu", "Identity"]
     again = qc("opt", "m.qir", "--plugin", "user_passes.py", "--pipeline", "crash-halfway", "--no-reproducer",
                "--crash-dir", "crash2", cwd=tmp_path)
-    assert again.returncode == 1 and "reproducer" not in again.stderr and not (tmp_path / "crash2").exists()
+    assert again.returncode == 2 and "reproducer" not in again.stderr and not (tmp_path / "crash2").exists()
 
 
 def test_bad_pipeline_and_plugin_errors(tmp_path):

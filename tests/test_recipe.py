@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,15 @@ def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
 def test_reduce_range_follows_the_cpu(machine, flags, reduce):
     advice, why = reduce_range_advice(machine, flags)
     assert advice is reduce and why
+
+
+def test_an_unknown_observer_in_the_pass_options_fails_before_any_pass_runs(tmp_path, capsys):
+    from qcompiler.cli import main
+
+    path = write(tmp_path, '[passes.insert-observers]\nmethod = "bogus"\n')
+    golden = Path(__file__).resolve().parent.parent / "golden" / "mlp"
+    code = main(["compile", str(golden / "model.onnx"), "--calib", str(golden / "calib.npz"), "-o",
+                 str(tmp_path / "out.onnx"), "--recipe", str(path), "--crash-dir", str(tmp_path / "crash")])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"qc: error: {path}: [passes.insert-observers]: pass 'insert-observers': unknown observer 'bogus'\n"
+    assert not (tmp_path / "crash").exists() and not (tmp_path / "out.onnx").exists()
