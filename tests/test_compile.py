@@ -180,3 +180,18 @@ def test_int16_activations_below_opset_21_use_contrib_pairs(compiled):
     fold = next(p for p in result.report.passes if p.name == "fold-weights")
     assert fold.stats["biases_folded"] == 3 and "biases_float" not in fold.stats
     assert result.report.outputs[0].sqnr_db > compiled["digits_cnn"].report.outputs[0].sqnr_db
+
+
+@pytest.mark.parametrize("flags, reduce", [(frozenset({"avx2", "fma"}), True),
+                                           (frozenset({"avx2", "avx512_vnni"}), False)])
+def test_weight_codes_follow_the_cpu_flags_compiled_for(monkeypatch, flags, reduce):
+    """Without VNNI, ORT's u8 x s8 kernels saturate full-range weights, so codes stay within [-64, 64]."""
+    from qcompiler import target
+
+    monkeypatch.setattr(target.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(target, "cpu_flags", lambda: flags)
+    result = qcompiler.compile(GOLDEN / "mlp" / "model.onnx", GOLDEN / "mlp" / "calib.npz")
+    assert result.report.settings["reduce_range"].startswith("on" if reduce else "off")
+    codes = [v.const for v in result.model.graph.constants if v.const is not None and v.const.dtype == np.int8]
+    widest = max(int(np.abs(c.astype(np.int32)).max()) for c in codes)
+    assert widest == (64 if reduce else 127)
