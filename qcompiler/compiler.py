@@ -57,6 +57,7 @@ from qcompiler.ir.onnx_export import ModelFile
 from qcompiler.kernels import kernel_report
 from qcompiler.modelio import read_model
 from qcompiler.passes.pipeline import Pipeline
+from qcompiler.passes.progress import Progress
 from qcompiler.passes.rules import has_rule, is_float
 from qcompiler.recipe import Recipe, apply_pass_options
 from qcompiler.report import CompileReport, PassRecord
@@ -312,7 +313,12 @@ def _validate(float_file: ModelFile, model: ir.Model, quant_file: ModelFile,
                                "calibration (--eval) for figures that are not flattered")
     say(f"validating on the {report.validation_data}")
     first: list[dict] = []
-    report.outputs = compare_models(float_file, quant_file, _recording_first(evaluation, first))
+    try:
+        batches = len(evaluation)
+    except TypeError:  # a generator or function: its length is known once read
+        batches = None
+    report.outputs = compare_models(float_file, quant_file, _recording_first(evaluation, first),
+                                    progress=Progress("validate", batches, "batches"))
     report.warnings.extend(nonfinite_warnings(report.outputs))
     report.kernels = kernel_report(model, exported=quant_file)
     say("benchmarking float against quantized")

@@ -1,4 +1,4 @@
-"""The progress line: count, rate and ETA on a terminal; nothing in logs."""
+"""The progress bar: count, rate and ETA on a terminal; nothing in logs."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def test_progress_reports_count_rate_and_eta_on_a_terminal():
         progress.advance()
     progress.close()
     last = stream.getvalue().split("\r")[-1]
-    assert last.startswith("calibrate: 4/10 batches  ") and "batches/s  ETA " in last and last.endswith("s\n")
+    assert last.startswith("calibrate:  40%|") and "| 4/10 [" in last and " batches/s]" in last, last
+    assert progress.done == 4
 
 
 def test_progress_is_silent_when_not_a_terminal():
