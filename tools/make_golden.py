@@ -13,9 +13,10 @@ matches exactly and what float kernels computed (outputs, fitted weights, calibr
 scales in a dump) matches within `KERNEL_NOISE`: the machines that regenerate a case
 differ in CPU, and their kernels round differently in the last bits.
 
-A trained case (digits_cnn) is read back from its folder: its model and data are the
-source of truth and only the derived files are regenerated, unless `--retrain` trains
-it again (that needs scikit-learn).
+A trained case (digits_cnn, digits_mlp) is read back from its folder: its model and data
+are the source of truth and only the derived files are regenerated, unless `--retrain`
+trains it again (that needs scikit-learn; training runs float kernels, so weights
+retrained on another CPU differ in the last bits).
 
     python tools/make_golden.py                                # check: exit 1 when a case is stale
     python tools/make_golden.py --write                        # regenerate
@@ -38,7 +39,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from golden_models import EXPECTED, MEASURED_WITH, Case, mlp_case, mobilenet_like, outlier_convnet, resnet_like, \
-    stored_digits, train_digits, transformer_block, unet_like
+    stored_digits, train_digits, train_digits_mlp, transformer_block, unet_like
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
@@ -88,6 +89,10 @@ def digits_cnn() -> Case:
     return stored_digits(GOLDEN / "digits_cnn")
 
 
+def digits_mlp() -> Case:
+    return stored_digits(GOLDEN / "digits_mlp")
+
+
 CASES: dict[str, Callable[[], Case]] = {
     "conv_relu": conv_relu,
     "resnet_like": resnet_like,
@@ -96,9 +101,10 @@ CASES: dict[str, Callable[[], Case]] = {
     "transformer_block": transformer_block,
     "unet_like": unet_like,
     "digits_cnn": digits_cnn,
+    "digits_mlp": digits_mlp,
     "outlier_convnet": outlier_convnet,
 }
-TRAINED: dict[str, Callable[[], Case]] = {"digits_cnn": train_digits}
+TRAINED: dict[str, Callable[[], Case]] = {"digits_cnn": train_digits, "digits_mlp": train_digits_mlp}
 COMPILED_DUMPS = ("mlp", "digits_cnn")  # the two smallest: their compiled IR is reviewed line by line
 DUMP_RECIPE = {"passes": {"fold-weights": {"reduce_range": True}}}
 
