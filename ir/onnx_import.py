@@ -1,6 +1,7 @@
 """ONNX -> IR. One of the two modules that touch protobuf (the other is onnx_export).
 
-Loading runs, in order: read, inline model-local functions (the IR has no function
+Loading runs, in order: read, check the protobuf is well formed (onnx_wellformed.py),
+inline model-local functions (the IR has no function
 table; inlining keeps the semantics), optional clean-up with onnx-graphsurgeon, shape
 inference (ONNX's; ONNX Runtime's symbolic inference first when inputs have symbolic
 dims), checks that name the offending node, then lowering.
@@ -33,6 +34,7 @@ from .attributes import Attr, AttrKind
 from .core import Graph, Model, Node, Value, bulk_build
 from .dtypes import DType
 from .errors import ModelLoadError
+from .onnx_wellformed import check_wellformed
 from .fileio import MappedFile, map_file, mapped_view
 from .tensors import SparseTensor
 from .types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
@@ -55,6 +57,7 @@ def load_model(
     `cleanup` folds constants, drops dead nodes and re-sorts with onnx-graphsurgeon.
     """
     label, proto, folder = _read(source)
+    check_wellformed(proto, label)
     if proto.functions:
         proto = onnx.inliner.inline_local_functions(proto)
     if cleanup:

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from qcompiler import ir
-from qcompiler.passes import PassContext, PassError, PassManager, Verifier, rules
+from qcompiler.passes import PassContext, PassError, PassManager, PipelineError, Verifier, parse_pipeline, rules
 from qcompiler.passes.insert_observers import InsertObservers
 from qcompiler.passes.rules import Bias, QuantPlan, Weight
 
@@ -461,9 +461,9 @@ def test_bad_config_is_refused_before_anything_changes(config, message):
     assert marks(m) == {}
 
 
-def test_unknown_observer_is_refused():
-    with pytest.raises(PassError, match="no-such-observer"):
-        run(model(CONV_RELU_POOL), "insert-observers{method=no-such-observer}")
+def test_unknown_observer_is_refused_as_the_pipeline_is_parsed():
+    with pytest.raises(PipelineError, match="column 18: pass 'insert-observers': unknown observer 'no-such-observer'"):
+        parse_pipeline("insert-observers{method=no-such-observer}")
 
 
 # the .qir cases under tests/passes/insert-observers print no value meta; their marks are checked here
