@@ -216,13 +216,18 @@ class _EmptyList:
     kind: AttrKind
 
 
-def _unquote(token: str) -> str:
-    return json.loads(token)
+def _unquote(token: str, at: lark.Token | None = None) -> str:
+    """A quoted string's text; the lexer admits some escapes and characters JSON does not,
+    which are errors at `at` (default: the token itself)."""
+    try:
+        return json.loads(token)
+    except json.JSONDecodeError as err:
+        raise _TextError(at if at is not None else token, f"bad string {str(token)[:40]!r}: {err.msg}") from None
 
 
 def _name_of(token: lark.Token) -> str:
     body = token[1:]
-    return _unquote(body) if body.startswith('"') else body
+    return _unquote(body, at=token) if body.startswith('"') else body
 
 
 class _ToRecords(lark.Transformer):
@@ -337,7 +342,7 @@ class _ToRecords(lark.Transformer):
 
     def flat_node_name(self, children):
         token = children[0]
-        return ("node_name", _unquote(token[token.index('"'):]))
+        return ("node_name", _unquote(token[token.index('"'):], at=token))
 
     def annotations(self, children):
         return ("annotations", dict(children))
@@ -440,8 +445,8 @@ class _ToRecords(lark.Transformer):
     def flat_blob(self, children):
         token = children[0]
         key = _STRING_ITEM.search(token)
-        fields = {m[1]: _blob_field_value(m[2]) for m in _BLOB_FIELD.finditer(token, key.end())}
-        return _Blob(_unquote(key.group()), fields, _token_at(token, "STRING", key))
+        fields = {m[1]: _blob_field_value(m[2], token) for m in _BLOB_FIELD.finditer(token, key.end())}
+        return _Blob(_unquote(key.group(), at=token), fields, _token_at(token, "STRING", key))
 
     def blob_field(self, children):
         value = children[1]
@@ -514,8 +519,8 @@ def _error_figure(name: lark.Token, figure: lark.Token) -> float:
     return float(number)
 
 
-def _blob_field_value(text: str) -> str | int | float:
-    return _unquote(text) if text[0] == '"' else _number(text)
+def _blob_field_value(text: str, at: lark.Token) -> str | int | float:
+    return _unquote(text, at) if text[0] == '"' else _number(text)
 
 
 def _token_at(token: lark.Token, type_: str, match: re.Match) -> lark.Token:

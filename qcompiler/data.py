@@ -34,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+import tokenize
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +46,10 @@ import numpy as np
 
 from qcompiler import ir, safe_pickle
 
+# What numpy and zipfile raise for a corrupt or truncated file: zlib.error for a bad deflate stream,
+# SyntaxError and TokenError for a mangled .npy header, MemoryError for dims no file could hold.
+_UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, SyntaxError,
+               tokenize.TokenError, MemoryError)
 _IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 _ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
 
@@ -197,6 +203,9 @@ class CalibrationData:
         except _Bad as bad:
             raise CalibrationDataError(self._source.label, bad.problem, sample=index, file=file or None,
                                        input=bad.input) from None
+        except _UNREADABLE as err:  # a file that changed or was corrupt past its header
+            raise CalibrationDataError(self._source.label, f"cannot read: {err}", sample=index,
+                                       file=file or None) from None
 
     def _join(self, group: list[tuple[int, str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
         """One feed from consecutive samples: concatenated on axis 0, the only dim allowed to differ."""
@@ -443,7 +452,10 @@ class _Rows(_Source):
         if self._arrays is not None:
             arrays = self._arrays
         else:
-            arrays = _read_file(self._path, self._name, mmap=self.reading != "ragged", label=self.label)
+            try:
+                arrays = _read_file(self._path, self._name, mmap=self.reading != "ragged", label=self.label)
+            except _UNREADABLE as err:
+                raise CalibrationDataError(self.label, f"cannot read: {err}") from None
         for row in range(self._count):
             if self.reading == "rows":
                 yield "", partial(_row, arrays, row)
@@ -495,7 +507,7 @@ def _file_headers(path: Path, name: str | None) -> dict[str, tuple[tuple, np.dty
                 with archive.open(member) as f:
                     headers[member.removesuffix(".npy")] = _header(f)
             return headers
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except _UNREADABLE as err:
         raise CalibrationDataError(str(path), f"cannot read: {err}") from None
 
 
@@ -622,7 +634,7 @@ def _read_sample_file(path: Path, name: str | None) -> dict[str, np.ndarray]:
         return _read_file(path, name)
     except CalibrationDataError as err:
         raise _Bad(err.problem) from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except _UNREADABLE as err:
         raise _Bad(f"cannot read: {err}") from None
 
 
