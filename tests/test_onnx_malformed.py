@@ -96,3 +96,14 @@ def test_external_data_past_the_end_of_its_file_is_refused(tmp_path):
     assert message == f"{tmp_path / 'model.onnx'}: tensor 'w' needs bytes 100..388 of {tmp_path / 'w.bin'}, which has only 300 bytes (truncated?)"
     assert external(tmp_path, "w.bin", length=100).endswith("tensor 'w': external data length 100 does not match its "
                                                             "shape [8, 1, 3, 3] of f32")
+
+
+def test_qc_dump_of_a_corrupt_file_prints_one_line_and_exits_1(tmp_path, capsys):
+    from qcompiler.cli import main
+
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(conv_model(pads=[1, 1, 1, 1]).SerializeToString().replace(b"conv_NAME", b"conv_NA\xff\xfe"))
+    assert main(["dump", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"qc: error: {path}: model.graph.node[0].name is not valid UTF-8 text")
