@@ -59,6 +59,7 @@ class AssignPrecision(Pass):
     """Promote the units that hurt most to wider precisions until the model meets a budget."""
 
     name = "assign-precision"
+    needs = frozenset({"calibrated"})
 
     @dataclass
     class Options:

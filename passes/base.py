@@ -51,6 +51,10 @@ class Pass:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    needs: ClassVar[frozenset[str]] = frozenset()  # facts (contracts.FACTS) that must hold before it runs
+    gives: ClassVar[frozenset[str]] = frozenset()  # facts that hold after it ran
+    refuses: ClassVar[frozenset[str]] = frozenset()  # facts that must not hold yet: it has to run before them
+    breaks: ClassVar[frozenset[str]] = frozenset()  # facts that no longer hold after it ran
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -53,6 +53,7 @@ class Calibrate(Pass):
     """Run calibration data through the float model and record each observed value's range."""
 
     name = "calibrate"
+    gives = frozenset({"calibrated"})
 
     @dataclass
     class Options:

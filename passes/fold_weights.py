@@ -69,6 +69,7 @@ class FoldWeights(Pass):
     """Quantize weights to int8 initializers (per channel) and biases to int32, each behind a DequantizeLinear."""
 
     name = "fold-weights"
+    gives = frozenset({"weights-folded"})
 
     @dataclass
     class Options:

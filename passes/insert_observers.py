@@ -82,6 +82,8 @@ class InsertObservers(Pass):
     """Mark each value to calibrate with its observer; values sharing parameters with the one they follow."""
 
     name = "insert-observers"
+    gives = frozenset({"observed"})
+    breaks = frozenset({"calibrated"})  # the values it marks have no range until calibrate runs
     Options = ObserverOptions
 
     def run(self, model: Model, ctx) -> bool:

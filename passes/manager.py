@@ -8,6 +8,7 @@ from qcompiler import ir
 
 from .base import Pass, PassCrash, PassError
 from .context import PassContext
+from .contracts import check_order
 from .instruments import PassEvent
 from .pipeline import NamedPipeline, PassStep, Pipeline, Repeat, parse_pipeline
 
@@ -36,6 +37,7 @@ class PassManager:
 
     def run(self, model: ir.Model, ctx: PassContext | None = None) -> PassResult:
         ctx = ctx if ctx is not None else PassContext()
+        check_order(self.pipeline, model)  # a misordered pipeline fails before any pass runs
         result = PassResult(changed=False)
         try:
             steps = self.pipeline.steps

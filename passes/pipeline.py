@@ -74,6 +74,7 @@ class NamedPipeline:
 
     name: str
     body: list[PassStep | Repeat | NamedPipeline]
+    column: int = 1  # where the name stands in the text that used it
 
     def __str__(self) -> str:
         return self.name
@@ -117,7 +118,7 @@ def _step(tree: lark.Tree, text: str, expanding: set[str]) -> PassStep | Repeat 
     if name in _PIPELINES and not raw:
         if name in expanding:
             raise PipelineError(text, name_token.column, f"pipeline {name!r} includes itself")
-        return NamedPipeline(name, _parse(_PIPELINES[name], expanding | {name}))
+        return NamedPipeline(name, _parse(_PIPELINES[name], expanding | {name}), name_token.column)
     step = PassStep(name, raw, name_token.column, columns)
     step.instantiate(text)  # checks the pass and its options now, with the column
     return step

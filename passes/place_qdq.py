@@ -109,6 +109,9 @@ class PlaceQdq(Pass):
     """Set each quantized activation's parameters from calibration and insert its Q/DQ pair."""
 
     name = "place-qdq"
+    needs = frozenset({"calibrated"})
+    gives = frozenset({"qdq-placed"})
+    refuses = frozenset({"weights-folded"})  # its scales make the int32 biases fold-weights stores
 
     @dataclass
     class Options:
