@@ -109,11 +109,15 @@ def _check_attribute(attr: onnx.AttributeProto, schema, where: str, label: str, 
         want = onnx.AttributeProto.AttributeType.Name(int(declared.type))
         got = onnx.AttributeProto.AttributeType.Name(attr.type)
         raise ModelLoadError(f"{label}: {where} is {got}, but {schema.name} takes {want}")
-    for index, tensor in enumerate([attr.t] if attr.HasField("t") else list(attr.tensors)):
+    kinds = onnx.AttributeProto  # what the importer reads follows the declared type, set or not
+    tensors = {kinds.TENSOR: [attr.t], kinds.TENSORS: list(attr.tensors)}.get(attr.type, [])
+    sparse_tensors = {kinds.SPARSE_TENSOR: [attr.sparse_tensor], kinds.SPARSE_TENSORS: list(attr.sparse_tensors)}
+    graphs = {kinds.GRAPH: [attr.g], kinds.GRAPHS: list(attr.graphs)}.get(attr.type, [])
+    for index, tensor in enumerate(tensors):
         _check_tensor(tensor, f"{where} tensor {index}", label)
-    for index, sparse in enumerate([attr.sparse_tensor] if attr.HasField("sparse_tensor") else list(attr.sparse_tensors)):
+    for index, sparse in enumerate(sparse_tensors.get(attr.type, [])):
         _check_sparse(sparse, f"{where} sparse tensor {index}", label)
-    for index, sub in enumerate([attr.g] if attr.HasField("g") else list(attr.graphs)):
+    for index, sub in enumerate(graphs):
         _check_graph(sub, f"{where} graph {index} {sub.name!r}", label, opsets)
 
 

@@ -65,3 +65,18 @@ def test_an_npy_with_a_mangled_header_is_a_calibration_data_error(tmp_path):
     specs = input_specs(ir.load_model(Path(__file__).resolve().parent.parent / "golden" / "digits_cnn" / "model.onnx"))
     with pytest.raises(CalibrationDataError, match="cannot read"):
         list(open_calibration_data(tmp_path / "folder", specs))
+
+
+def test_an_npz_member_flagged_encrypted_is_a_calibration_data_error(tmp_path):
+    from qcompiler.data import CalibrationDataError, input_specs, open_calibration_data
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((2, 1, 8, 8), np.float32))
+    data = bytearray(buffer.getvalue())
+    data[6] |= 0x01  # the local header's general-purpose flags: bit 0, encrypted
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 8] |= 0x01  # and the central directory's, which zipfile reads
+    (tmp_path / "locked.npz").write_bytes(bytes(data))
+    specs = input_specs(ir.load_model(Path(__file__).resolve().parent.parent / "golden" / "digits_cnn" / "model.onnx"))
+    with pytest.raises(CalibrationDataError, match="encrypted"):
+        list(open_calibration_data(tmp_path / "locked.npz", specs))

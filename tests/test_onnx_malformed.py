@@ -107,3 +107,10 @@ def test_qc_dump_of_a_corrupt_file_prints_one_line_and_exits_1(tmp_path, capsys)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert captured.err.startswith(f"qc: error: {path}: model.graph.node[0].name is not valid UTF-8 text")
+
+
+def test_an_attribute_declared_sparse_without_its_tensor_is_refused():
+    model = conv_model()
+    model.graph.node[0].attribute.add(name="sparse", type=onnx.AttributeProto.SPARSE_TENSOR)
+    assert load_error(model) == ("<model>: graph 'g' node 0 'conv_NAME' (Conv) attribute 'sparse' sparse tensor 0 "
+                                 "values has element type 0, which ONNX does not define")
