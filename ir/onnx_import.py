@@ -250,7 +250,21 @@ def _symbolic_shape_inference():
         file_spec.loader.exec_module(module)
     except Exception:  # a runtime without the tool: ONNX's own inference still runs
         return None
+    module.onnx = _OnnxWithoutSaving()  # when inference is incomplete it saves the model into the working folder
     return module.SymbolicShapeInference
+
+
+class _OnnxWithoutSaving:
+    """The `onnx` module as SymbolicShapeInference sees it, less `save_model`: its debug dump
+    ("sym_shape_infer_temp.onnx" plus an external data file per run) would litter the user's
+    working folder each time a real graph defeats it."""
+
+    def __getattr__(self, name: str):
+        return getattr(onnx, name)
+
+    @staticmethod
+    def save_model(*args, **kwargs) -> None:
+        pass
 
 
 def _check_ops(proto: onnx.ModelProto, label: str) -> None:

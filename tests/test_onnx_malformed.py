@@ -114,3 +114,15 @@ def test_an_attribute_declared_sparse_without_its_tensor_is_refused():
     model.graph.node[0].attribute.add(name="sparse", type=onnx.AttributeProto.SPARSE_TENSOR)
     assert load_error(model) == ("<model>: graph 'g' node 0 'conv_NAME' (Conv) attribute 'sparse' sparse tensor 0 "
                                  "values has element type 0, which ONNX does not define")
+
+
+def test_loading_a_model_that_defeats_symbolic_shape_inference_writes_no_file(tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic inference saves its partial result into the working folder."""
+    node = helper.make_node("Custom", ["x"], ["y"], domain="com.example")
+    relu = helper.make_node("Relu", ["y"], ["z"])
+    graph = helper.make_graph([node, relu], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    monkeypatch.chdir(tmp_path)
+    assert [n.op_type for n in ir.load_model(model).graph.nodes] == ["Custom", "Relu"]
+    assert list(tmp_path.iterdir()) == []

@@ -48,7 +48,7 @@ def run(name: str, seconds: int, artifacts: Path) -> bool:
                    "-timeout=30", "-rss_limit_mb=4096", "-max_len=200000", "-print_final_stats=1",
                    f"-artifact_prefix={artifacts}/{name}-"]
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace")
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace", cwd=scratch)
         elapsed = time.perf_counter() - start
     log = done.stdout + done.stderr
     statuses = _STATUS.findall(log)
