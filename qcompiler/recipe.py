@@ -38,7 +38,9 @@
    which place-qdq reads; `precision` (int8, dynamic, w8a16, fp16, fp32: rules.PRECISIONS) its
    `meta["precision"]`, a level assign-precision keeps; `scheme` (per-channel,
    per-tensor) its `meta["weight_scheme"]`, which fold-weights reads. `exclude` and
-   `force` go to insert-observers, which marks the nodes for every later pass.
+   `force` become `meta["quantize"]` false/true on the nodes they name, which every
+   quantizing pass reads (static, dynamic, weight-only, fp16); insert-observers gets them
+   too, so a recipe given to it alone still applies.
    A module section applies to nodes whose `meta["module"]` (the torch front end sets
    it) is that module or one inside it. Precedence: op type < module (the innermost
    wins) < node_regex (in file order) < node.
@@ -137,11 +139,19 @@ class Recipe:
                 "exclude": list(self.exclude), "force": list(self.force)}
 
     def mark_nodes(self, model: ir.Model) -> int:
-        """Set the node marks the overrides ask for (rule 2) on the nodes they name; returns how many nodes."""
+        """Set the node marks the overrides ask for (rule 2) on the nodes they name, `exclude` and
+        `force` as quantize=false/true, so every pipeline sees them; returns how many nodes."""
+        names = {node.name for node in model.graph.nodes}
+        for key, listed in (("exclude", self.exclude), ("force", self.force)):
+            missing = sorted(set(listed) - names)
+            if missing:
+                raise RecipeError(f"[overrides] {key} names {missing}, which the model does not have")
         marked = 0
         for node in model.graph.nodes:
             settings = self._settings(node)
             marks = {meta: settings[key] for key, meta in _NODE_MARKS.items() if key in settings}
+            if node.name in self.exclude or node.name in self.force:
+                marks["quantize"] = node.name in self.force
             node.meta.update(marks)
             marked += bool(marks)
         return marked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qcompiler import ir, passes
@@ -156,3 +157,27 @@ def test_an_unknown_observer_in_the_pass_options_fails_before_any_pass_runs(tmp_
     err = capsys.readouterr().err
     assert code == 1 and err == f"qc: error: {path}: [passes.insert-observers]: pass 'insert-observers': unknown observer 'bogus'\n"
     assert not (tmp_path / "crash").exists() and not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "int4", "fp16"])
+def test_an_excluded_node_stays_float_in_every_mode(mode):
+    import qcompiler
+
+    golden = Path(__file__).resolve().parent.parent / "golden" / "mlp"
+    recipe = {"overrides": {"exclude": ["/head/Gemm"]}}
+    result = qcompiler.compile(golden / "model.onnx", golden / "calib.npz", mode=mode, recipe=recipe)
+    (head,) = [n for n in result.model.graph.nodes if n.name == "/head/Gemm"]
+    assert head.op_type == "Gemm" and head.inputs[1].is_const and head.inputs[1].const.dtype == np.float32
+    assert head.inputs[0].producer is None or head.inputs[0].producer.op_type != "DequantizeLinear"
+    others = [n for n in result.model.graph.nodes if n.name != "/head/Gemm" and n.op_type not in ("Relu", "Cast")]
+    assert any(n.op_type not in ("Gemm", "MatMul") or not n.inputs[1].is_const or n.inputs[1].const.dtype != np.float32
+               for n in others), "the rest of the model is still quantized"
+
+
+def test_an_exclude_naming_no_node_of_the_model_is_refused():
+    import qcompiler
+
+    golden = Path(__file__).resolve().parent.parent / "golden" / "mlp"
+    with pytest.raises(RecipeError, match=r"\[overrides\] exclude names \['nope'\], which the model does not have"):
+        qcompiler.compile(golden / "model.onnx", golden / "calib.npz", mode="dynamic",
+                          recipe={"overrides": {"exclude": ["nope"]}})
