@@ -177,8 +177,11 @@ def _output_sqnr(float_model: Path, quant_model: Path, calib: Path) -> float:
     options.add_session_config_entry("session.disable_prepacking", "1")
     reference = ort.InferenceSession(str(float_model), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     quantized = ort.InferenceSession(str(quant_model), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    noise = np.sum((reference.astype(np.float64) - quantized) ** 2)
-    return float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / noise))
+    from qcompiler.passes.metrics import ErrorSums
+
+    sums = ErrorSums("output")
+    sums.add(reference, quantized)
+    return sums.metrics().sqnr_db
 
 
 def main() -> None:
