@@ -48,9 +48,10 @@ from qcompiler import ir, safe_pickle
 
 # What numpy and zipfile raise for a corrupt or truncated file: zlib.error for a bad deflate stream,
 # RuntimeError for a member flagged encrypted, NotImplementedError for an unknown compression,
-# SyntaxError and TokenError for a mangled .npy header, MemoryError for dims no file could hold.
+# SyntaxError and TokenError for a mangled .npy header, MemoryError and OverflowError for dims no
+# file could hold.
 _UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError,
-               SyntaxError, tokenize.TokenError, MemoryError)
+               SyntaxError, tokenize.TokenError, MemoryError, OverflowError)
 _IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 _ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
 

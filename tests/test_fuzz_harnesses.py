@@ -80,3 +80,15 @@ def test_an_npz_member_flagged_encrypted_is_a_calibration_data_error(tmp_path):
     specs = input_specs(ir.load_model(Path(__file__).resolve().parent.parent / "golden" / "digits_cnn" / "model.onnx"))
     with pytest.raises(CalibrationDataError, match="encrypted"):
         list(open_calibration_data(tmp_path / "locked.npz", specs))
+
+
+def test_an_npy_whose_dims_overflow_is_a_calibration_data_error(tmp_path):
+    from qcompiler.data import CalibrationDataError, input_specs, open_calibration_data
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1, 2**70, 8, 8)})
+    (tmp_path / "huge.npy").write_bytes(header.getvalue() + b"\0" * 64)
+    specs = input_specs(ir.load_model(Path(__file__).resolve().parent.parent / "golden" / "digits_cnn" / "model.onnx"))
+    with pytest.raises(CalibrationDataError):
+        list(open_calibration_data(tmp_path / "huge.npy", specs))

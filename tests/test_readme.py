@@ -39,7 +39,7 @@ def test_readme_has_the_two_commands():
     commands = blocks("sh")
     assert len(commands) == 2
     assert commands[1].strip() == ('pip install torch==2.13.0 -e ".[torch,test,fuzz]" && python -m pytest -q '
-                                   '&& python tools/fuzz.py --seconds 60')
+                                   '&& python tools/fuzz.py --seconds 60 --seed 1')
 
 
 def test_quick_start_commands_run(workdir):

@@ -5,8 +5,9 @@ libFuzzer mutates it for `--seconds`, guided by the Python edges each input cove
 harness whose front door lets anything but the library's own errors escape stops with the
 input that did it, saved under --artifacts; the run then exits 1.
 
-    python tools/fuzz.py                          # every harness, 60 s each
+    python tools/fuzz.py                            # every harness, 60 s each
     python tools/fuzz.py --seconds 600 onnx_import  # a longer run of one
+    python tools/fuzz.py --seconds 60 --seed 1      # the same mutations every time (CI)
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ def seed_corpus(name: str, folder: Path) -> int:
     return len(seeds)
 
 
-def run(name: str, seconds: int, artifacts: Path) -> bool:
+def run(name: str, seconds: int, artifacts: Path, seed: int) -> bool:
     """One harness for `seconds`; prints its figures; False when it found an escaping exception."""
     with tempfile.TemporaryDirectory() as scratch:
         corpus = Path(scratch)
         seeds = seed_corpus(name, corpus)
         artifacts.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, str(FUZZ / f"fuzz_{name}.py"), str(corpus), f"-max_total_time={seconds}",
-                   "-timeout=30", "-rss_limit_mb=4096", "-max_len=200000", "-print_final_stats=1",
+                   f"-seed={seed}", "-timeout=30", "-rss_limit_mb=4096", "-max_len=200000", "-print_final_stats=1",
                    f"-artifact_prefix={artifacts}/{name}-"]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, errors="replace", cwd=scratch)
@@ -72,13 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("harnesses", nargs="*", metavar="HARNESS",
                         help=f"which to run (default all: {', '.join(HARNESSES)})")
     parser.add_argument("--seconds", type=int, default=60, help="fuzzing time per harness (default 60)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="libFuzzer's random seed: a fixed one makes a run repeat the same mutations, as CI "
+                        "wants; 0 (default) draws a new one each run, as long runs want")
     parser.add_argument("--artifacts", type=Path, default=Path(tempfile.gettempdir()) / "qc-fuzz",
                         help="where a crashing input is saved")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.harnesses) - set(HARNESSES))
     if unknown:
         parser.error(f"no harness {', '.join(unknown)} (harnesses: {', '.join(HARNESSES)})")
-    results = [run(name, args.seconds, args.artifacts) for name in args.harnesses or HARNESSES]
+    results = [run(name, args.seconds, args.artifacts, args.seed) for name in args.harnesses or HARNESSES]
     return 0 if all(results) else 1
 
 
