@@ -184,7 +184,10 @@ def build_options(
 
 
 def _convert(hint: Any, atoms: list[str], pass_name: str, key: str, text: str, column: int) -> Any:
-    words = [json.loads(a) if a.startswith('"') else a for a in atoms]
+    try:
+        words = [json.loads(a) if a.startswith('"') else a for a in atoms]
+    except json.JSONDecodeError as err:
+        raise PipelineError(text, column, f"option {key!r} of pass {pass_name!r}: bad string: {err.msg}") from None
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         arms = [a for a in typing.get_args(hint) if a is not type(None)]

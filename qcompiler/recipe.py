@@ -266,7 +266,7 @@ def _atoms(value: Any, source: str, section: str, key: str) -> list[str]:
         elif isinstance(item, int | float):
             atoms.append(repr(item))
         elif isinstance(item, str):
-            atoms.append(item if _PLAIN_WORD.fullmatch(item) else '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"')
+            atoms.append(item if _PLAIN_WORD.fullmatch(item) else json.dumps(item))  # the parser reads JSON strings
         else:
             raise RecipeError(f"{source}: {section} {key}: unsupported value {item!r}")
     return atoms

@@ -92,3 +92,19 @@ def test_an_npy_whose_dims_overflow_is_a_calibration_data_error(tmp_path):
     specs = input_specs(ir.load_model(Path(__file__).resolve().parent.parent / "golden" / "digits_cnn" / "model.onnx"))
     with pytest.raises(CalibrationDataError):
         list(open_calibration_data(tmp_path / "huge.npy", specs))
+
+
+def test_a_recipe_string_with_control_characters_reads_back_as_written(tmp_path):
+    from qcompiler.recipe import Recipe, RecipeError
+
+    path = tmp_path / "recipe.toml"
+    path.write_text('[passes.insert-observers]\nmethod = "min\\tmax"\n')
+    with pytest.raises(RecipeError, match=r"unknown observer 'min\\tmax'"):
+        Recipe.load(path)
+
+
+def test_a_pipeline_string_json_cannot_read_is_a_pipeline_error():
+    from qcompiler import passes
+
+    with pytest.raises(passes.PipelineError, match="bad string"):
+        passes.parse_pipeline('insert-observers{method="a\tb"}')
