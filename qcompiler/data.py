@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zipfile
 import tokenize
+import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -346,10 +346,12 @@ def _check_array(spec: InputSpec, value: Any, whole: bool, sizes: dict[str, tupl
 
 def _as_rows(value: Any) -> np.ndarray:
     """A dict's value: an array, or a list of variable-shape arrays as a ragged object array."""
-    if isinstance(value, (list, tuple)) and value and len({np.shape(_as_array(v)) for v in value}) > 1:
-        ragged = np.empty(len(value), dtype=object)
-        ragged[:] = [_as_array(v) for v in value]
-        return ragged
+    if isinstance(value, (list, tuple)) and value:
+        items = [_as_array(v) for v in value]
+        if len({item.shape for item in items}) > 1:
+            ragged = np.empty(len(items), dtype=object)
+            ragged[:] = items
+            return ragged
     return _as_array(value)
 
 
@@ -425,11 +427,8 @@ class _Rows(_Source):
     def __init__(self, label: str, specs: list[InputSpec], path: Path | None = None, name: str | None = None,
                  arrays: Mapping[str, np.ndarray] | None = None) -> None:
         self.label, self._path, self._name, self._arrays = label, path, name, arrays
-        if arrays is not None:
-            headers = {key: (np.shape(a), np.asarray(a).dtype if not hasattr(a, "dtype") else a.dtype)
-                       for key, a in arrays.items()}
-        else:
-            headers = _file_headers(path, name)
+        headers = ({key: (a.shape, a.dtype) for key, a in arrays.items()} if arrays is not None
+                   else _file_headers(path, name))
         for key, (shape, _) in headers.items():
             if not shape:
                 raise CalibrationDataError(label, f"array {key!r} is a scalar; samples go on axis 0")
@@ -438,9 +437,9 @@ class _Rows(_Source):
             found = ", ".join(f"{key} has {shape[0]}" for key, (shape, _) in headers.items())
             raise CalibrationDataError(label, f"arrays hold different numbers of samples: {found}")
         self._count = lengths.pop() if lengths else 0
-        self.reading = _reading(label, headers, specs)
-        self.single_rows = self.reading == "rows"
         self._ranks = {spec.name: len(spec.shape) for spec in specs if spec.shape is not None}
+        self.reading = _reading(label, headers, self._ranks)
+        self.single_rows = self.reading == "rows"
 
     @property
     def unit(self) -> str:
@@ -470,8 +469,8 @@ class _Rows(_Source):
         return _content_hash([self._arrays])
 
 
-def _reading(label: str, headers: dict[str, tuple[tuple, np.dtype]], specs: list[InputSpec]) -> str:
-    """How axis 0 of these arrays is read (see `_Rows`)."""
+def _reading(label: str, headers: dict[str, tuple[tuple, np.dtype]], ranks: dict[str, int]) -> str:
+    """How axis 0 of these arrays is read (see `_Rows`); `ranks` are the inputs' ranks where known."""
     ragged = [key for key, (_, dtype) in headers.items() if dtype.hasobject]
     if ragged:
         flat = [key for key in ragged if len(headers[key][0]) != 1]
@@ -480,7 +479,6 @@ def _reading(label: str, headers: dict[str, tuple[tuple, np.dtype]], specs: list
             raise CalibrationDataError(label, f"array {bad!r}: ragged samples are a 1-D object array per input, "
                                        "and every input's array must be one")
         return "ragged"
-    ranks = {spec.name: len(spec.shape) for spec in specs if spec.shape is not None}
     stacked = [key for key, (shape, _) in headers.items() if key in ranks and len(shape) == ranks[key] + 1]
     if stacked and len(stacked) == len(headers) == len(ranks):
         return "stacked"
@@ -502,22 +500,25 @@ def _file_headers(path: Path, name: str | None) -> dict[str, tuple[tuple, np.dty
     try:
         if name is not None:
             with path.open("rb") as f:
-                return {name: _header(f)}
+                shape, _, dtype = _header(f)
+                return {name: (shape, dtype)}
         with zipfile.ZipFile(path) as archive:
             headers = {}
             for member in archive.namelist():
                 with archive.open(member) as f:
-                    headers[member.removesuffix(".npy")] = _header(f)
+                    shape, _, dtype = _header(f)
+                    headers[member.removesuffix(".npy")] = (shape, dtype)
             return headers
     except _UNREADABLE as err:
         raise CalibrationDataError(str(path), f"cannot read: {err}") from None
 
 
-def _header(f) -> tuple[tuple, np.dtype]:
+def _header(f) -> tuple[tuple, bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the .npy stream at `f`, which is left at the array's data."""
     version = np.lib.format.read_magic(f)  # 3.0 differs from 2.0 only in how field names are encoded
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(f)
-    return tuple(shape), dtype
+    shape, fortran, dtype = read(f)
+    return tuple(shape), fortran, dtype
 
 
 def _read_file(path: Path, name: str | None, mmap: bool = False, label: str | None = None) -> dict[str, np.ndarray]:
@@ -555,7 +556,7 @@ def _load_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, ke
 def _load_npy(f, label: str, key: str) -> np.ndarray:
     """One .npy stream; an object array is unpickled admitting numpy arrays and nothing else."""
     start = f.tell()
-    _, dtype = _header(f)
+    _, _, dtype = _header(f)
     if not dtype.hasobject:
         f.seek(start)
         return np.lib.format.read_array(f, allow_pickle=False)
@@ -577,13 +578,11 @@ def _member_start(path: Path, member: zipfile.ZipInfo) -> int:
 def _rows_or_whole(path: Path, start: int, whole: Callable[[], np.ndarray]) -> np.ndarray | _RowFile:
     with path.open("rb") as f:
         f.seek(start)
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
+        shape, fortran, dtype = _header(f)
         offset = f.tell()
     if fortran or dtype.hasobject or not shape:
         return whole()
-    return _RowFile(path, offset, tuple(shape), dtype)
+    return _RowFile(path, offset, shape, dtype)
 
 
 class _RowFile:
