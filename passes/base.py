@@ -12,6 +12,8 @@ import dataclasses
 from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from qcompiler.ir.errors import IRError
+
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -27,6 +29,11 @@ class PassError(Exception):
 class PassCrash(PassError):
     """A pass raised an exception that is not about its input (a bug): the message names the
     pass and, where a CrashReproducer ran, the reproducer file."""
+
+
+def about_the_input(error: BaseException) -> bool:
+    """Whether a pass's exception is about what it was given (data, options, the model), not a bug."""
+    return isinstance(error, (PassError, IRError)) and not isinstance(error, PassCrash)
 
 
 class PipelineError(Exception):

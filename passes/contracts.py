@@ -51,27 +51,31 @@ FACTS: dict[str, tuple[Callable[[ir.Model], bool], str]] = {
 
 def check_order(pipeline: Pipeline, model: ir.Model) -> None:
     """Raise PipelineError at the first pass whose needs neither the model nor an earlier pass meet."""
-    have = {fact for fact, (seen, _) in FACTS.items() if seen(model)}
+    steps = list(_passes(pipeline.steps, None))
+    needed = set().union(*(get_pass(step.name).needs for step, _ in steps))
+    have = {fact for fact in needed if FACTS[fact][0](model)}  # only `needs` look at the model
     given: set[str] = set()  # by passes of this pipeline: a model may arrive holding Q/DQ and folded weights
-    for step, column in _passes(pipeline.steps, None):
+    for step, column in steps:
         cls = get_pass(step.name)
         missing = sorted(cls.needs - have)
         if missing:
             fact = missing[0]
-            by = sorted(name for name, giver in registered_passes().items() if fact in giver.gives)
             raise PipelineError(pipeline.text, column,
                                 f"{step.name} needs the model {fact} ({FACTS[fact][1]}), which no earlier pass "
-                                f"provides and the model is not; {' or '.join(by)} provides it: run it before "
+                                f"provides and the model is not; {_givers(fact)} provides it: run it before "
                                 f"{step.name}")
         early = sorted(cls.refuses & given)
         if early:
             fact = early[0]
-            by = sorted(name for name, giver in registered_passes().items() if fact in giver.gives)
             raise PipelineError(pipeline.text, column,
                                 f"{step.name} must run before the model is {fact} ({FACTS[fact][1]}), but an "
-                                f"earlier {' or '.join(by)} already made it so: run {step.name} first")
+                                f"earlier {_givers(fact)} already made it so: run {step.name} first")
         have = (have - cls.breaks) | cls.gives
         given = (given - cls.breaks) | cls.gives
+
+
+def _givers(fact: str) -> str:
+    return " or ".join(sorted(name for name, cls in registered_passes().items() if fact in cls.gives))
 
 
 def _passes(steps: list, named_column: int | None) -> Iterator[tuple[PassStep, int]]:

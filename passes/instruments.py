@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 from qcompiler import ir
 from qcompiler.ir.fileio import atomic_output
 
-from .base import Pass, PassCrash, PassError
+from .base import Pass, PassError, about_the_input
 
 if TYPE_CHECKING:
     from .context import PassContext
@@ -158,8 +158,8 @@ class CrashReproducer(Instrument):
         self._text = ir.print_model(model, weights=self._weights, weights_file="")
 
     def on_error(self, error, event, ctx) -> str | None:
-        if isinstance(error, (PassError, ir.IRError)) and not isinstance(error, PassCrash):
-            return None  # about the input (data, options, the model): the message says what to fix
+        if about_the_input(error):
+            return None  # the message says what to fix; a reproducer is for bugs
         directory = Path(self.directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"qc-crash-{event.pass_.name}.qir"

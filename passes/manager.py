@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from qcompiler import ir
 
-from .base import Pass, PassCrash, PassError
+from .base import Pass, PassCrash, PassError, about_the_input
 from .context import PassContext
 from .contracts import check_order
 from .instruments import PassEvent
@@ -83,8 +83,7 @@ class PassManager:
             already = ", ".join(result.ran) or "none"
             kind = "" if isinstance(error, PassError) else f"{type(error).__name__}: "  # a PassError speaks for itself
             message = f"pass {pass_.name!r} ({event.index}) failed: {kind}{error} [passes already run: {already}]"
-            about_the_input = isinstance(error, (PassError, ir.IRError)) and not isinstance(error, PassCrash)
-            raise (PassError if about_the_input else PassCrash)("; ".join([message, *notes])) from error
+            raise (PassError if about_the_input(error) else PassCrash)("; ".join([message, *notes])) from error
         result.ran.append(pass_.name)
         for instrument in ctx.instruments:
             instrument.after_pass(model, event, ctx, changed)

@@ -18,28 +18,29 @@ def run(pipeline: str, model: ir.Model) -> None:
     passes.PassManager(pipeline).run(model, passes.PassContext(calibration_data=data))
 
 
-def test_fold_weights_before_place_qdq_fails_before_any_pass_runs():
-    model = ir.load_model(MLP / "model.onnx")
-    before = ir.print_model(model)
-    pipeline = "canonicalize,fuse,insert-observers,calibrate,fold-weights,place-qdq"
+def refusal(pipeline: str, model: ir.Model) -> passes.PipelineError:
+    """The error running `pipeline` on `model` raises, which must point at its place-qdq."""
     with pytest.raises(passes.PipelineError) as caught:
         run(pipeline, model)
     assert caught.value.column == pipeline.index("place-qdq") + 1
-    assert caught.value.message == ("place-qdq must run before the model is weights-folded (weights are stored as "
-                                    "integer codes and biases as int32), but an earlier fold-weights already made "
-                                    "it so: run place-qdq first")
+    return caught.value
+
+
+def test_fold_weights_before_place_qdq_fails_before_any_pass_runs():
+    model = ir.load_model(MLP / "model.onnx")
+    before = ir.print_model(model)
+    error = refusal("canonicalize,fuse,insert-observers,calibrate,fold-weights,place-qdq", model)
+    assert error.message == ("place-qdq must run before the model is weights-folded (weights are stored as "
+                             "integer codes and biases as int32), but an earlier fold-weights already made "
+                             "it so: run place-qdq first")
     assert ir.print_model(model) == before
 
 
 def test_place_qdq_without_calibration_names_the_missing_fact_and_its_pass():
-    model = ir.load_model(MLP / "model.onnx")
-    pipeline = "canonicalize,insert-observers,place-qdq,cleanup"
-    with pytest.raises(passes.PipelineError) as caught:
-        run(pipeline, model)
-    assert caught.value.column == pipeline.index("place-qdq") + 1
-    assert caught.value.message == ("place-qdq needs the model calibrated (every observed value carries its measured "
-                                    "range), which no earlier pass provides and the model is not; calibrate provides "
-                                    "it: run it before place-qdq")
+    error = refusal("canonicalize,insert-observers,place-qdq,cleanup", ir.load_model(MLP / "model.onnx"))
+    assert error.message == ("place-qdq needs the model calibrated (every observed value carries its measured "
+                             "range), which no earlier pass provides and the model is not; calibrate provides "
+                             "it: run it before place-qdq")
 
 
 def test_a_pass_inside_a_named_pipeline_is_pointed_at_by_the_name():
