@@ -34,13 +34,12 @@ from .attributes import Attr, AttrKind
 from .core import Graph, Model, Node, Value, bulk_build
 from .dtypes import DType
 from .errors import ModelLoadError
-from .onnx_wellformed import check_wellformed
 from .fileio import MappedFile, map_file, mapped_view
+from .onnx_wellformed import SCHEMA_DOMAINS, check_wellformed
 from .tensors import SparseTensor
 from .types import MapType, OptionalType, SequenceType, SparseTensorType, TensorType, Type
 
 _PROTOBUF_LIMIT = 2**31 - 1
-_SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
 _FLOAT_TENSORS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                             onnx.TensorProto.DOUBLE})
 _INLINE_WEIGHT_ELEMENTS = 1024  # float initializers up to this size go to shape inference with their data
@@ -279,7 +278,7 @@ def _check_ops(proto: onnx.ModelProto, label: str) -> None:
                 f"{where} uses domain {domain or 'ai.onnx'!r}, which the model does not import "
                 f"(it imports: {imported})"
             )
-        if domain in _SCHEMA_DOMAINS and not onnx.defs.has(node.op_type, domain):
+        if domain in SCHEMA_DOMAINS and not onnx.defs.has(node.op_type, domain):
             raise ModelLoadError(f"{where}: {node.op_type} is not an operator of domain {domain or 'ai.onnx'!r}")
 
 

@@ -31,7 +31,7 @@ _DEFINED_DTYPES = frozenset(v for v in onnx.TensorProto.DataType.values() if v !
 _DEFINED_ATTRIBUTES = frozenset(v for v in onnx.AttributeProto.AttributeType.values()
                                 if v != onnx.AttributeProto.UNDEFINED)
 _PACKED_4BIT = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1})
-_SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
+SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")  # the domains onnx.defs has schemas for
 
 
 def check_wellformed(proto: onnx.ModelProto, label: str) -> None:
@@ -93,7 +93,7 @@ def _check_graph(graph: onnx.GraphProto, where: str, label: str, opsets: dict[st
 
 def _schema(node: onnx.NodeProto, opsets: dict[str, int]):
     domain = "" if node.domain == "ai.onnx" else node.domain
-    if domain not in _SCHEMA_DOMAINS or domain not in opsets:
+    if domain not in SCHEMA_DOMAINS or domain not in opsets:
         return None
     try:
         return onnx.defs.get_schema(node.op_type, opsets[domain], domain)
