@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,8 +57,6 @@ def _one_line(err: BaseException) -> str:
 
 def _raised_at(err: BaseException) -> str:
     """The innermost frame of qcompiler's own code the exception passed through: function, file, line."""
-    import traceback
-
     homes = [Path(module.__file__).resolve().parent for module in (sys.modules[__name__], ir, passes)]
     for frame in reversed(traceback.extract_tb(err.__traceback__)):
         path = Path(frame.filename).resolve()

@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import io
+import operator
 import sys
 import time
 from collections import Counter
@@ -313,10 +314,7 @@ def _validate(float_file: ModelFile, model: ir.Model, quant_file: ModelFile,
                                "calibration (--eval) for figures that are not flattered")
     say(f"validating on the {report.validation_data}")
     first: list[dict] = []
-    try:
-        batches = len(evaluation)
-    except TypeError:  # a generator or function: its length is known once read
-        batches = None
+    batches = operator.length_hint(evaluation) or None  # a generator or function: unknown until read
     report.outputs = compare_models(float_file, quant_file, _recording_first(evaluation, first),
                                     progress=Progress("validate", batches, "batches"))
     report.warnings.extend(nonfinite_warnings(report.outputs))
