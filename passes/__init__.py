@@ -3,6 +3,7 @@
 Importing this package registers the built-in passes.
 """
 
+from . import apply_overrides as _apply_overrides  # noqa: F401  (registers the pass)
 from . import assign_precision as _assign_precision  # noqa: F401  (registers the pass)
 from . import calibrate as _calibrate  # noqa: F401  (registers the pass)
 from . import canonicalize as _canonicalize  # noqa: F401  (registers the pass)
@@ -10,31 +11,36 @@ from . import cleanup as _cleanup  # noqa: F401  (registers the pass)
 from . import convert_fp16 as _convert_fp16  # noqa: F401  (registers the pass)
 from . import dynamic_quant as _dynamic_quant  # noqa: F401  (registers the pass)
 from . import fold_weights as _fold_weights  # noqa: F401  (registers the pass)
+from . import freeze_weight_inputs as _freeze_weight_inputs  # noqa: F401  (registers the pass)
 from . import fuse as _fuse  # noqa: F401  (registers the pass)
 from . import insert_observers as _insert_observers  # noqa: F401  (registers the pass)
+from . import legalize_opset as _legalize_opset  # noqa: F401  (registers the pass)
 from . import place_qdq as _place_qdq  # noqa: F401  (registers the pass)
 from . import smooth_quant as _smooth_quant  # noqa: F401  (registers the pass)
 from . import weight_only as _weight_only  # noqa: F401  (registers the pass)
 from .base import Pass, PassCrash, PassError, PipelineError, get_pass, register_pass, registered_passes
 from .context import PassContext
+from .overrides import Overrides
 from .instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
 from .manager import PassManager, PassResult
 from .pipeline import parse_pipeline, register_pipeline, registered_pipelines
 from .plugins import PluginError, load_entry_point_plugins, load_plugin_file
+from .target import Target
 
+# A compile's reading fixes head every quantizing pipeline, so a dump or reproducer shows every step.
+_HEAD = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse"
 register_pipeline("default", "canonicalize,fuse,cleanup")
-register_pipeline("int8", "canonicalize,fuse,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
-register_pipeline("int4", "canonicalize,fuse,weight-only,cleanup")
-register_pipeline("int8-weight-only", "canonicalize,fuse,weight-only{bits=8},cleanup")
-register_pipeline("dynamic", "canonicalize,fuse,dynamic-quant,cleanup")
-register_pipeline("fp16", "canonicalize,fuse,convert-fp16,cleanup")
-register_pipeline("int8-smooth",
-                  "canonicalize,fuse,smooth-quant,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
-register_pipeline("mixed", "canonicalize,fuse,insert-observers,calibrate,assign-precision,place-qdq,fold-weights,cleanup")
+register_pipeline("int8", f"{_HEAD},insert-observers,calibrate,place-qdq,fold-weights,cleanup")
+register_pipeline("int4", f"{_HEAD},weight-only,cleanup")
+register_pipeline("int8-weight-only", f"{_HEAD},weight-only{{bits=8}},cleanup")
+register_pipeline("dynamic", f"{_HEAD},dynamic-quant,cleanup")
+register_pipeline("fp16", f"{_HEAD},convert-fp16,cleanup")
+register_pipeline("int8-smooth", f"{_HEAD},smooth-quant,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
+register_pipeline("mixed", f"{_HEAD},insert-observers,calibrate,assign-precision,place-qdq,fold-weights,cleanup")
 
 __all__ = [
-    "CrashReproducer", "DumpDir", "Instrument", "Pass", "PassContext", "PassCrash", "PassError", "PassManager",
+    "CrashReproducer", "DumpDir", "Instrument", "Overrides", "Pass", "PassContext", "PassCrash", "PassError", "PassManager",
     "PassResult", "PipelineError", "PluginError", "PrintIR", "Timing", "Verifier", "get_pass",
     "load_entry_point_plugins", "load_plugin_file", "parse_pipeline", "register_pass",
-    "register_pipeline", "registered_passes", "registered_pipelines",
+    "register_pipeline", "registered_passes", "registered_pipelines", "Target",
 ]

@@ -47,11 +47,11 @@ from typing import Literal
 from qcompiler import ir
 
 from .base import Pass, PassError, register_pass
-from .place_qdq import accepts_activations
 from .plugins import load_function
 from .progress import SWITCH, Progress
 from .rules import PRECISIONS
 from .sensitivity import Evaluator, Figure, Unit, first_rows, measure_all, rows_of, units
+from .target import Target
 
 
 @register_pass
@@ -59,6 +59,8 @@ class AssignPrecision(Pass):
     """Promote the units that hurt most to wider precisions until the model meets a budget."""
 
     name = "assign-precision"
+    reads = frozenset({"quantize", "precision", "group"})
+    writes = frozenset({"precision"})
     needs = frozenset({"calibrated"})
 
     @dataclass
@@ -120,11 +122,11 @@ class AssignPrecision(Pass):
                                                        time.perf_counter() - start)
         return bool(chosen)
 
-    def _levels(self, target: str, following: str) -> list[str]:
+    def _levels(self, target: Target, following: str) -> list[str]:
         """Rule 7: the allowed levels in PRECISIONS order, w8a16 only where the target has 16-bit activations,
         dynamic only where a following dynamic-quant emits it."""
         return [level for level in PRECISIONS if level in self.options.levels
-                and (level != "w8a16" or accepts_activations(target, "int16"))
+                and (level != "w8a16" or "int16" in target.accepts)
                 and (level != "dynamic" or "dynamic-quant" in following)]
 
 

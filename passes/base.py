@@ -62,6 +62,8 @@ class Pass:
     gives: ClassVar[frozenset[str]] = frozenset()  # facts that hold after it ran
     refuses: ClassVar[frozenset[str]] = frozenset()  # facts that must not hold yet: it has to run before them
     breaks: ClassVar[frozenset[str]] = frozenset()  # facts that no longer hold after it ran
+    reads: ClassVar[frozenset[str]] = frozenset()  # meta keys (meta.py) it reads
+    writes: ClassVar[frozenset[str]] = frozenset()  # meta keys it sets, changes or removes on what it found
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

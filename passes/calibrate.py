@@ -53,6 +53,8 @@ class Calibrate(Pass):
     """Run calibration data through the float model and record each observed value's range."""
 
     name = "calibrate"
+    reads = frozenset({"observer", "observer_options"})
+    writes = frozenset({"observer_state"})
     gives = frozenset({"calibrated"})
 
     @dataclass

@@ -49,9 +49,13 @@ FACTS: dict[str, tuple[Callable[[ir.Model], bool], str]] = {
 }
 
 
-def check_order(pipeline: Pipeline, model: ir.Model) -> None:
-    """Raise PipelineError at the first pass whose needs neither the model nor an earlier pass meet."""
+def check_order(pipeline: Pipeline, model: ir.Model, overrides: bool = False) -> None:
+    """Raise PipelineError at the first pass whose needs neither the model nor an earlier pass meet;
+    with `overrides` (the context carries some) also when no apply-overrides would apply them."""
     steps = list(_passes(pipeline.steps, None))
+    if overrides and not any(step.name == "apply-overrides" for step, _ in steps):
+        raise PipelineError(pipeline.text, 1, "the recipe has overrides, but no apply-overrides step in the "
+                            "pipeline applies them: start the pipeline with apply-overrides")
     needed = set().union(*(get_pass(step.name).needs for step, _ in steps))
     have = {fact for fact in needed if FACTS[fact][0](model)}  # only `needs` look at the model
     given: set[str] = set()  # by passes of this pipeline: a model may arrive holding Q/DQ and folded weights

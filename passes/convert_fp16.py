@@ -97,6 +97,7 @@ class ConvertFp16(Pass):
     """Convert float32 tensors and the nodes computing them to float16, Casts at what stays float32."""
 
     name = "convert-fp16"
+    reads = frozenset({"quantize", "precision", "group"})
 
     @dataclass
     class Options:

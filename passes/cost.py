@@ -5,14 +5,14 @@
 2. `work`: MACs for those ops; for any other op, the elements of its outputs (one
    operation each: an Add, a Softmax, a Concat's copy).
 3. `emitted_cost` of a model in QDQ form: the MACs of each compute op times the bytes it
-   computes with on ONNX Runtime's CPU provider: 1 where `runs_integer` (an 8-bit kernel),
-   4 elsewhere (float32; fp16 weights and 16-bit activations compute in float32 there).
+   computes with on the target (target.py): `integer_mac_bytes` where `runs_integer`
+   (an 8-bit kernel), `float_mac_bytes` elsewhere.
    A MatMulInteger (dynamic-quant's, which ONNX Runtime fuses into its dynamic kernels)
    counts as an 8-bit MatMul.
 4. `runs_integer` mirrors the QDQ fusions ONNX Runtime makes: every float input of the
    op read through a DequantizeLinear of an 8-bit tensor (int32 for a bias), and for
-   Conv, ConvTranspose and Gemm the output, through a Relu/Clip chain the kernel
-   absorbs, read only by an 8-bit QuantizeLinear (MatMul has a kernel with float
+   Conv, ConvTranspose and Gemm the output, through a chain of activations the target's
+   kernels absorb (Relu, Clip on ort-cpu), read only by an 8-bit QuantizeLinear (MatMul has a kernel with float
    output, MatMulIntegerToFloat). kernels.py reads what ONNX Runtime really chose; this
    is the estimate a pass can make without running it (the tests compare the two).
 """
@@ -24,11 +24,11 @@ import math
 from qcompiler.ir import DType, Model, Node, Value
 
 from .rules import attr
+from .target import Target
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _COSTED_OPS = COMPUTE_OPS | {"MatMulInteger"}  # rule 3
 _NEEDS_QUANTIZED_OUTPUT = frozenset({"Conv", "ConvTranspose", "Gemm"})
-_ABSORBED = frozenset({"Relu", "Clip"})
 _8_BIT = frozenset({DType.INT8, DType.UINT8})
 _READ = _8_BIT | {DType.INT32}  # int32: a bias
 
@@ -40,13 +40,13 @@ def work(node: Node) -> int:
     return sum(math.prod(_dims(v) or (1,)) for v in node.outputs)
 
 
-def emitted_cost(model: Model) -> int:
+def emitted_cost(model: Model, target: Target) -> int:
     """Rule 3: MACs x bytes over the compute ops of the main graph."""
-    return sum(node_macs(n) * (1 if runs_integer(n) else 4) for n in model.graph.nodes
-               if not n.domain and n.op_type in _COSTED_OPS)
+    return sum(node_macs(n) * (target.integer_mac_bytes if runs_integer(n, target) else target.float_mac_bytes)
+               for n in model.graph.nodes if not n.domain and n.op_type in _COSTED_OPS)
 
 
-def runs_integer(node: Node) -> bool:
+def runs_integer(node: Node, target: Target) -> bool:
     """Rule 4: whether ONNX Runtime's CPU provider would fuse this compute op into an 8-bit kernel."""
     for value in node.inputs:
         if value is None or value.dtype not in (DType.FLOAT, None):
@@ -64,7 +64,7 @@ def runs_integer(node: Node) -> bool:
         reader = readers[0]
         if reader.op_type == "QuantizeLinear" and not reader.domain:
             return reader.outputs[0].dtype in _8_BIT
-        if reader.op_type not in _ABSORBED or reader.domain:
+        if reader.op_type not in target.absorbed or reader.domain:
             return False
         value = reader.outputs[0]
 

@@ -66,6 +66,7 @@ from .base import Pass, register_pass
 from .fold_weights import weight_params
 from .patterns import erase
 from .rules import attr, is_constant, kept_float, with_groups
+from .target import weight_reduce_range
 
 _DYNAMIC = "dynamic"  # the rules.PRECISIONS level this pass emits
 
@@ -83,17 +84,19 @@ class DynamicQuant(Pass):
     """Quantize MatMul/Gemm weights to int8 and their activations at run time (ONNX Runtime's dynamic kernels)."""
 
     name = "dynamic-quant"
+    reads = frozenset({"quantize", "precision", "group"})
 
     @dataclass
     class Options:
         """per_channel: a scale per output column (else per tensor); reduce_range: 7-bit weight
-        codes for x86 CPUs without VNNI; marked_only: rewrite only nodes marked precision=dynamic."""
+        codes for x86 CPUs without VNNI (unset: the target's choice); marked_only: rewrite only nodes marked precision=dynamic."""
 
         per_channel: bool = False
-        reduce_range: bool = False
+        reduce_range: bool | None = None
         marked_only: bool = False
 
     def run(self, model: Model, ctx) -> bool:
+        self.reduce_range = weight_reduce_range(self.options.reduce_range, ctx)
         graph = model.graph
         names = NameAllocator(graph)
         weights: dict[tuple[Value, bool], _Weight] = {}
@@ -159,8 +162,7 @@ class DynamicQuant(Pass):
     def _store_weight(self, graph: Graph, names: NameAllocator, value: Value, transposed: bool) -> _Weight:
         """Rule 2: int8 codes [K, N] carrying their parameters, and the scale and zero point as constants."""
         data = value.const.T if transposed else value.const
-        params = weight_params(data, 1 if self.options.per_channel else None, DType.INT8, True,
-                                self.options.reduce_range)
+        params = weight_params(data, 1 if self.options.per_channel else None, DType.INT8, True, self.reduce_range)
         codes = np.ascontiguousarray(quantize(data, params))
         stored = _Weight(*(graph.add_constant(Value(names.fresh(f"{value.name}_{key}"), const=array,
                                                     quant=params if key == "quantized" else None))
@@ -182,7 +184,7 @@ class DynamicQuant(Pass):
     def _report(self) -> dict:
         stats, options = self.stats, self.options
         return {
-            "per_channel": options.per_channel, "reduce_range": options.reduce_range,
+            "per_channel": options.per_channel, "reduce_range": self.reduce_range,
             "nodes": stats["nodes_rewritten"], "weights": stats["weights_quantized"], "skipped": stats["skipped"],
             "float_bytes": stats["bytes_float"], "quantized_bytes": stats["bytes_quantized"],
             "ratio": round(stats["bytes_float"] / max(stats["bytes_quantized"], 1), 2),

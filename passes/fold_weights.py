@@ -24,13 +24,14 @@
    output) are left float and counted as `weights_skipped`. A weight shared by several
    ops is quantized once per axis and read through one DequantizeLinear.
 6. Per-channel DequantizeLinear needs opset 13: with `per_channel=true` a lower opset is
-   refused with a PassError asking to convert the model first.
+   refused with a PassError naming legalize-opset.
 7. `reduce_range=true` quantizes weights with one bit less (codes within [-64, 64]).
    ONNX Runtime's u8 x s8 kernels on x86 CPUs without VNNI (AVX2 `vpmaddubsw`) add
    pairs of products in int16 and saturate: 255 * 127 * 2 overflows, 255 * 64 * 2 does
    not. On such a CPU a full-range model loses ~15 dB SQNR once ORT fuses QLinearConv
    (the float reference of the same Q/DQ graph does not), so set it there; it is ORT's
-   own `reduce_range`. Off by default: VNNI CPUs and other runtimes need no headroom.
+   own `reduce_range`. Unset, the target decides (`Target.reduce_range`): on only for
+   ort-cpu on an x86 CPU without VNNI; VNNI CPUs and other runtimes need no headroom.
 8. Nodes at precision fp16 (`node.meta["precision"]`, rules.PRECISIONS; they stay float)
    store their float32 constant inputs as float16 initializers behind a Cast to float32:
    half the bytes, float32 compute (ONNX Runtime's CPU provider has no fp16 Conv or
@@ -59,6 +60,7 @@ from qcompiler.ir.quant import dtype_range, quantize
 
 from .base import Pass, PassError, register_pass
 from .rules import Bias, attr, is_qdq, plans
+from .target import weight_reduce_range
 
 _PER_CHANNEL_OPSET = 13
 _WEIGHT_DTYPES = {"int8": DType.INT8}
@@ -69,32 +71,34 @@ class FoldWeights(Pass):
     """Quantize weights to int8 initializers (per channel) and biases to int32, each behind a DequantizeLinear."""
 
     name = "fold-weights"
+    reads = frozenset({"quantize", "precision", "group", "weight_scheme"})
     gives = frozenset({"weights-folded"})
 
     @dataclass
     class Options:
         """per_channel: one scale per output channel (else per tensor); weight_dtype: the
         integer type of weights; symmetric: zero point 0 (what integer kernels want);
-        reduce_range: one bit less for CPUs without VNNI (rule 7)."""
+        reduce_range: one bit less for CPUs without VNNI; unset: the target's choice (rule 7)."""
 
         per_channel: bool = True
         weight_dtype: Literal["int8"] = "int8"
         symmetric: bool = True
-        reduce_range: bool = False
+        reduce_range: bool | None = None
 
     def requires(self, model: Model, ctx) -> None:
         if self.options.per_channel and model.opset < _PER_CHANNEL_OPSET:
             raise PassError(f"fold-weights{{per_channel=true}} needs opset >= {_PER_CHANNEL_OPSET} for per-channel "
-                            f"DequantizeLinear; the model has {model.opset}: convert it first "
-                            f"(onnx.version_converter.convert_version), or use per_channel=false")
+                            f"DequantizeLinear; the model has {model.opset}: run legalize-opset before it, "
+                            f"or use per_channel=false")
 
     def run(self, model: Model, ctx) -> bool:
+        self.reduce_range = weight_reduce_range(self.options.reduce_range, ctx)
         before = sum(self.stats.values())
         self.stats["quantize_folded"] += fold_quantized_constants(model)
         graph = model.graph
         names = NameAllocator(graph)
         folded: dict[tuple[Value, int | None], Value] = {}  # (float weight, axis) -> its DQ output
-        for node, plan in plans(model).items():
+        for node, plan in ctx.analysis("plans", lambda: plans(model)).items():
             scheme = node.meta.get("weight_scheme")
             per_channel = self.options.per_channel if scheme is None else scheme == "per-channel"
             for weight in plan.weights:
@@ -130,7 +134,7 @@ class FoldWeights(Pass):
             return
         if (value, axis) not in folded:
             params = weight_params(data, axis, _WEIGHT_DTYPES[self.options.weight_dtype], self.options.symmetric,
-                                    self.options.reduce_range)
+                                    self.reduce_range)
             folded[value, axis] = dequantized(graph, names, node, value, quantize(data, params), params)
             self.stats["weights_folded"] += 1
         node.set_input(index, folded[value, axis])

@@ -12,8 +12,8 @@
    an activation (Relu, Clip with constant bounds, LeakyRelu, Sigmoid, HardSigmoid,
    HardSwish) is grouped with it; an op already in a group brings the activation in.
    With `activations=target` (the default) only activations the target's integer
-   kernels absorb are grouped: on ort-cpu Relu and Clip, which ONNX Runtime folds into
-   the QuantizeLinear after a QLinearConv. A HardSwish grouped there would leave the
+   kernels absorb (`ctx.target.absorbed`) are grouped: on ort-cpu Relu and Clip, which
+   ONNX Runtime folds into the QuantizeLinear after a QLinearConv. A HardSwish grouped there would leave the
    Conv without a QuantizeLinear on its output, and ONNX Runtime would run it in float.
 4. layernorm: the decomposed LayerNorm (ReduceMean, Sub, Pow 2 or Mul by itself,
    ReduceMean, Add eps, Sqrt, Div, Mul gamma, Add beta; both means over the same
@@ -52,9 +52,8 @@ from .patterns import (
     replace_root, used_only_inside,
 )
 from .rules import attr
+from .target import FUSABLE_ACTIVATIONS
 
-_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish")
-_ABSORBED_BY_TARGET = {"ort-cpu": ("Relu", "Clip")}  # targets not listed absorb every activation
 _INTERNAL = (used_only_inside, not_graph_output)
 
 
@@ -65,7 +64,7 @@ class _Env:
     folding 2000 BatchNorms take half a minute.
     """
 
-    def __init__(self, model: Model, activations: tuple[str, ...] = _ACTIVATIONS) -> None:
+    def __init__(self, model: Model, activations: tuple[str, ...] = FUSABLE_ACTIVATIONS) -> None:
         self.opset = model.opset
         self.activations = activations
         self.names = NameAllocator(model.graph)
@@ -363,11 +362,11 @@ class Fuse(Pass):
     """Fold BatchNormalization and biases into their producers; group ops quantized as one."""
 
     name = "fuse"
+    writes = frozenset({"group"})
     Options = FuseOptions
 
     def run(self, model: Model, ctx) -> bool:
-        absorbed = _ABSORBED_BY_TARGET.get(ctx.target, _ACTIVATIONS)
-        env = _Env(model, absorbed if self.options.activations == "target" else _ACTIVATIONS)
+        env = _Env(model, ctx.target.absorbed if self.options.activations == "target" else FUSABLE_ACTIVATIONS)
         selected = [p for p in _patterns(env) if not self.options.patterns or p.name in self.options.patterns]
         graphs = [model.graph, *(sub for node in model.graph.all_nodes() for sub in node.subgraphs())]
         changed = False

@@ -17,6 +17,7 @@ from qcompiler import ir
 from qcompiler.ir.fileio import atomic_output
 
 from .base import Pass, PassError, about_the_input
+from .meta import meta_entries, meta_key
 
 if TYPE_CHECKING:
     from .context import PassContext
@@ -133,13 +134,48 @@ class Timing(Instrument):
 
 
 class Verifier(Instrument):
-    """Check the IR's invariants after every pass; a failure names the pass that broke them."""
+    """Check the IR's invariants after every pass, and its meta contract (meta.py): the declared keys
+    hold values of their type, and on the nodes and values that were there before, the pass changed
+    no key it does not declare in `writes`. A failure names the pass."""
+
+    def before_pass(self, model, event, ctx) -> None:
+        self._owners = _owners(model)
+        self._before = {(owner, key): value for _, owner, key, value in meta_entries(model)}
 
     def after_pass(self, model, event, ctx, changed) -> None:
+        name = f"pass {event.pass_.name!r} ({event.index})"
         try:
             model.verify()
         except ir.VerifyError as err:
-            raise PassError(f"the IR is invalid after pass {event.pass_.name!r} ({event.index}): {err}") from None
+            raise PassError(f"the IR is invalid after {name}: {err}") from None
+        writes, before, owners = event.pass_.writes, self._before, self._owners
+        seen = set()
+        for kind, owner, key, value in meta_entries(model):
+            declared = meta_key(kind, key)
+            problem = declared.problem(value) if declared is not None else None
+            if problem is not None:
+                raise PassError(f"meta {key!r} of {kind} {_label(owner)} {problem} after {name}")
+            seen.add((owner, key))
+            old = before.get((owner, key), _ABSENT)
+            if key not in writes and owner in owners and old is not value and old != value:
+                raise PassError(f"{name} changed meta {key!r} of {kind} {_label(owner)} without declaring "
+                                f"{key!r} in its `writes`")
+        now = _owners(model)
+        for owner, key in before.keys() - seen:
+            if key not in writes and owner in now:
+                raise PassError(f"{name} removed meta {key!r} of {_label(owner)} without declaring "
+                                f"{key!r} in its `writes`")
+
+
+_ABSENT = object()
+
+
+def _owners(model) -> set:
+    return {*model.graph.all_nodes(), *model.graph.all_values()}
+
+
+def _label(owner) -> str:
+    return repr(owner.name or owner.op_type) if isinstance(owner, ir.Node) else repr(owner.name)
 
 
 @dataclass

@@ -37,7 +37,7 @@ class PassManager:
 
     def run(self, model: ir.Model, ctx: PassContext | None = None) -> PassResult:
         ctx = ctx if ctx is not None else PassContext()
-        check_order(self.pipeline, model)  # a misordered pipeline fails before any pass runs
+        check_order(self.pipeline, model, overrides=bool(ctx.overrides))  # a misordered pipeline fails before any pass runs
         result = PassResult(changed=False)
         try:
             steps = self.pipeline.steps
@@ -77,6 +77,8 @@ class PassManager:
             instrument.before_pass(model, event, ctx)
         try:
             changed = bool(pass_.run(model, ctx))
+            if changed:
+                ctx.analyses.clear()  # computed on the model as it was
             pass_.ensures(model, ctx)
         except Exception as error:
             notes = [n for n in (i.on_error(error, event, ctx) for i in ctx.instruments) if n]

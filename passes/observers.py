@@ -480,3 +480,33 @@ def _build_options(cls: type[Observer], given: dict[str, Any]) -> Any:
             shown = getattr(hint, "__name__", str(hint))
             raise TypeError(f"observer {cls.name!r}: option {key!r} takes {shown}, not {value!r}")
     return cls.Options(**given)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObserverOptions:
+    """method: the observer's registered name. The rest go to the observers that take them:
+    percentile (percentile: the share of values kept, in percent), histograms' bins
+    (percentile, entropy, mse), entropy's quantized_bins, mse's bits, ema-minmax's
+    averaging_constant. Values are checked by constructing the observer once, when the options
+    are made: a pipeline with a bad observer fails as it is parsed, before any pass runs."""
+
+    method: str = "minmax"
+    percentile: float = 99.99
+    bins: int = 2048
+    quantized_bins: int = 128
+    bits: int = 8
+    averaging_constant: float = 0.01
+
+    def __post_init__(self) -> None:
+        try:
+            self.marks()
+        except KeyError as err:  # an unknown observer
+            raise ValueError(err.args[0] if err.args else str(err)) from None
+
+    def marks(self) -> tuple[str, str]:
+        """(observer name, `k=v,...` of the options it takes), after building one to check them."""
+        cls = get_observer(self.method)
+        taken = {f.name for f in dataclasses.fields(cls.Options)}
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in taken}
+        cls(**options)
+        return self.method, ",".join(f"{key}={value}" for key, value in options.items())

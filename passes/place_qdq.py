@@ -5,7 +5,7 @@
    observed range of its leader, the value whose observer decides for it (a MaxPool
    output takes its input's, a Concat input the Concat output's). A leader without an
    observed range is an error naming both values: run calibrate first.
-2. The target decides the dtype and where pairs go:
+2. The target (`ctx.target`, target.py) decides the dtype and where pairs go:
    - `ort-cpu`: every listed value; `activations=uint8` is asymmetric uint8 (ONNX
      Runtime's default and its fastest u8 x s8 kernels), `int8` is symmetric int8,
      `int16` symmetric int16 (zero point 0, codes -32767..32767: ONNX Runtime's QInt16),
@@ -75,6 +75,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from .base import Pass, PassError, register_pass
 from .cost import COMPUTE_OPS
 from .rules import PRECISIONS, QuantPlan, float_by_choice, in_qdq_form, is_qdq, plans, quantized_values
+from .target import Target
 
 _MIN_OPSET = 10
 _16BIT_OPSET = 21  # ai.onnx QuantizeLinear/DequantizeLinear take int16/uint16 from here
@@ -82,20 +83,6 @@ _CONTRIB_DOMAIN = "com.microsoft"
 _MARK = "activations"  # node.meta key of rule 8
 
 
-@dataclass(frozen=True)
-class _Target:
-    """What a target takes: its default activation dtype, the dtypes it accepts, and
-    whether it quantizes every listed value or only the inputs of compute ops."""
-
-    default: str
-    accepts: frozenset[str]
-    compute_inputs_only: bool
-
-
-_TARGETS = {
-    "ort-cpu": _Target("uint8", frozenset({"uint8", "int8", "uint16", "int16"}), compute_inputs_only=False),
-    "tensorrt": _Target("int8", frozenset({"int8"}), compute_inputs_only=True),
-}
 # activation dtype -> (DType, symmetric), narrowest first: rule 8 keeps the later of two
 _ACTIVATION_DTYPES = {
     "uint8": (DType.UINT8, False), "int8": (DType.INT8, True),
@@ -109,24 +96,23 @@ class PlaceQdq(Pass):
     """Set each quantized activation's parameters from calibration and insert its Q/DQ pair."""
 
     name = "place-qdq"
+    reads = frozenset({"quantize", "precision", "group", "activations"})
     needs = frozenset({"calibrated"})
     gives = frozenset({"qdq-placed"})
     refuses = frozenset({"weights-folded"})  # its scales make the int32 biases fold-weights stores
 
     @dataclass
     class Options:
-        """target: ort-cpu or tensorrt (rule 2); activations: uint8, uint16 (asymmetric),
-        int8, int16 (symmetric), or auto: the target's default. Nodes may override (rule 8)."""
+        """activations: uint8, uint16 (asymmetric), int8, int16 (symmetric), or auto: the
+        target's default (rule 2). Nodes may override (rule 8)."""
 
-        target: Literal["ort-cpu", "tensorrt"] = "ort-cpu"
         activations: Literal["auto", "uint8", "int8", "uint16", "int16"] = "auto"
 
     def requires(self, model: Model, ctx) -> None:
-        target = _TARGETS[self.options.target]
+        target = ctx.target
         accepted = " or ".join(sorted(target.accepts))
         if self.options.activations not in target.accepts | {"auto"}:
-            raise PassError(f"place-qdq{{target={self.options.target}}} takes "
-                            f"activations={accepted}, not {self.options.activations}")
+            raise PassError(f"target {target.name} takes activations={accepted}, not {self.options.activations}")
         for node in model.graph.nodes:
             precision, mark = node.meta.get("precision"), _mark(node)
             if precision is not None and precision not in PRECISIONS:
@@ -135,15 +121,15 @@ class PlaceQdq(Pass):
             if mark is not None and mark not in target.accepts:
                 why = " (precision w8a16)" if node.meta.get(_MARK) is None else ""
                 raise PassError(f"node {node.name or node.outputs[0].name!r} asks for {_MARK}={mark!r}{why}; "
-                                f"place-qdq{{target={self.options.target}}} takes {accepted}")
+                                f"target {target.name} takes {accepted}")
         if model.opset < _MIN_OPSET:
             raise PassError(f"place-qdq needs opset >= {_MIN_OPSET} for QuantizeLinear; the model has "
-                            f"{model.opset}: convert it first (onnx.version_converter.convert_version)")
+                            f"{model.opset}: run legalize-opset before it")
 
     def run(self, model: Model, ctx) -> bool:
-        target = _TARGETS[self.options.target]
-        default = target.default if self.options.activations == "auto" else self.options.activations
-        node_plans = plans(model)
+        target = ctx.target
+        default = target.activations if self.options.activations == "auto" else self.options.activations
+        node_plans = ctx.analysis("plans", lambda: plans(model))
         leaders = quantized_values(model, node_plans)
         marked = _marked_dtypes(leaders, node_plans)
         raw_readers = float_by_choice(model)
@@ -188,11 +174,6 @@ def _marked_dtypes(leaders: dict[Value, Value], node_plans: dict[Node, QuantPlan
     return chosen
 
 
-def accepts_activations(target: str, dtype: str) -> bool:
-    """Whether place-qdq{target=...} can give activations `dtype` (rule 2)."""
-    return dtype in _TARGETS[target].accepts
-
-
 def _mark(node: Node) -> str | None:
     """The activation dtype `node` asks for (rule 8): its own mark, else int16 for precision w8a16."""
     mark = node.meta.get(_MARK)
@@ -214,7 +195,7 @@ def _qdq_domain(opset: int, dtype: DType) -> str:
     return "" if dtype.bitwidth <= 8 or opset >= _16BIT_OPSET else _CONTRIB_DOMAIN
 
 
-def _selected(values: dict[Value, Value], node_plans: dict[Node, QuantPlan], target: _Target,
+def _selected(values: dict[Value, Value], node_plans: dict[Node, QuantPlan], target: Target,
               raw_readers: set[Node]) -> dict[Value, Value]:
     """The listed values the target quantizes, minus those already in QDQ form (rule 6)."""
     if target.compute_inputs_only:

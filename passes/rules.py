@@ -8,7 +8,7 @@ the op stays float. `plans(model)` then applies what no single op can see:
 
 1. Overrides: `node.meta["quantize"] = false` keeps a node float; `true` makes it
    quantize even where a heuristic (rules 3 and 4) would keep it float. They print in
-   dumps, so a hand-edited .qir carries them; insert-observers sets them from its config.
+   dumps, so a hand-edited .qir carries them; apply-overrides sets them from the recipe.
    `node.meta["precision"]` names a level of `PRECISIONS` (assign-precision sets it):
    fp16 and fp32 keep the node float like `quantize = false` (`kept_float`); w8a16 is
    read by place-qdq (16-bit activations) and fp16 by fold-weights (fp16 weights).

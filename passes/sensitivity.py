@@ -43,6 +43,7 @@ from .manager import PassManager
 from .metrics import ErrorSums
 from .progress import Progress
 from .rules import plans
+from .target import Target
 
 Metric = Callable[[dict[str, np.ndarray]], float]
 
@@ -135,8 +136,9 @@ class Evaluator:
     """Emits and measures variants of one calibrated model (rules 2-4)."""
 
     def __init__(self, model: ir.Model, emit: str, feeds: Sequence[dict[str, np.ndarray]], *,
-                 target: str = "ort-cpu", metric: Metric | None = None, threads: int = 0) -> None:
-        self.model, self.emit, self.feeds, self.target = model, emit, list(feeds), target
+                 target: Target | None = None, metric: Metric | None = None, threads: int = 0) -> None:
+        self.model, self.emit, self.feeds = model, emit, list(feeds)
+        self.target = target if target is not None else Target.named("ort-cpu")
         self.metric, self.threads = metric, threads
         self.reference = outputs_over(ValueTap(model, model.graph.outputs, threads=threads), self.feeds)
         self.reference_metric = metric(joined(self.reference)) if metric is not None else None
@@ -156,7 +158,8 @@ class Evaluator:
         outputs = outputs_over(ValueTap(variant, variant.graph.outputs, threads=self.threads), self.feeds)
         self.runs += 1
         sqnr = tuple(_sqnr(name, self.reference[name], outputs[name]) for name in self.reference)
-        return Figure(sqnr, self.metric(joined(outputs)) if self.metric is not None else None, emitted_cost(variant))
+        return Figure(sqnr, self.metric(joined(outputs)) if self.metric is not None else None,
+                      emitted_cost(variant, self.target))
 
 
 def sensitivity(evaluator: Evaluator, all_units: Sequence[Unit], *, jobs: int = 1,

@@ -87,6 +87,7 @@ class SmoothQuant(Pass):
     """Migrate activation outliers per input channel into the following MatMul/Gemm weights (SmoothQuant)."""
 
     name = "smooth-quant"
+    reads = frozenset({"quantize", "precision", "group"})
 
     @dataclass
     class Options:

@@ -90,6 +90,7 @@ class WeightOnly(Pass):
     """Quantize MatMul/Gemm weights (and optionally Gather tables) blockwise to int4 or int8; activations stay float."""
 
     name = "weight-only"
+    reads = frozenset({"quantize", "precision", "group"})
 
     @dataclass
     class Options:

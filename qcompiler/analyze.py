@@ -36,7 +36,7 @@ _CACHE_VERSION = 1
 
 
 def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | str | Path | dict | None = None,
-                pipeline: str | None = None, target: str | None = None, samples: int = 256, jobs: int = 1,
+                pipeline: str | None = None, target: str | passes.Target | None = None, samples: int = 256, jobs: int = 1,
                 cache: str | Path | None = None, progress: bool | None = None) -> SensitivityTable:
     """The sensitivity table of `model` (passes/sensitivity.py rule 5), most sensitive unit first in `.ranked()`."""
     start = time.perf_counter()
@@ -44,7 +44,7 @@ def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | st
     calibrating, emitting = _split(job.steps)
     passes.PassManager(",".join(map(str, calibrating))).run(job.model, job.context([passes.Verifier()]))
     feeds = first_rows(job.evaluation, samples)
-    evaluator = Evaluator(job.model, ",".join(map(str, emitting)), feeds, target=job.report.target)
+    evaluator = Evaluator(job.model, ",".join(map(str, emitting)), feeds, target=job.target)
     found = find_units(job.model)
     key = _cache_key(evaluator, found) if cache is not None else None
     table = _load(Path(cache), key, found) if key else None
@@ -70,7 +70,8 @@ def _split(steps) -> tuple[list, list]:
 
 
 def _cache_key(evaluator: Evaluator, found) -> str:
-    digest = hashlib.sha256(f"v{_CACHE_VERSION}|{evaluator.emit}|{evaluator.target}|".encode())
+    target = evaluator.target
+    digest = hashlib.sha256(f"v{_CACHE_VERSION}|{evaluator.emit}|{target.name}|{target.reduce_range[0]}|".encode())
     digest.update(ir.print_model(evaluator.model, weights="summary").encode())
     for feed in evaluator.feeds:
         for name in sorted(feed):

@@ -21,13 +21,15 @@ from qcompiler.analyze import plot_table
 from qcompiler.analyze import sensitivity as sensitivity_table
 from qcompiler.auto import AutoError, auto, save_auto
 from qcompiler.bench import benchmark, file_bytes, quantized_kind, random_feeds
-from qcompiler.compiler import DEFAULT_PIPELINE, MODES
+from qcompiler.compiler import MODES
 from qcompiler.compiler import compile as compile_model
 from qcompiler.data import input_specs, open_calibration_data
-from qcompiler.debug import annotate, value_errors
+from qcompiler.debug import annotate, record_float_names, value_errors
 from qcompiler.ir.fileio import atomic_output
+from qcompiler.ir.naming import unique_names
 from qcompiler.modelio import check_writable, read_model, write_dump, write_text
-from qcompiler.recipe import Recipe, overrides_toml
+from qcompiler.passes.target import TARGET_NAMES
+from qcompiler.recipe import DEFAULT_PIPELINE, Recipe, overrides_toml
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,8 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", required=True, help="the quantized .onnx file to write")
     compile_.add_argument("--recipe", metavar="FILE.toml", help="pass options and per-op/per-node overrides")
     compile_.add_argument("--pipeline", help=f"passes to run (default: the recipe's, else {DEFAULT_PIPELINE!r})")
-    compile_.add_argument("--target", choices=["ort-cpu", "tensorrt"], help="the runtime to place Q/DQ for "
-                          "(default: the recipe's, else ort-cpu)")
+    _add_target_options(compile_)
     compile_.add_argument("--eval", metavar="DATA", help="held-out data to validate on (default: the calibration data)")
     compile_.add_argument("--report", metavar="FILE.json", help="write the full report as JSON")
     compile_.add_argument("--dump-dir", metavar="DIR", help="write NNN_<pass>.qir after every pass")
@@ -164,7 +165,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--eval", metavar="DATA", help="held-out data to measure on (default: the calibration data)")
     sensitivity.add_argument("--recipe", metavar="FILE.toml", help="pass options and overrides, as for compile")
     sensitivity.add_argument("--pipeline", help=f"the compile pipeline (default: the recipe's, else {DEFAULT_PIPELINE!r})")
-    sensitivity.add_argument("--target", choices=["ort-cpu", "tensorrt"], help="as for compile")
+    _add_target_options(sensitivity)
     sensitivity.add_argument("--samples", type=int, default=256, metavar="N", help="evaluation rows used (default 256)")
     sensitivity.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
     sensitivity.add_argument("--cache", metavar="FILE.json", help="reuse the table stored here when nothing changed")
@@ -197,6 +198,8 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="print the IR to stderr after this pass (repeatable)")
     opt.add_argument("--print-ir-after-change", action="store_true",
                      help="with --print-ir-after: only when the pass changed the model")
+    opt.add_argument("--recipe", metavar="FILE.toml", help="pass options and overrides, as for compile")
+    _add_target_options(opt)
     opt.add_argument("--calib", metavar="DATA",
                      help="calibration data for the calibrate pass: .npz (samples on axis 0), .npy, "
                      "or a folder of .npz/.npy files")
@@ -289,6 +292,18 @@ def _load_plugins(args: argparse.Namespace) -> None:
         passes.load_plugin_file(path)
 
 
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", choices=TARGET_NAMES,
+                        help="the runtime to quantize for (default: the recipe's, else ort-cpu)")
+    parser.add_argument("--cpu-flags", metavar="FLAG,...", type=lambda text: frozenset(filter(None, text.split(","))),
+                        help="the CPU feature flags of the machine the model will run on, as /proc/cpuinfo "
+                        "spells them (default: this machine's), e.g. avx2 for a CPU without VNNI")
+
+
+def _target(args: argparse.Namespace, recipe: Recipe) -> passes.Target:
+    return passes.Target.named(args.target or recipe.target or "ort-cpu", flags=args.cpu_flags)
+
+
 def _add_import_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cleanup", action="store_true",
                         help="fold constants and drop dead nodes on ONNX import (onnx-graphsurgeon)")
@@ -332,7 +347,7 @@ def _compile(args: argparse.Namespace) -> int:
     if args.min_sqnr is not None:
         recipe.pass_options.setdefault("assign-precision", {})["min_sqnr_db"] = [repr(args.min_sqnr)]
         pipeline = pipeline or "mixed"
-    result = compile_model(args.model, args.calib, recipe=recipe, pipeline=pipeline, target=args.target,
+    result = compile_model(args.model, args.calib, recipe=recipe, pipeline=pipeline, target=_target(args, recipe),
                            eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized, mode=args.mode,
                            reference=args.reference, log=_log, crash_dir=args.crash_dir)
     result.save(args.output)
@@ -393,8 +408,9 @@ def _sensitivity(args: argparse.Namespace) -> int:
             check_writable(path)
     if args.plot:
         _require_matplotlib()
-    table = sensitivity_table(args.model, args.calib, eval=args.eval, recipe=args.recipe, pipeline=args.pipeline,
-                              target=args.target, samples=args.samples, jobs=args.jobs, cache=args.cache)
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
+    table = sensitivity_table(args.model, args.calib, eval=args.eval, recipe=recipe, pipeline=args.pipeline,
+                              target=_target(args, recipe), samples=args.samples, jobs=args.jobs, cache=args.cache)
     lines = table.lines()
     print("\n".join(lines[:2 + args.top] if args.top else lines))
     for note in table.notes:
@@ -444,9 +460,12 @@ def _default_text(option: dataclasses.Field) -> str:
 
 
 def _opt(args: argparse.Namespace) -> int:
+    """The passes of compile without its validation: with the same recipe and target, the same model."""
     _load_plugins(args)
-    manager = passes.PassManager(args.pipeline)  # a bad pipeline fails before any work
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
+    manager = passes.PassManager(recipe.steps(args.pipeline))  # a bad pipeline fails before any work
     model = _read(args)
+    float_names = unique_names(model.graph)
     instruments: list[passes.Instrument] = []
     if args.reproducer:
         instruments.append(passes.CrashReproducer(Path(args.crash_dir)))
@@ -460,9 +479,12 @@ def _opt(args: argparse.Namespace) -> int:
     if args.timing:
         instruments.append(passes.Timing())
     calibration_data = open_calibration_data(args.calib, input_specs(model)) if args.calib else None
-    result = manager.run(model, passes.PassContext(instruments=instruments, calibration_data=calibration_data))
+    context = passes.PassContext(target=_target(args, recipe), overrides=recipe.overrides,
+                                 calibration_data=calibration_data, instruments=instruments)
+    result = manager.run(model, context)
     for warning in result.warnings:
         print(f"qc: warning: {warning}", file=sys.stderr)
+    record_float_names(model, float_names)
     _write_output(model, args)
     return 0
 

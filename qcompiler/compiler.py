@@ -6,13 +6,15 @@
    QuantizeLinear/DequantizeLinear or QLinear* nodes is refused unless `on_quantized="keep"`: then its pairs keep their
    parameters (place-qdq leaves values in QDQ form alone) and the rest is quantized.
 2. Settings: arguments beat the recipe, which beats defaults (target ort-cpu, the
-   `int8` pipeline). `mode` names a pipeline: static (int8), dynamic, fp16, int4. The target becomes place-qdq's `target` option. On ort-cpu,
-   fold-weights' and dynamic-quant's `reduce_range` follow the CPU compiled on (target.py) unless set.
-3. Models below opset 13 are converted to 13 (per-channel DequantizeLinear needs it)
-   by `ir.convert_opset`, which checks the converted model computes the same (on the
-   first feed of the data when there is data: dynamic spatial dims need real sizes).
-   Initializers listed as graph inputs (older exporters list every weight) become
-   plain constants, so they are quantized as the weights they are.
+   `int8` pipeline). `mode` names a pipeline: static (int8), dynamic, fp16, int4. The
+   target (a name, or a `passes.Target` for another machine's CPU flags) and the
+   recipe's overrides go on the pass context; the recipe's pass options fill the
+   pipeline's steps (`Recipe.steps`). `qc opt --pipeline P --recipe R --target T` runs
+   exactly this.
+3. Every step is a pass of the pipeline: the named pipelines start with legalize-opset
+   (models below opset 13 converted, checked on the first data feed),
+   freeze-weight-inputs (initializers listed as graph inputs become constants) and
+   apply-overrides (the recipe's node marks), so dumps and reproducers see them too.
 4. The pipeline runs with the IR verifier after each pass; `dump_dir` keeps the IR
    after every pass, and `crash_dir` receives a reproducer (the IR before the pass that
    raised, and the pipeline left to run) when a pass crashes.
@@ -60,14 +62,11 @@ from qcompiler.modelio import read_model
 from qcompiler.passes.pipeline import Pipeline
 from qcompiler.passes.progress import Progress
 from qcompiler.passes.rules import has_rule, is_float
-from qcompiler.recipe import Recipe, apply_pass_options
+from qcompiler.recipe import Recipe
 from qcompiler.report import CompileReport, PassRecord
-from qcompiler.target import reduce_range_advice
 from qcompiler.validate import compare_models
 
-DEFAULT_PIPELINE = "int8"
 MODES = {"static": "int8", "dynamic": "dynamic", "fp16": "fp16", "int4": "int4"}  # mode -> named pipeline
-_PER_CHANNEL_OPSET = 13
 _BENCH_BUDGET_S = 0.1  # per setting (batch size x thread count), so the benchmark adds little to a compile
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _QUANTIZED_OPS = _QDQ_OPS | {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
@@ -87,7 +86,7 @@ class CompileResult:
 
 
 def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
-            pipeline: str | None = None, target: str | None = None, eval: Any = None,
+            pipeline: str | None = None, target: str | passes.Target | None = None, eval: Any = None,
             dump_dir: str | Path | None = None, on_quantized: str = "error",
             example_inputs: Any = None, dynamic_shapes: Any = None, mode: str | None = None,
             reference: Any = None, log: Callable[[str], None] | None = None,
@@ -109,6 +108,7 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     context = job.context(instruments)
     say(f"running {report.pipeline}")
     result = passes.PassManager(job.steps).run(model, context)
+    report.settings.update(context.report.get("settings", {}))
     report.warnings.extend([*result.warnings, *checks.warnings])
     report.precision = context.report.get("assign-precision")
     report.weight_only = context.report.get("weight-only")
@@ -128,6 +128,7 @@ class Job:
 
     model: ir.Model
     recipe: Recipe
+    target: passes.Target
     report: CompileReport
     steps: Pipeline
     float_file: ModelFile  # the float model as ONNX, exported before any pass (weights linked, not copied)
@@ -142,39 +143,40 @@ class Job:
         return self.held_out if self.held_out is not None else self.calibration
 
     def context(self, instruments: list[passes.Instrument]) -> passes.PassContext:
-        return passes.PassContext(config={"insert-observers": self.recipe.observer_config(self.model)},
+        return passes.PassContext(target=self.target, overrides=self.recipe.overrides,
                                   calibration_data=self.calibration, evaluation_data=self.held_out,
-                                  target=self.report.target, instruments=instruments)
+                                  instruments=instruments)
 
 
 def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
-            pipeline: str | None = None, target: str | None = None, eval: Any = None,
+            pipeline: str | None = None, target: str | passes.Target | None = None, eval: Any = None,
             on_quantized: str = "error", example_inputs: Any = None, dynamic_shapes: Any = None,
             reference: Any = None) -> Job:
-    """Rules 1-3 (and 6) of the module, and the data opened with its first batch checked."""
+    """Rules 1-2 (and 6) of the module, and the data opened with its first batch checked."""
     recipe = _recipe(recipe)
     model, source = _read(model, example_inputs, dynamic_shapes)
     _check_not_quantized(model, source, on_quantized)
-    target = target or recipe.target or "ort-cpu"
-    report = CompileReport(source=source, target=target, pipeline="")
+    target = as_target(target or recipe.target)
+    report = CompileReport(source=source, target=target.name, pipeline="")
     specs = input_specs(model)
     calibration = _checked_data(calib, specs, "calibration") if calib is not None else None
     held_out = _checked_data(eval, specs, "evaluation") if eval is not None else None
     for role, data in (("calibration data", calibration), ("evaluation data", held_out)):
         if data is not None:
             report.settings[role] = data.describe()
-    model = _convert_if_old(model, report, calibration if calibration is not None else held_out)
-    _freeze_weight_inputs(model, report)
-    options = _pass_options(recipe, target, report)
-    steps = apply_pass_options(passes.parse_pipeline(pipeline or recipe.pipeline or DEFAULT_PIPELINE), options)
+    steps = recipe.steps(pipeline)
     report.pipeline = str(steps)
     float_file = ModelFile(model if reference is None else load_for_compile(reference))
     if reference is not None:  # rule 6: measure against the float original, not the (quantized) input
         named = reference if isinstance(reference, str | Path) else "the given float model"
         report.settings["reference"] = f"validated against {named}"
     float_names = unique_names(model.graph)
-    recipe.mark_nodes(model)
-    return Job(model, recipe, report, steps, float_file, specs, calibration, held_out, float_names)
+    return Job(model, recipe, target, report, steps, float_file, specs, calibration, held_out, float_names)
+
+
+def as_target(target: str | passes.Target | None) -> passes.Target:
+    """A target name (ort-cpu by default) as the Target for this machine; a Target as it is."""
+    return target if isinstance(target, passes.Target) else passes.Target.named(target or "ort-cpu")
 
 
 def _recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
@@ -238,43 +240,6 @@ def _check_not_quantized(model: ir.Model, source: str, on_quantized: str) -> Non
         raise ir.IRError(f"{source} is already quantized ({len(found)} nodes: {kinds}; first: "
                          f"{found[0].name or found[0].op_type!r}): compile with on_quantized='keep' "
                          f"(--on-quantized keep) to keep its parameters and quantize the rest")
-
-
-def _convert_if_old(model: ir.Model, report: CompileReport, data: CalibrationData | None) -> ir.Model:
-    """Checked on the first feed of the data where there is one: a model with dynamic spatial
-    dims may not run on the converter's small random inputs."""
-    if model.opset >= _PER_CHANNEL_OPSET:
-        return model
-    feed = next(iter(data), None) if data is not None else None
-    before = model.opset
-    model = ir.load_model(ir.convert_opset(ir.to_onnx(model), _PER_CHANNEL_OPSET, feeds=feed))
-    report.settings["opset"] = f"{before} -> {model.opset}: per-channel DequantizeLinear needs 13 (outputs checked)"
-    return model
-
-
-def _freeze_weight_inputs(model: ir.Model, report: CompileReport) -> None:
-    """Initializers listed as graph inputs (older exporters do it for every weight) become
-    constants, so the rules see weights in them; nobody feeds a weight at run time."""
-    defaults = [v for v in model.graph.inputs if v.is_const]
-    for value in defaults:
-        model.graph.freeze_input(value)
-    if defaults:
-        report.settings["weight inputs"] = (f"{len(defaults)} initializers listed as graph inputs are "
-                                            f"treated as constants (no longer inputs of the quantized model)")
-
-
-def _pass_options(recipe: Recipe, target: str, report: CompileReport) -> dict[str, dict[str, list[str]]]:
-    """The recipe's pass options plus the target's defaults (rule 2)."""
-    options = {name: dict(values) for name, values in recipe.pass_options.items()}
-    options.setdefault("place-qdq", {}).setdefault("target", [target])
-    if target == "ort-cpu":
-        reduce, why = reduce_range_advice()
-        for name in ("fold-weights", "dynamic-quant"):  # both store int8 weights for ORT's u8 x s8 kernels
-            settings = options.setdefault(name, {})
-            if "reduce_range" not in settings:
-                settings["reduce_range"] = ["true" if reduce else "false"]
-                report.settings["reduce_range"] = f"{'on' if reduce else 'off'}: {why}"
-    return options
 
 
 def _describe(model: ir.Model, float_file: ModelFile, quant_file: ModelFile,

@@ -11,8 +11,8 @@ reads the graph ONNX Runtime actually runs and weighs each of our compute nodes
    side file that is not read back). ALL adds layout transforms to EXTENDED's QDQ
    fusions (NHWC QLinearConv, NCHWc float Conv) that rename activations; weights keep
    their names, which rule 3 relies on.
-2. Integer kernels are the op types in `INTEGER_KERNELS`, in any domain; every other
-   kernel computes in float. `op_counts` counts every optimized node, "domain::Op"
+2. Integer kernels are the op types in ort-cpu's `integer_kernels` (passes/target.py),
+   in any domain; every other kernel computes in float. `op_counts` counts every optimized node, "domain::Op"
    outside the default domain.
 3. Each of our compute nodes has anchors, names that survive ORT's fusions (exported
    names, as `ir.to_onnx` writes them):
@@ -64,13 +64,10 @@ from qcompiler import ir
 from qcompiler.ir.naming import unique_names
 from qcompiler.passes.cost import COMPUTE_OPS, node_macs
 from qcompiler.passes.rules import attr
+from qcompiler.passes.target import Target
 from qcompiler.validate import ModelSource, open_session
 
-INTEGER_KERNELS = frozenset({
-    "ConvInteger", "DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat", "NhwcQLinearConv",
-    "QAttention", "QGemm", "QLinearConv", "QLinearConvTranspose", "QLinearMatMul",
-})
-_ACTIVATIONS = frozenset({"Relu", "Clip"})
+_ORT_CPU = Target.named("ort-cpu")  # validation runs every model there, whatever its target
 _OURS = COMPUTE_OPS | {"MatMulInteger"}  # dynamic-quant's MatMulInteger reads its int8 weight directly
 _INT8_COMPUTE = 4  # MatMulNBits accuracy_level: activations quantized to int8 inside the kernel
 
@@ -103,7 +100,8 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSou
     optimized = _optimized_graph(exported if exported is not None else quant_model, threads)
     kernels = list(_onnx_nodes(optimized.graph))
     ours = [node for node in quant_model.graph.all_nodes() if not node.domain and node.op_type in _OURS]
-    integer = _claimed(ours, [k for k in kernels if k.op_type in INTEGER_KERNELS], unique_names(quant_model.graph))
+    integer = _claimed(ours, [k for k in kernels if k.op_type in _ORT_CPU.integer_kernels],
+                       unique_names(quant_model.graph))
     macs = {node: node_macs(node) for node in ours}
     for node in quant_model.graph.all_nodes():  # rule 6: ours already, ORT keeps them as written
         if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
@@ -184,7 +182,7 @@ def _anchors(node: ir.Node, names: dict[ir.Value, str]) -> tuple[set[str], set[s
     while True:
         readers = value.consumers()
         strong.update(names[r.outputs[0]] for r in readers if r.op_type == "QuantizeLinear" and not r.domain)
-        if len(readers) != 1 or readers[0].op_type not in _ACTIVATIONS or readers[0].domain or value.is_graph_output():
+        if len(readers) != 1 or readers[0].op_type not in _ORT_CPU.absorbed or readers[0].domain or value.is_graph_output():
             return strong, weak
         value = readers[0].outputs[0]
         strong.add(names[value])

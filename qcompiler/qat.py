@@ -17,7 +17,7 @@
    node's module's `weight`, and equal to it or to its transpose) gets a `WeightQuant`
    parametrization: symmetric int8 on the plan's axis, per tensor where fold-weights
    would store it so (`per_channel=false`, a `scheme` override), with fold-weights'
-   `reduce_range` as compile resolves it (the recipe, else `target.reduce_range_advice`).
+   `reduce_range` as compile resolves it (the recipe, else the target's `reduce_range`).
 4. Ranges: an ActivationQuant starts at its first batch in train mode and then follows a
    moving average of batch minima and maxima (`averaging_constant`, as torch's
    MovingAverageMinMaxObserver); eval mode only applies it. A WeightQuant takes its scales
@@ -75,6 +75,7 @@ from qcompiler import ir, passes
 from qcompiler.ir import DType, QuantParams, Value
 from qcompiler.passes.fold_weights import fold_quantized_constants, weight_params
 from qcompiler.passes.pipeline import Pipeline
+from qcompiler.passes.target import weight_reduce_range
 from qcompiler.passes.rules import (
     float_by_choice,
     is_constant,
@@ -83,7 +84,7 @@ from qcompiler.passes.rules import (
 )
 from qcompiler.recipe import Recipe
 
-_PLACEMENT = "canonicalize,fuse,insert-observers"
+_PLACEMENT = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse,insert-observers"
 _ACTIVATION_RANGE = (0, 255)  # uint8, what place-qdq gives activations on ort-cpu
 _WEIGHT_RANGE = (-128, 127)  # int8; symmetric scales keep codes within [-127, 127]
 
@@ -201,11 +202,12 @@ def prepare_qat(module: nn.Module, example_inputs: Any, recipe: Recipe | str | P
     job = prepare(module, recipe=recipe, pipeline=f"{_PLACEMENT},fold-weights", example_inputs=example_inputs,
                   dynamic_shapes=dynamic_shapes)
     *placement, fold_step = job.steps.steps
-    passes.PassManager(Pipeline(placement, _PLACEMENT)).run(job.model, job.context([]))
+    context = job.context([])
+    passes.PassManager(Pipeline(placement, _PLACEMENT)).run(job.model, context)
     fold = fold_step.instantiate(str(job.steps)).options
     prepared = copy.deepcopy(module)
     plan = QatPlan()
-    _mirror_weights(job.model, prepared, fold.per_channel, fold.reduce_range, plan)
+    _mirror_weights(job.model, prepared, fold.per_channel, weight_reduce_range(fold.reduce_range, context), plan)
     _mirror_activations(job.model, prepared, plan)
     if plan.not_mirrored:
         warnings.warn("prepare_qat: not mirrored, compile will calibrate these instead: "

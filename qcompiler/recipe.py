@@ -32,18 +32,9 @@
 1. `[passes.NAME]` options apply to every step of that pass in the pipeline, unless the
    pipeline text sets the same option on the step: what was written for one run beats
    the file. Each is checked against the pass's Options when the recipe loads.
-2. An override's `observer` and observer options go to insert-observers (by_op_type,
-   by_node; a regex section becomes by_node entries for the nodes it matches);
-   `activations` (uint8, int8, uint16, int16) becomes the node's `meta["activations"]`,
-   which place-qdq reads; `precision` (int8, dynamic, w8a16, fp16, fp32: rules.PRECISIONS) its
-   `meta["precision"]`, a level assign-precision keeps; `scheme` (per-channel,
-   per-tensor) its `meta["weight_scheme"]`, which fold-weights reads. `exclude` and
-   `force` become `meta["quantize"]` false/true on the nodes they name, which every
-   quantizing pass reads (static, dynamic, weight-only, fp16); insert-observers gets them
-   too, so a recipe given to it alone still applies.
-   A module section applies to nodes whose `meta["module"]` (the torch front end sets
-   it) is that module or one inside it. Precedence: op type < module (the innermost
-   wins) < node_regex (in file order) < node.
+2. `[overrides]` becomes a `passes.Overrides` (passes/overrides.py says what each
+   setting does and the precedence), which the compile's context carries: apply-overrides
+   writes the node marks, insert-observers reads the observers.
 3. An unknown key, pass, option or a value of the wrong type is an error naming the
    file, the section and the key; a regex that does not compile too.
 4. `overrides_toml(model)` writes the levels a compile chose (assign-precision's marks)
@@ -61,16 +52,13 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler import ir, passes
-from qcompiler.passes.observers import get_observer
-from qcompiler.passes.rules import PRECISIONS
+from qcompiler.passes.overrides import Overrides
 from qcompiler.passes.pipeline import NamedPipeline, PassStep, Pipeline, Repeat, build_options
 
+DEFAULT_PIPELINE = "int8"
 _TOP_KEYS = frozenset({"target", "pipeline", "passes", "overrides"})
 _OVERRIDE_KEYS = frozenset({"exclude", "force", "op_type", "module", "node_regex", "node"})
-_OBSERVER_OPTIONS = frozenset({"percentile", "bins", "quantized_bins", "bits", "averaging_constant"})
-_ACTIVATIONS = frozenset({"uint8", "int8", "uint16", "int16"})
-_SCHEMES = frozenset({"per-channel", "per-tensor"})
-_NODE_MARKS = {"activations": "activations", "precision": "precision", "scheme": "weight_scheme"}  # key -> meta
+_SECTIONS = {"op_type": "by_op_type", "module": "by_module", "node_regex": "by_regex", "node": "by_node"}
 _PLAIN_WORD = re.compile(r"[^,{}()=\s\"]+")
 
 
@@ -85,12 +73,7 @@ class Recipe:
     target: str | None = None
     pipeline: str | None = None
     pass_options: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    exclude: tuple[str, ...] = ()
-    force: tuple[str, ...] = ()
-    by_op_type: dict[str, dict[str, Any]] = field(default_factory=dict)
-    by_module: dict[str, dict[str, Any]] = field(default_factory=dict)
-    by_regex: dict[str, dict[str, Any]] = field(default_factory=dict)
-    by_node: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: Overrides = field(default_factory=Overrides)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
@@ -109,68 +92,19 @@ class Recipe:
             recipe.pass_options[name] = _pass_options(name, options, source)
         overrides = _table(data, "overrides", source)
         _check_keys(overrides, _OVERRIDE_KEYS, source, "[overrides]")
-        recipe.exclude = _names(overrides, "exclude", source)
-        recipe.force = _names(overrides, "force", source)
-        for kind, target in (("op_type", recipe.by_op_type), ("module", recipe.by_module),
-                             ("node_regex", recipe.by_regex), ("node", recipe.by_node)):
-            for name, settings in _table(overrides, kind, source, "[overrides]").items():
-                section = f"[overrides.{kind}.{name}]"
-                if kind == "node_regex":
-                    _check_regex(name, source, section)
-                target[name] = _override(settings, source, section)
+        sections = {field_name: _table(overrides, kind, source, "[overrides]") for kind, field_name in _SECTIONS.items()}
+        try:
+            recipe.overrides = Overrides(exclude=_names(overrides, "exclude", source),
+                                         force=_names(overrides, "force", source), **sections)
+        except ValueError as err:
+            raise RecipeError(f"{source}: {err}") from None
         return recipe
 
-    def observer_config(self, model: ir.Model | None = None) -> dict[str, Any]:
-        """The insert-observers config (its rule 3) these overrides make; module and regex sections need `model`."""
-
-        def observers(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
-            found = {}
-            for name, settings in table.items():
-                if "observer" in settings:
-                    found[name] = {"method": settings["observer"],
-                                   **{k: v for k, v in settings.items() if k in _OBSERVER_OPTIONS}}
-            return found
-
-        by_node = {}
-        for node in model.graph.nodes if model is not None and (self.by_regex or self.by_module) else ():
-            by_node.update(observers({node.name: self._settings(node, op_type=False, node_name=False)}))
-        by_node.update(observers(self.by_node))
-        return {"by_op_type": observers(self.by_op_type), "by_node": by_node,
-                "exclude": list(self.exclude), "force": list(self.force)}
-
-    def mark_nodes(self, model: ir.Model) -> int:
-        """Set the node marks the overrides ask for (rule 2) on the nodes they name, `exclude` and
-        `force` as quantize=false/true, so every pipeline sees them; returns how many nodes."""
-        names = {node.name for node in model.graph.nodes}
-        for key, listed in (("exclude", self.exclude), ("force", self.force)):
-            missing = sorted(set(listed) - names)
-            if missing:
-                raise RecipeError(f"[overrides] {key} names {missing}, which the model does not have")
-        marked = 0
-        for node in model.graph.nodes:
-            settings = self._settings(node)
-            marks = {meta: settings[key] for key, meta in _NODE_MARKS.items() if key in settings}
-            if node.name in self.exclude or node.name in self.force:
-                marks["quantize"] = node.name in self.force
-            node.meta.update(marks)
-            marked += bool(marks)
-        return marked
-
-    def _settings(self, node: ir.Node, op_type: bool = True, node_name: bool = True) -> dict[str, Any]:
-        """The merged override settings of `node`, by precedence (rule 2)."""
-        name = node.name or ""
-        settings = dict(self.by_op_type.get(_qualified(node), {})) if op_type else {}
-        module = node.meta.get("module")
-        if isinstance(module, str):
-            for path in sorted(self.by_module, key=len):  # outer modules first: the innermost wins
-                if module == path or module.startswith(path + "."):
-                    settings.update(self.by_module[path])
-        for pattern, values in self.by_regex.items():
-            if name and re.fullmatch(pattern, name):
-                settings.update(values)
-        if node_name:
-            settings.update(self.by_node.get(name, {}))
-        return settings
+    def steps(self, pipeline: str | None = None) -> Pipeline:
+        """`pipeline` (else the recipe's, else int8) with named pipelines expanded and the recipe's
+        pass options filled in (rule 1): what compile and `qc opt --recipe` both run."""
+        return apply_pass_options(passes.parse_pipeline(pipeline or self.pipeline or DEFAULT_PIPELINE),
+                                  self.pass_options)
 
 
 def overrides_toml(model: ir.Model, comment: str = "") -> str:
@@ -270,28 +204,3 @@ def _atoms(value: Any, source: str, section: str, key: str) -> list[str]:
         else:
             raise RecipeError(f"{source}: {section} {key}: unsupported value {item!r}")
     return atoms
-
-
-def _check_regex(pattern: str, source: str, section: str) -> None:
-    try:
-        re.compile(pattern)
-    except re.error as err:
-        raise RecipeError(f"{source}: {section}: not a regular expression: {err}") from None
-
-
-def _override(settings: Any, source: str, section: str) -> dict[str, Any]:
-    if not isinstance(settings, dict):
-        raise RecipeError(f"{source}: {section} must be a table")
-    _check_keys(settings, _OBSERVER_OPTIONS | {"observer", *_NODE_MARKS}, source, section)
-    for key, allowed in (("activations", _ACTIVATIONS), ("precision", PRECISIONS), ("scheme", _SCHEMES)):
-        value = settings.get(key)
-        if value is not None and value not in allowed:
-            listed = allowed if isinstance(allowed, tuple) else sorted(allowed)
-            raise RecipeError(f"{source}: {section} {key}: {value!r} is not one of {', '.join(listed)}")
-    observer = settings.get("observer")
-    if observer is not None:
-        try:
-            get_observer(observer)
-        except KeyError as err:
-            raise RecipeError(f"{source}: {section} observer: {err.args[0]}") from None
-    return dict(settings)

@@ -4,7 +4,9 @@
     // CHECK: = Conv(%x, %w_folded, %b_folded)
     // CHECK-NOT: BatchNormalization
 
-The file is parsed as IR, the RUN pipeline runs with the verifier after every pass,
+The file is parsed as IR, the RUN pipeline runs with the verifier after every pass
+(for the target a trailing `--target NAME` names, ort-cpu by default, on a fixed CPU:
+`text_test_target`),
 and the printed result (constants inline) goes through FileCheck (the `filecheck`
 package) against the file's CHECK lines.
 """
@@ -52,7 +54,10 @@ class QirItem(pytest.Item):
 
     def runtest(self):
         model = ir.parse_file(self.path)
-        passes.PassManager(self.pipeline).run(model, passes.PassContext(instruments=[passes.Verifier()]))
+        pipeline, _, target = self.pipeline.partition(" --target ")
+        context = passes.PassContext(target=text_test_target(target.strip() or "ort-cpu"),
+                                     instruments=[passes.Verifier()])
+        passes.PassManager(pipeline.strip()).run(model, context)
         output = ir.print_model(model, weights="inline")
         check = subprocess.run(
             [sys.executable, "-m", "filecheck", str(self.path)], input=output, capture_output=True, text=True
@@ -68,6 +73,12 @@ class QirItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, 0, f"{self.path.name}::{self.name} ({self.pipeline})"
+
+
+def text_test_target(name: str) -> passes.Target:
+    """The target a RUN line names, on a fixed x86 CPU with VNNI: expected output must not depend on
+    the machine running the tests (fold-weights' reduce_range follows the CPU)."""
+    return passes.Target.named(name, flags=frozenset({"avx2", "avx512_vnni"}), machine="x86_64")
 
 
 class QirCheckFailure(Exception):

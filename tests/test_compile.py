@@ -12,6 +12,7 @@ from helpers import run_onnx
 
 import qcompiler
 from qcompiler import ir
+from qcompiler.passes import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
@@ -89,7 +90,8 @@ def test_report_names_ops_without_rule_and_lists_passes(compiled):
     assert report.ops_without_rule.get("Div") == 2  # GELU's x / sqrt(2) has no rule: it stays float, and says so
     assert "Erf" not in report.ops_without_rule  # float by its rule, not for want of one
     assert "Shape" not in report.ops_without_rule  # integer shape arithmetic is not a float op left behind
-    assert [p.name for p in report.passes] == ["canonicalize", "fuse", "insert-observers", "calibrate", "place-qdq",
+    assert [p.name for p in report.passes] == ["legalize-opset", "freeze-weight-inputs", "apply-overrides",
+                                              "canonicalize", "fuse", "insert-observers", "calibrate", "place-qdq",
                                               "fold-weights", "cleanup"]
     assert report.passes[3].stats["samples"] == 64
     text = report.to_json()
@@ -184,13 +186,10 @@ def test_int16_activations_below_opset_21_use_contrib_pairs(compiled):
 
 @pytest.mark.parametrize("flags, reduce", [(frozenset({"avx2", "fma"}), True),
                                            (frozenset({"avx2", "avx512_vnni"}), False)])
-def test_weight_codes_follow_the_cpu_flags_compiled_for(monkeypatch, flags, reduce):
+def test_weight_codes_follow_the_cpu_flags_compiled_for(flags, reduce):
     """Without VNNI, ORT's u8 x s8 kernels saturate full-range weights, so codes stay within [-64, 64]."""
-    from qcompiler import target
-
-    monkeypatch.setattr(target.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(target, "cpu_flags", lambda: flags)
-    result = qcompiler.compile(GOLDEN / "mlp" / "model.onnx", GOLDEN / "mlp" / "calib.npz")
+    target = Target.named("ort-cpu", flags=flags, machine="x86_64")
+    result = qcompiler.compile(GOLDEN / "mlp" / "model.onnx", GOLDEN / "mlp" / "calib.npz", target=target)
     assert result.report.settings["reduce_range"].startswith("on" if reduce else "off")
     codes = [v.const for v in result.model.graph.constants if v.const is not None and v.const.dtype == np.int8]
     widest = max(int(np.abs(c.astype(np.int32)).max()) for c in codes)

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 import qcompiler
 from qcompiler import ir
-from qcompiler.target import reduce_range_advice
+from qcompiler.passes import Target
 from qcompiler.validate import compare_models
 
 CASE = Path(__file__).resolve().parent.parent / "golden" / "resnet_like"
@@ -43,7 +43,7 @@ def ort_quantized(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("ort") / "resnet_like_qdq.onnx"
     quantize_static(CASE / "model.onnx", path, Images(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=reduce_range_advice()[0], activation_type=QuantType.QUInt8,
+                    reduce_range=Target.named("ort-cpu").reduce_range[0], activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
     return path
 

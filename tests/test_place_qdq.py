@@ -18,7 +18,7 @@ from helpers import run_onnx, sqnr_db
 from test_calibrate import Batches
 
 from qcompiler import ir
-from qcompiler.passes import PassContext, PassError, PassManager
+from qcompiler.passes import PassContext, PassError, PassManager, Target
 
 # reduce_range: this CI's x86 CPUs lack VNNI, where full-range u8 x s8 kernels saturate (fold_weights.py rule 7)
 PIPELINE = "canonicalize,fuse,insert-observers,calibrate,place-qdq,fold-weights{reduce_range=true},cleanup"
@@ -124,20 +124,20 @@ def test_graph_outputs_keep_their_names_and_read_the_dq():
 
 def test_tensorrt_quantizes_compute_inputs_only_in_symmetric_int8():
     model = conv_model()
-    PassManager("place-qdq{target=tensorrt}").run(model, PassContext())
+    PassManager("place-qdq").run(model, PassContext(target=Target.named("tensorrt")))
     pairs = [n for n in model.graph.nodes if n.op_type == "QuantizeLinear"]
     assert [n.inputs[0].name for n in pairs] == ["x"]
     assert pairs[0].outputs[0].dtype == ir.DType.INT8 and int(pairs[0].inputs[2].const) == 0
     np.testing.assert_allclose(pairs[0].inputs[1].const, 3.0 / 127, rtol=1e-6)
 
 
-@pytest.mark.parametrize("pipeline, opset, message", [
-    ("place-qdq{target=tensorrt,activations=uint8}", 21, "takes activations=int8"),
-    ("place-qdq", 9, "needs opset >= 10"),
+@pytest.mark.parametrize("pipeline, target, opset, message", [
+    ("place-qdq{activations=uint8}", "tensorrt", 21, "target tensorrt takes activations=int8"),
+    ("place-qdq", "ort-cpu", 9, "needs opset >= 10"),
 ])
-def test_refusals(pipeline, opset, message):
+def test_refusals(pipeline, target, opset, message):
     with pytest.raises(PassError, match=message):
-        PassManager(pipeline).run(conv_model(opset), PassContext())
+        PassManager(pipeline).run(conv_model(opset), PassContext(target=Target.named(target)))
 
 
 # -- 16-bit activations ---------------------------------------------------------------------
@@ -320,12 +320,12 @@ def test_contrib_pairs_count_as_qdq_form_when_the_pass_runs_again():
     assert ir.print_model(model) == before
 
 
-@pytest.mark.parametrize("pipeline, mark, message", [
-    ("place-qdq", "int4", "asks for activations='int4'; place-qdq{target=ort-cpu} takes int16 or int8 or uint16"),
-    ("place-qdq{target=tensorrt}", "int16", "asks for activations='int16'; place-qdq{target=tensorrt} takes int8"),
+@pytest.mark.parametrize("target, mark, message", [
+    ("ort-cpu", "int4", "asks for activations='int4'; target ort-cpu takes int16 or int8 or uint16"),
+    ("tensorrt", "int16", "asks for activations='int16'; target tensorrt takes int8"),
 ])
-def test_marks_the_target_does_not_take_are_refused(pipeline, mark, message):
+def test_marks_the_target_does_not_take_are_refused(target, mark, message):
     model = conv_model()
     next(n for n in model.graph.nodes if n.name == "conv").meta["activations"] = mark
     with pytest.raises(PassError, match=re.escape(f"node 'conv' {message}")):
-        PassManager(pipeline).run(model, PassContext())
+        PassManager("place-qdq").run(model, PassContext(target=Target.named(target)))

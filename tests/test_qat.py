@@ -33,7 +33,7 @@ from qcompiler.qat import (
     export_qat,
     prepare_qat,
 )
-from qcompiler.target import reduce_range_advice
+from qcompiler.passes import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "golden" / "digits_cnn"
@@ -101,7 +101,7 @@ def test_prepare_mirrors_the_compilers_placement(digits):
     assert all(isinstance(net[i].output_quant, ActivationQuant) for i in (1, 3, 7))
     # MaxPool and Flatten follow the second ReLU's parameters
     assert net[4].output_quant.leader is net[3].output_quant is net[5].output_quant.leader
-    reduce_range = reduce_range_advice()[0]
+    reduce_range = Target.named("ort-cpu").reduce_range[0]
     for conv in (net[0].module, net[2], net[7].module):
         (step,) = conv.parametrizations.weight
         assert isinstance(step, WeightQuant) and step.axis == 0 and step.reduce_range == reduce_range

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from qcompiler import ir, passes
+from qcompiler.passes import Overrides, Target
 from qcompiler.recipe import Recipe, RecipeError, apply_pass_options, overrides_toml
-from qcompiler.target import reduce_range_advice
 
 RECIPE = """
 target = "tensorrt"
@@ -37,6 +37,13 @@ activations = "int16"
 """
 
 
+def mark(model: ir.Model, recipe: Recipe) -> int:
+    """Run apply-overrides with the recipe's overrides; how many nodes it marked."""
+    step = passes.get_pass("apply-overrides")()
+    step.run(model, passes.PassContext(overrides=recipe.overrides))
+    return step.stats["nodes"]
+
+
 def write(tmp_path, text: str):
     path = tmp_path / "recipe.toml"
     path.write_text(text)
@@ -48,11 +55,9 @@ def test_recipe_reads_every_section(tmp_path):
     assert (recipe.target, recipe.pipeline) == ("tensorrt", "int8")
     assert recipe.pass_options == {"insert-observers": {"method": ["percentile"], "percentile": ["99.9"]},
                                    "fold-weights": {"per_channel": ["false"]}}
-    assert recipe.observer_config() == {
-        "by_op_type": {"Softmax": {"method": "minmax"}},
-        "by_node": {"conv1": {"method": "entropy", "bins": 1024}},
-        "exclude": ["head"], "force": ["residual"],
-    }
+    assert recipe.overrides == Overrides(exclude=("head",), force=("residual",),
+                                         by_op_type={"Softmax": {"observer": "minmax"}},
+                                         by_node={"conv1": {"observer": "entropy", "bins": 1024, "activations": "int16"}})
 
 
 def test_pass_options_fill_steps_but_pipeline_text_wins():
@@ -60,7 +65,8 @@ def test_pass_options_fill_steps_but_pipeline_text_wins():
     options = {"fold-weights": {"per_channel": ["false"], "reduce_range": ["true"]},
                "insert-observers": {"method": ["mse"]}}
     merged = apply_pass_options(pipeline, options)
-    assert str(merged) == ("canonicalize,canonicalize,fuse,insert-observers{method=mse},calibrate,place-qdq,"
+    assert str(merged) == ("canonicalize,legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse,"
+                           "insert-observers{method=mse},calibrate,place-qdq,"
                            "fold-weights{per_channel=false,reduce_range=true},cleanup,"
                            "fold-weights{per_channel=true,reduce_range=true}")
     # the merged text is itself a valid pipeline that prints back the same
@@ -76,7 +82,7 @@ def test_activation_overrides_mark_nodes():
     model = ir.Model(graph, {"": 17})
     recipe = Recipe.from_dict({"overrides": {"op_type": {"Softmax": {"activations": "uint16"}},
                                              "node": {"conv1": {"activations": "int16"}}}})
-    assert recipe.mark_nodes(model) == 2
+    assert mark(model, recipe) == 2
     assert [n.meta.get("activations") for n in graph.nodes] == ["int16", "uint16"]
 
 
@@ -92,11 +98,11 @@ def test_precision_scheme_and_regex_overrides_mark_nodes_by_precedence():
         "node_regex": {"enc/.*/mm": {"precision": "w8a16", "scheme": "per-tensor", "observer": "mse"}},
         "node": {"enc/1/mm": {"precision": "fp32"}},
     }})
-    assert recipe.mark_nodes(model) == 3
+    assert mark(model, recipe) == 3
     marks = [(n.meta["precision"], n.meta.get("weight_scheme")) for n in graph.nodes]
     assert marks == [("w8a16", "per-tensor"), ("fp32", "per-tensor"), ("fp16", None)]
-    assert recipe.observer_config(model)["by_node"] == {"enc/0/mm": {"method": "mse"}, "enc/1/mm": {"method": "mse"}}
-    assert Recipe.from_dict({"overrides": {"node_regex": {"enc": {"precision": "fp32"}}}}).mark_nodes(model) == 0
+    assert [recipe.overrides.settings(n).get("observer") for n in graph.nodes] == ["mse", "mse", "minmax"]
+    assert mark(model, Recipe.from_dict({"overrides": {"node_regex": {"enc": {"precision": "fp32"}}}})) == 0
 
 
 def test_overrides_toml_reads_back_as_a_recipe_pinning_the_same_levels():
@@ -110,7 +116,7 @@ def test_overrides_toml_reads_back_as_a_recipe_pinning_the_same_levels():
     text = overrides_toml(ir.Model(graph, {"": 17}), "chosen by assign-precision\nbudget: SQNR >= 25 dB")
     assert text.startswith("# chosen by assign-precision\n# budget: SQNR >= 25 dB\n")
     recipe = Recipe.from_dict(tomllib.loads(text))
-    assert recipe.by_node == {'odd "name"/0': {"precision": "fp16"}}  # the group's head stands for the group
+    assert recipe.overrides.by_node == {'odd "name"/0': {"precision": "fp16"}}  # the group's head stands for the group
 
 
 @pytest.mark.parametrize("text, message", [
@@ -143,7 +149,7 @@ def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
     ("x86_64", frozenset(), False),
 ])
 def test_reduce_range_follows_the_cpu(machine, flags, reduce):
-    advice, why = reduce_range_advice(machine, flags)
+    advice, why = Target.named("ort-cpu", flags=flags, machine=machine).reduce_range
     assert advice is reduce and why
 
 
@@ -178,6 +184,7 @@ def test_an_exclude_naming_no_node_of_the_model_is_refused():
     import qcompiler
 
     golden = Path(__file__).resolve().parent.parent / "golden" / "mlp"
-    with pytest.raises(RecipeError, match=r"\[overrides\] exclude names \['nope'\], which the model does not have"):
+    with pytest.raises(passes.PassError, match=r"apply-overrides.* cannot run: \[overrides\] exclude names \['nope'\], "
+                       r"which the model does not have"):
         qcompiler.compile(golden / "model.onnx", golden / "calib.npz", mode="dynamic",
                           recipe={"overrides": {"exclude": ["nope"]}})

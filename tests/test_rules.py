@@ -7,7 +7,8 @@ import pathlib
 import pytest
 
 from qcompiler import ir
-from qcompiler.passes import PassContext, PassError, PassManager, PipelineError, Verifier, parse_pipeline, rules
+from qcompiler.passes import (Overrides, PassContext, PassError, PassManager, PipelineError, Verifier, parse_pipeline,
+                              rules)
 from qcompiler.passes.insert_observers import InsertObservers
 from qcompiler.passes.rules import Bias, QuantPlan, Weight
 
@@ -27,8 +28,8 @@ def leaders(m: ir.Model) -> dict[str, str]:
     return {value.name: leader.name for value, leader in rules.quantized_values(m).items()}
 
 
-def run(m: ir.Model, pipeline: str = "insert-observers", config: dict | None = None) -> ir.Model:
-    PassManager(pipeline).run(m, PassContext(config=config or {}, instruments=[Verifier()]))
+def run(m: ir.Model, pipeline: str = "insert-observers", overrides: Overrides | None = None) -> ir.Model:
+    PassManager(pipeline).run(m, PassContext(overrides=overrides or Overrides(), instruments=[Verifier()]))
     return m
 
 
@@ -402,19 +403,18 @@ def test_pass_options_go_to_the_observers_taking_them():
 
 
 def test_overrides_by_op_type_node_and_graph_input():
-    config = {"insert-observers": {
-        "by_op_type": {"Softmax": "entropy", "Relu": "mse"},
-        "by_node": {"relu": {"method": "percentile", "percentile": 99.0}, "x": "ema-minmax"},
-    }}
-    m = run(model(CONV_RELU_POOL), "fuse,insert-observers", config)
+    overrides = Overrides(by_op_type={"Softmax": {"observer": "entropy"}, "Relu": {"observer": "mse"}},
+                          by_node={"relu": {"observer": "percentile", "percentile": 99.0},
+                                   "x": {"observer": "ema-minmax"}})
+    m = run(model(CONV_RELU_POOL), "apply-overrides,fuse,insert-observers", overrides)
     got = marks(m)
     assert (got["x"]["observer"], got["r"]["observer"], got["s"]["observer"]) == ("ema-minmax", "percentile", "entropy")
     assert "percentile=99.0" in got["r"]["observer_options"]
 
 
 def test_graph_input_takes_its_first_readers_override():
-    config = {"insert-observers": {"by_node": {"conv": "mse"}}}
-    m = run(model(CONV_RELU_POOL), "fuse,insert-observers", config)
+    overrides = Overrides(by_node={"conv": {"observer": "mse"}})
+    m = run(model(CONV_RELU_POOL), "apply-overrides,fuse,insert-observers", overrides)
     assert marks(m)["x"]["observer"] == "mse"
     assert marks(m)["r"]["observer"] == "minmax"  # made by relu, not by conv
 
@@ -424,7 +424,7 @@ def test_exclude_and_force_become_node_overrides():
                    '  %n: f32[1,4,8,8] = Conv(%x, %w) name="conv2"\n'
                    '  %a: f32[1,4,8,8] = Add(%c, %n) name="add"\n'
                    '  %y: f32[1,4,8,8] = Add(%a, %x) name="add2"\n  return %y')
-    m = run(model(body), config={"insert-observers": {"exclude": ["conv2"], "force": ["add2"]}})
+    m = run(model(body), "apply-overrides,insert-observers", Overrides(exclude=("conv2",), force=("add2",)))
     assert set(marks(m)) == {"x", "c", "a", "y"}  # add reads the float conv2 so stays float; add2 is forced
     assert [n.meta.get("quantize") for n in m.graph.nodes] == [None, False, None, True]
     assert "quantize=false" in ir.print_model(m)
@@ -446,19 +446,30 @@ def test_statistics_count_values_per_observer():
     assert dict(pass_.stats) == {"minmax": 3, "follows": 1}
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"by_nodes": {}}, "unknown key"),
-    ({"by_node": {"nope": "minmax"}}, "does not have"),
-    ({"exclude": ["conv"], "force": ["conv"]}, "both excluded and forced"),
-    ({"by_op_type": {"Conv": {"methd": "minmax"}}}, "methd"),
-    ({"by_op_type": {"Conv": {"method": "percentile", "percentile": 120.0}}}, "percentile must be in"),
-    ({"by_node": {"conv": "no-such-observer"}}, "unknown observer"),
+@pytest.mark.parametrize("sections, message", [
+    ({"exclude": ("conv",), "force": ("conv",)}, "both excluded and forced"),
+    ({"by_op_type": {"Conv": {"methd": "minmax"}}}, "unknown key 'methd'"),
+    ({"by_op_type": {"Conv": {"observer": "percentile", "percentile": 120.0}}}, "percentile must be in"),
+    ({"by_node": {"conv": {"observer": "no-such-observer"}}}, "unknown observer"),
+    ({"by_regex": {"conv[": {"precision": "fp16"}}}, "not a regular expression"),
 ])
-def test_bad_config_is_refused_before_anything_changes(config, message):
+def test_bad_overrides_are_refused_when_made(sections, message):
+    with pytest.raises(ValueError, match=message):
+        Overrides(**sections)
+
+
+@pytest.mark.parametrize("overrides", [Overrides(by_node={"nope": {"observer": "minmax"}}),
+                                       Overrides(exclude=("nope",))])
+def test_overrides_naming_what_the_model_lacks_fail_before_anything_changes(overrides):
     m = model(CONV_RELU_POOL)
-    with pytest.raises(PassError, match=message):
-        run(m, config={"insert-observers": config})
-    assert marks(m) == {}
+    with pytest.raises(PassError, match=r"names \['nope'\], which the model does not have"):
+        run(m, "apply-overrides,insert-observers", overrides)
+    assert marks(m) == {} and all(not n.meta for n in m.graph.nodes)
+
+
+def test_overrides_without_apply_overrides_in_the_pipeline_are_refused():
+    with pytest.raises(PipelineError, match="no apply-overrides step"):
+        run(model(CONV_RELU_POOL), "insert-observers", Overrides(exclude=("conv",)))
 
 
 def test_unknown_observer_is_refused_as_the_pipeline_is_parsed():
