@@ -28,15 +28,13 @@ once the new model computes what the old one did.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from .errors import ModelLoadError
-from .evaluate import session_source
+from .evaluate import open_session, run
 from .onnx_import import _graphs
 
 _SYMBOLIC_SIZE = 4
@@ -141,20 +139,9 @@ def _check_same(original: onnx.ModelProto, converted: onnx.ModelProto, old: int,
 
 
 def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str, consequence: str) -> list:
-    import onnxruntime as ort  # 0.1 s to import; only the check needs it
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 4  # failures come back as ModelLoadError, not log lines
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            session = ort.InferenceSession(session_source(proto, Path(scratch)), options,
-                                           providers=["CPUExecutionProvider"])
-        return session.run(None, feeds)
-    except Exception as err:  # ORT's pybind errors share no narrower base
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        raise ModelLoadError(f"{what} does not run in ONNX Runtime{', ' if consequence else ''}{consequence}: "
-                             f"{lines[0]}") from None
+    failure = f"{what} does not run in ONNX Runtime{', ' if consequence else ''}{consequence}"
+    session = open_session(proto, threads=1, failure=failure, error=ModelLoadError)
+    return run(session, feeds, failure=failure, error=ModelLoadError)
 
 
 def _random_feeds(proto: onnx.ModelProto, what: str) -> Iterator[tuple[str, np.ndarray]]:

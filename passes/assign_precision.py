@@ -45,12 +45,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from qcompiler import ir
+from qcompiler.ir.evaluate import first_rows, rows_of
 
 from .base import Pass, PassError, register_pass
 from .plugins import load_function
 from .progress import SWITCH, Progress
 from .rules import PRECISIONS
-from .sensitivity import Evaluator, Figure, Unit, first_rows, measure_all, rows_of, units
+from .sensitivity import Evaluator, Figure, Unit, measure_all, units
 from .target import Target
 
 

@@ -29,7 +29,6 @@ import multiprocessing
 import operator
 import pickle
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,11 +36,11 @@ from typing import Any, Literal
 import numpy as np
 
 from qcompiler import ir
-from qcompiler.ir.evaluate import ValueTap
+from qcompiler.ir.evaluate import main_values, tap_groups
 from qcompiler.ir.fileio import atomic_output
 
 from .base import Pass, PassError, register_pass
-from .observers import Observer, get_observer
+from .observers import Observer, observe
 from .progress import SWITCH, Progress
 from .rules import quantized_values
 
@@ -149,12 +148,6 @@ def _observed_values(model: ir.Model) -> list[ir.Value]:
     return [v for v in main_values(model) if "observer" in v.meta]
 
 
-def main_values(model: ir.Model) -> list[ir.Value]:
-    """Graph inputs, then node outputs in graph order: the same list in any copy of the model."""
-    graph = model.graph
-    return [*graph.inputs, *(v for node in graph.nodes for v in node.outputs)]
-
-
 def _observer_spec(value: ir.Value) -> tuple[str, tuple[tuple[str, Any], ...]]:
     """(observer name, options) from the marks insert-observers left: `k=v,...` text."""
     name = value.meta["observer"]
@@ -178,50 +171,12 @@ def _option_value(text: str) -> Any:
     return text
 
 
-def _make_observers(specs: list[tuple]) -> list[Observer]:
-    return [get_observer(name)(**dict(options)) for name, options in specs]
-
-
-def _observe_shard(model, values, specs, data, progress: Progress, threads: int) -> tuple[list[Observer], int]:
-    """Feed every batch of `data` to fresh observers of `values`; (observers, batches seen)."""
-    observers = _make_observers(specs)
-    tap = ValueTap(model, values, threads=threads)
-    batches = 0
-    try:
-        for batch, feeds in enumerate(data):
-            arrays = tap.run({name: feeds[name] for name in tap.input_names if name in feeds})
-            for value, observer, array in zip(values, observers, arrays):
-                try:
-                    observer.update(array)
-                except ValueError as err:
-                    raise PassError(f"calibration batch {batch}: value %{value.name}: {err}") from None
-            del arrays  # one batch of activations at a time, as the memory budget assumes
-            batches += 1
-            progress.advance()
-    finally:
-        progress.close()
-    return observers, batches
-
-
-def observe(model: ir.Model, values: list[ir.Value], specs: list[tuple], data,
-            progress: Progress) -> tuple[list[Observer], int]:
-    """Fresh observers of `values` (specs: (observer name, options) pairs) fed every batch of
-    `data` by one ONNX Runtime session over the float model; (observers, batches seen).
-
-    Also serves passes that measure activations before calibration (smooth-quant).
-    """
-    observers, batches = _observe_shard(model, values, specs, data, progress, threads=0)
-    if batches == 0:
-        raise PassError("the calibration data holds no samples")
-    return observers, batches
-
-
 def _observe_shard_in_worker(work) -> tuple[list[Observer], int]:
     """One worker's shard; it may be empty when there are more workers than batches."""
     model, positions, specs, data = work
     values = main_values(model)
-    return _observe_shard(model, [values[i] for i in positions], specs, data, Progress("", None, enabled=False),
-                          threads=1)
+    return observe(model, [values[i] for i in positions], specs, data, Progress("", None, enabled=False),
+                   threads=1, empty_ok=True)
 
 
 def _overall_range(value: ir.Value, observer: Observer) -> tuple[float, float]:
@@ -234,51 +189,6 @@ def _overall_range(value: ir.Value, observer: Observer) -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise PassError(f"value %{value.name}: calibration produced a non-finite range ({lo}, {hi})")
     return lo, hi
-
-
-def tap_groups(model: ir.Model, values: list[ir.Value], data, budget: int) -> list[list[int]]:
-    """Split the values so each group's activations per batch fit the budget (greedy, in order).
-
-    Sizes come from static shapes; symbolic dims take their size from the first batch's
-    inputs where an input has a dim of that name (read only when some value needs it);
-    dims nothing tells count as 1.
-    """
-    symbolic = any(isinstance(d, str) for v in values for d in (v.shape or ()))
-    dims = _dims_from_first_batch(model, data) if symbolic else {}
-    groups: list[list[int]] = [[]]
-    used = 0
-    for index, value in enumerate(values):
-        size = _value_bytes(value, dims)
-        if groups[-1] and used + size > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append(index)
-        used += size
-    return groups
-
-
-def _dims_from_first_batch(model: ir.Model, data) -> dict[str, int]:
-    first = next(iter(data), None)
-    if first is None:
-        raise PassError("the calibration data holds no samples")
-    dims: dict[str, int] = {}
-    for value in model.graph.inputs:
-        array = first.get(value.name)
-        if array is None or value.shape is None:
-            continue
-        for dim, size in zip(value.shape, getattr(array, "shape", ())):
-            if isinstance(dim, str):
-                dims.setdefault(dim, int(size))
-    return dims
-
-
-def _value_bytes(value: ir.Value, dims: dict[str, int]) -> int:
-    if not isinstance(value.type, ir.TensorType) or value.shape is None:
-        return 0
-    count = 1
-    for dim in value.shape:
-        count *= dim if isinstance(dim, int) else dims.get(dim, 1) if isinstance(dim, str) else 1
-    return count * max(value.type.dtype.bitwidth // 8, 1)
 
 
 def _cache_key(model: ir.Model, data, specs: list[tuple]) -> str:
@@ -311,13 +221,3 @@ def _load_cache(path: Path, key: str) -> list[Observer] | None:
 def _save_cache(path: Path, key: str, observers: list[Observer]) -> None:
     with atomic_output(path) as staged, staged.open("wb") as f:
         pickle.dump({"version": _CACHE_VERSION, "key": key, "observers": observers}, f)
-
-
-def first_rows(data, samples: int) -> Iterator[dict[str, np.ndarray]]:
-    """Whole batches of `data` until at least `samples` rows (axis 0) have been read."""
-    seen = 0
-    for feeds in data:
-        if seen >= samples:
-            return
-        yield feeds
-        seen += max((np.shape(a)[0] for a in feeds.values() if np.ndim(a)), default=1)

@@ -58,11 +58,10 @@ import numpy as np
 import onnx
 
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, TensorType, Value
-from qcompiler.ir.evaluate import ValueTap
+from qcompiler.ir.evaluate import ValueTap, tap_groups
 from qcompiler.ir.onnx_export import constant_bytes
 
 from .base import Pass, register_pass
-from .calibrate import tap_groups
 from .fold_weights import drop_if_unread
 from .patterns import constant_value
 from .rules import float_by_choice
@@ -280,7 +279,7 @@ def _overflowing(model: Model, plans: dict[Node, _Plan], kept: dict[Node, str], 
     for group in tap_groups(model, values, data, _TAP_BUDGET) if values else []:
         tap = ValueTap(model, [values[i] for i in group])
         for feeds in data:
-            arrays = tap.run({name: feeds[name] for name in tap.input_names if name in feeds})
+            arrays = tap.run(feeds)
             for value, array in zip(tap.values, arrays):
                 peaks[value] = max(peaks[value], _peak(array))
     return [v for v, peak in peaks.items() if peak > F16_MAX]

@@ -4,7 +4,9 @@ An observer sees a value's batches one at a time (`update`), keeps a fixed-size 
 whatever the number of batches, merges with an observer that saw another shard of the
 data (`merge`), and answers a clipping range (`range`) and the parameters for it
 (`quant_params`). Observers are registered by name, as passes are, and are picklable:
-they travel to worker processes and into calibration cache files.
+they travel to worker processes and into calibration cache files. `observe` feeds
+fresh observers every batch of some data through one tap of the float model: the
+calibrate pass, smooth-quant and the driver's distribution-shift check all measure so.
 
 1. minmax: the exact extremes; per tensor, or per channel with `axis`.
    Merged shards equal one pass over all the data exactly.
@@ -41,8 +43,11 @@ from typing import Any, ClassVar, Union
 
 import numpy as np
 
-from qcompiler.ir import DType, QuantParams
+from qcompiler.ir import DType, Model, QuantParams, Value
+from qcompiler.ir.evaluate import ValueTap
 
+from .base import PassError
+from .progress import Progress
 from .registry import Registry
 
 
@@ -120,6 +125,34 @@ def get_observer(name: str) -> type[Observer]:
 
 def registered_observers() -> dict[str, type[Observer]]:
     return _OBSERVERS.all()
+
+
+def observe(model: Model, values: list[Value], specs: list[tuple], data, progress: Progress, *,
+            threads: int = 0, empty_ok: bool = False) -> tuple[list[Observer], int]:
+    """Fresh observers of `values` (specs: (observer name, options) pairs) fed every batch of
+    `data` by one session over the float model; (observers, batches seen).
+
+    Raises PassError when `data` holds no batch, unless `empty_ok` (a worker's shard may be empty).
+    """
+    observers = [get_observer(name)(**dict(options)) for name, options in specs]
+    tap = ValueTap(model, values, threads=threads)
+    batches = 0
+    try:
+        for batch, feeds in enumerate(data):
+            arrays = tap.run(feeds)
+            for value, observer, array in zip(values, observers, arrays):
+                try:
+                    observer.update(array)
+                except ValueError as err:
+                    raise PassError(f"calibration batch {batch}: value %{value.name}: {err}") from None
+            del arrays  # one batch of activations at a time, as a memory budget assumes
+            batches += 1
+            progress.advance()
+    finally:
+        progress.close()
+    if batches == 0 and not empty_ok:
+        raise PassError("the calibration data holds no samples")
+    return observers, batches
 
 
 # -- min-max ----------------------------------------------------------------------------

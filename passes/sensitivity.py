@@ -28,19 +28,18 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from qcompiler import ir
-from qcompiler.ir.evaluate import ValueTap
+from qcompiler.ir.evaluate import ErrorSums, ValueTap, joined, outputs_over
 
 from .base import PassError
 from .context import PassContext
 from .cost import COMPUTE_OPS, emitted_cost, work
 from .manager import PassManager
-from .metrics import ErrorSums
 from .progress import Progress
 from .rules import plans
 from .target import Target
@@ -135,10 +134,12 @@ def units(model: ir.Model) -> list[Unit]:
 class Evaluator:
     """Emits and measures variants of one calibrated model (rules 2-4)."""
 
-    def __init__(self, model: ir.Model, emit: str, feeds: Sequence[dict[str, np.ndarray]], *,
+    def __init__(self, model: ir.Model, emit: str, feeds: Iterable[dict[str, np.ndarray]], *,
                  target: Target | None = None, metric: Metric | None = None, threads: int = 0) -> None:
         self.model, self.emit, self.feeds = model, emit, list(feeds)
         self.target = target if target is not None else Target.named("ort-cpu")
+        if not self.feeds:
+            raise PassError("the evaluation data holds no samples")
         self.metric, self.threads = metric, threads
         self.reference = outputs_over(ValueTap(model, model.graph.outputs, threads=threads), self.feeds)
         self.reference_metric = metric(joined(self.reference)) if metric is not None else None
@@ -206,25 +207,6 @@ def _measure_in_worker(work_item: tuple[Evaluator, list]) -> list[Figure]:
     return [evaluator.measure(levels, forced) for levels, forced in share]
 
 
-def first_rows(data, samples: int) -> list[dict[str, np.ndarray]]:
-    """Feeds from `data` until `samples` rows are taken (rule 3)."""
-    feeds, rows = [], 0
-    for feed in data:
-        feeds.append(feed)
-        rows += rows_of(feed)
-        if rows >= samples:
-            break
-    if not feeds:
-        raise PassError("the evaluation data holds no samples")
-    return feeds
-
-
-def rows_of(feed: Mapping[str, np.ndarray]) -> int:
-    """The batch size of a feed: axis 0 of its first array (1 for a scalar or an empty feed)."""
-    first = next(iter(feed.values()), None)
-    return int(np.shape(first)[0]) if first is not None and np.ndim(first) else 1
-
-
 def _only(unit: Unit, all_units: Sequence[Unit]) -> dict[Unit, str]:
     return {other: ("int8" if other is unit else "fp32") for other in all_units}
 
@@ -232,20 +214,6 @@ def _only(unit: Unit, all_units: Sequence[Unit]) -> dict[Unit, str]:
 def _gain(without: Figure, all_int8: Figure) -> float:
     gain = without.min_sqnr_db - all_int8.min_sqnr_db
     return gain if math.isfinite(gain) else (math.inf if without.min_sqnr_db == math.inf else 0.0)
-
-
-def outputs_over(tap: ValueTap, feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
-    """Each graph output, one array per feed, keyed by its name (place-qdq keeps output names).
-    Kept per feed: samples of different shapes (text lines, sentences) have outputs that don't join."""
-    batches = [tap.run({name: feed[name] for name in tap.input_names}) for feed in feeds]
-    return {value.name: [np.atleast_1d(b[i]) for b in batches] for i, value in enumerate(tap.values)}
-
-
-def joined(outputs: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray | list[np.ndarray]]:
-    """What a metric function is given: each output's feeds joined on axis 0 where their shapes
-    allow, else the list of per-feed arrays, in data order."""
-    return {name: np.concatenate(arrays) if len({a.shape[1:] for a in arrays}) == 1 else list(arrays)
-            for name, arrays in outputs.items()}
 
 
 def _sqnr(name: str, reference: list[np.ndarray], actual: list[np.ndarray]) -> float:

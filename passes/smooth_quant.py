@@ -59,10 +59,11 @@ from typing import Literal
 import numpy as np
 
 from qcompiler.ir import Graph, Model, NameAllocator, Node, Use, Value
+from qcompiler.ir.evaluate import first_rows, main_values
 
 from .base import Pass, PassError, register_pass
-from .calibrate import first_rows, main_values, observe
 from .fold_weights import drop_if_unread
+from .observers import observe
 from .patterns import constant_value
 from .progress import SWITCH, Progress
 from .rules import NORMS, attr, is_float

@@ -22,12 +22,11 @@ from typing import Any
 
 from qcompiler import ir, passes
 from qcompiler.compiler import prepare
+from qcompiler.ir.evaluate import first_rows, rows_of
 from qcompiler.ir.fileio import atomic_output
 from qcompiler.passes.pipeline import PassStep
 from qcompiler.passes.progress import Progress
-from qcompiler.passes.sensitivity import (
-    Evaluator, SensitivityTable, UnitSensitivity, figure_from_dict, first_rows, rows_of,
-)
+from qcompiler.passes.sensitivity import Evaluator, SensitivityTable, UnitSensitivity, figure_from_dict
 from qcompiler.passes.sensitivity import sensitivity as measure
 from qcompiler.passes.sensitivity import units as find_units
 from qcompiler.recipe import Recipe
@@ -43,8 +42,8 @@ def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | st
     job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval)
     calibrating, emitting = _split(job.steps)
     passes.PassManager(",".join(map(str, calibrating))).run(job.model, job.context([passes.Verifier()]))
-    feeds = first_rows(job.evaluation, samples)
-    evaluator = Evaluator(job.model, ",".join(map(str, emitting)), feeds, target=job.target)
+    evaluator = Evaluator(job.model, ",".join(map(str, emitting)), first_rows(job.evaluation, samples),
+                          target=job.target)
     found = find_units(job.model)
     key = _cache_key(evaluator, found) if cache is not None else None
     table = _load(Path(cache), key, found) if key else None
@@ -55,7 +54,7 @@ def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | st
             _save(Path(cache), key, table)
     if job.held_out is None:
         table.notes.append("measured on the calibration data: pass evaluation data for figures that are not flattered")
-    table.notes.append(f"{len(found)} units, {table.runs} variants, {sum(map(rows_of, feeds))} rows; "
+    table.notes.append(f"{len(found)} units, {table.runs} variants, {sum(map(rows_of, evaluator.feeds))} rows; "
                        f"{time.perf_counter() - start:.1f} s in all")
     return table
 

@@ -45,10 +45,9 @@ import numpy as np
 from qcompiler import ir
 from qcompiler.compiler import CompileResult, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
-from qcompiler.ir.evaluate import ValueTap
+from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
 from qcompiler.passes.plugins import load_function
 from qcompiler.passes.rules import NORMS
-from qcompiler.passes.sensitivity import joined, outputs_over
 from qcompiler.recipe import Recipe
 
 _LATENCY_TIE = 0.05

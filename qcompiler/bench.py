@@ -30,11 +30,9 @@ import onnx
 
 from qcompiler import ir
 from qcompiler.data import InputSpec
-from qcompiler.passes.sensitivity import rows_of
+from qcompiler.ir.evaluate import Latency, ModelSource, open_session, rows_of
 from qcompiler.report import megabytes
-from qcompiler.validate import (
-    Latency, LatencyPair, ModelSource, latency_verdict, ms_text, open_session, threads_text, time_sessions,
-)
+from qcompiler.validate import LatencyPair, latency_verdict, ms_text, threads_text, time_sessions
 
 DEFAULT_BATCHES = (1, 8)
 DEFAULT_THREADS = (1, 0)
@@ -98,8 +96,10 @@ def benchmark(float_model: ModelSource, quant_model: ModelSource, feeds: Mapping
     result = Benchmark(quantized, dict(size_bytes))
     fed = _feeds_per_batch(feeds, specs, batches, result.notes)
     for count in dict.fromkeys(threads):
-        sessions = (open_session(float_model, threads=count, label="the float"),
-                    open_session(quant_model, threads=count, label="the quantized"))
+        sessions = (open_session(float_model, threads=count, lean=False,
+                                 failure="ONNX Runtime cannot load the float model"),
+                    open_session(quant_model, threads=count, lean=False,
+                                 failure="ONNX Runtime cannot load the quantized model"))
         measured: LatencyPair | None = None
         for feed in fed:
             batch = rows_of(feed)

@@ -12,7 +12,7 @@
    output: the value as its readers see it, its own rounding included. Any other value
    is compared as it is (inside a fusion group, a graph output the tool left float).
 3. Figures per value, streamed over every batch with the running sums validation uses
-   (`passes/metrics.py`): SQNR, cosine, max |error|. Values are tapped in groups that fit
+   (`ir/evaluate.py`): SQNR, cosine, max |error|. Values are tapped in groups that fit
    `memory_budget_mb` per batch (the float and quantized copies together), the data is
    read once per group, and one batch of one group is held at a time.
 4. Added noise. From noise-to-signal ratios nsr = 10^(-SQNR/10): a value's added nsr is
@@ -43,17 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from qcompiler import ir
 from qcompiler.data import CalibrationData, InputSpec, input_specs, open_calibration_data
-from qcompiler.ir.evaluate import ValueTap
+from qcompiler.ir.evaluate import ErrorSums, OutputMetrics, ValueTap, tap_groups
 from qcompiler.ir.naming import unique_names
 from qcompiler.modelio import read_model
-from qcompiler.passes.calibrate import tap_groups
 from qcompiler.passes.progress import Progress
 from qcompiler.passes.rules import is_constant, is_float, is_qdq
-from qcompiler.passes.metrics import ErrorSums, OutputMetrics
 
 FLOAT_VALUES_KEY = "qcompiler.float_values"
 _NSR_FLOOR = 1e-12  # added noise below this shows as 120 dB: nothing added
@@ -258,8 +254,8 @@ def _measure(float_model: ir.Model, quant_model: ir.Model, taps: list[tuple[ir.V
         batches = 0
         try:
             for feeds in data:
-                expected = reference.run(_feeds(reference, feeds))
-                actual = quantized.run(_feeds(quantized, feeds))
+                expected = reference.run(feeds)
+                actual = quantized.run(feeds)
                 for i, ref, quant in zip(group, expected, actual):
                     sums[i].add(ref, quant)
                 del expected, actual  # one batch of one group at a time
@@ -270,10 +266,6 @@ def _measure(float_model: ir.Model, quant_model: ir.Model, taps: list[tuple[ir.V
         if batches == 0:
             raise ValueError("no data to compare the models on")
     return [s.metrics() for s in sums], batches, len(groups)
-
-
-def _feeds(tap: ValueTap, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {name: feeds[name] for name in tap.input_names if name in feeds}
 
 
 def _added_db(quant_model: ir.Model, pairs: list[tuple[ir.Value, ir.Value]], compared: list[ir.Value],

@@ -9,7 +9,7 @@
    calibration data once more, without running the model.
 3. Distribution shift, only with held-out evaluation data: right after calibrate, the
    float model runs once over the first SHIFT_ROWS rows of the evaluation data (whole
-   batches) with the observed values tapped (minmax observers through calibrate.observe):
+   batches) with the observed values tapped (minmax observers through observers.observe):
    a shift that matters shows in a few dozen rows, and a tapped run costs about two plain
    ones, so the whole set would double validation's time. A value whose evaluation range
    passes its calibration range (`observed_range`) by more than SHIFT_LIMIT times that
@@ -29,8 +29,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from qcompiler import ir, passes
-from qcompiler.passes.calibrate import Calibrate, first_rows, main_values, observe, tap_groups
-from qcompiler.passes.metrics import OutputMetrics
+from qcompiler.ir.evaluate import OutputMetrics, first_rows, main_values, tap_groups
+from qcompiler.passes.calibrate import Calibrate
+from qcompiler.passes.observers import observe
 from qcompiler.passes.progress import Progress
 
 MIN_CALIBRATION_ROWS = 64

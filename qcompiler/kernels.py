@@ -61,11 +61,11 @@ from pathlib import Path
 import onnx
 
 from qcompiler import ir
+from qcompiler.ir.evaluate import ModelSource, open_session
 from qcompiler.ir.naming import unique_names
 from qcompiler.passes.cost import COMPUTE_OPS, node_macs
 from qcompiler.passes.rules import attr
 from qcompiler.passes.target import Target
-from qcompiler.validate import ModelSource, open_session
 
 _ORT_CPU = Target.named("ort-cpu")  # validation runs every model there, whatever its target
 _OURS = COMPUTE_OPS | {"MatMulInteger"}  # dynamic-quant's MatMulInteger reads its int8 weight directly
@@ -121,16 +121,10 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSou
 
 
 def _optimized_graph(model: ModelSource, threads: int) -> onnx.ModelProto:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "optimized.onnx"
-        options.optimized_model_filepath = str(path)
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         "optimized.onnx.data")
-        open_session(model, threads=threads, options=options, label="the quantized")
+        open_session(model, threads=threads, save_optimized=path,
+                     failure="ONNX Runtime cannot load the quantized model")
         return onnx.load(str(path), load_external_data=False)
 
 

@@ -34,7 +34,7 @@ class CompileReport:
     qdq_nodes: dict[str, int] = field(default_factory=dict)
     ops_without_rule: dict[str, int] = field(default_factory=dict)
     validation_data: str = ""
-    outputs: list[Any] = field(default_factory=list)  # passes.metrics.OutputMetrics
+    outputs: list[Any] = field(default_factory=list)  # ir.evaluate.OutputMetrics
     kernels: Any = None  # kernels.KernelReport
     latency: Any = None  # validate.LatencyPair: the benchmark's first setting (batch 1, 1 thread)
     bench: Any = None  # bench.Benchmark

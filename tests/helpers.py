@@ -1,31 +1,23 @@
-"""Shared test helpers: running models in ONNX Runtime, random feeds for their inputs, SQNR in numpy."""
+"""Shared test helpers: running models in ONNX Runtime, random feeds for their inputs."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from make_golden import KERNEL_NOISE, within_kernel_noise
 
 from qcompiler import ir
+from qcompiler.ir.evaluate import open_session
 
 
 def run_onnx(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run in ONNX Runtime on one thread (so repeated runs are bit-for-bit repeatable)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return open_session(model, threads=1).run(None, feeds)
 
 
 def random_feeds(model: onnx.ModelProto | str, seed: int = 0, symbolic: int = 2) -> dict[str, np.ndarray]:
     """Inputs for every graph input ORT asks for; symbolic dims get size `symbolic`."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = open_session(model)
     rng = np.random.default_rng(seed)
     feeds = {}
     for arg in session.get_inputs():
@@ -50,17 +42,6 @@ _ORT_TYPES = {
     "tensor(uint8)": onnx.TensorProto.UINT8,
     "tensor(bool)": onnx.TensorProto.BOOL,
 }
-
-
-def sqnr_db(reference, actual) -> float:
-    """Signal-to-quantization-noise ratio in dB, summed in float64: arrays, or lists of arrays paired in order."""
-    pairs = zip(reference, actual) if isinstance(reference, list | tuple) else [(reference, actual)]
-    signal = noise = 0.0
-    for want, got in pairs:
-        want = np.asarray(want, np.float64)
-        signal += float(np.sum(want**2))
-        noise += float(np.sum((want - got) ** 2))
-    return 10 * float(np.log10(signal / noise))
 
 
 def through_text(model: ir.Model) -> tuple[str, ir.Model]:

@@ -14,7 +14,8 @@ from qcompiler import compile, ir
 from qcompiler.bench import Benchmark, batch_feed, benchmark, file_bytes, quantized_kind, random_feeds
 from qcompiler.cli import main
 from qcompiler.data import InputSpec, input_specs
-from qcompiler.validate import Latency, LatencyPair
+from qcompiler.ir.evaluate import Latency
+from qcompiler.validate import LatencyPair
 
 MLP = Path(__file__).resolve().parent.parent / "golden" / "mlp"
 

@@ -6,10 +6,10 @@ import hashlib
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from qcompiler import ir
+from qcompiler.ir.evaluate import open_session
 from qcompiler.passes import PassContext, PassError, PassManager
 
 
@@ -54,7 +54,7 @@ def numpy_ranges(path, data: Batches, names: list[str]) -> dict[str, tuple[float
     """The reference: ORT runs the float model with the values added as outputs by onnx.helper."""
     proto = onnx.load(path)
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = open_session(proto)
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
     for feeds in data:

@@ -10,6 +10,8 @@ import numpy as np
 from helpers import run_onnx
 from test_cli_compile import qc
 
+from qcompiler.ir.evaluate import sqnr_db
+
 OUTLIER = Path(__file__).resolve().parent.parent / "golden" / "outlier_convnet"
 MIX = "/features/mix/mix.0/Conv"
 DATA = ("--calib", OUTLIER / "calib.npz", "--eval", OUTLIER / "inputs.npz")
@@ -19,7 +21,7 @@ def sqnr(model: Path) -> float:
     with np.load(OUTLIER / "inputs.npz") as inputs, np.load(OUTLIER / "outputs.npz") as outputs:
         reference = outputs["logits"].astype(np.float64)
         actual = run_onnx(str(model), dict(inputs))[0]
-    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - actual) ** 2))
+    return sqnr_db(reference, actual)
 
 
 def test_sensitivity_prints_the_table_writes_json_and_a_plot_and_reuses_its_cache(tmp_path, capsys):

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from helpers import run_onnx, sqnr_db
+from helpers import run_onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from torch_models import export_model
 
 from qcompiler import ir
 from qcompiler.data import input_specs, open_calibration_data
+from qcompiler.ir.evaluate import open_session, sqnr_db
 from qcompiler.passes import PassContext, PassManager, convert_fp16
 
 PIPELINE = "canonicalize,fuse,convert-fp16,cleanup"
@@ -197,11 +197,7 @@ def ort_inserts_casts(op_type: str, inputs: list, names: list, initializers: lis
     output = helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)
     proto = helper.make_model(helper.make_graph([node], "g", inputs, [output], initializers),
                               opset_imports=[helper.make_opsetid("", 21)])
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.optimized_model_filepath = saved
-    options.log_severity_level = 3
-    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    open_session(proto, optimize=False, save_optimized=saved)
     return any(n.op_type == "Cast" for n in onnx.load(saved).graph.node)
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
@@ -17,6 +16,7 @@ from qcompiler import ir, passes
 from qcompiler.cli import main
 from qcompiler.data import CalibrationData, input_specs, open_calibration_data
 from qcompiler.debug import FLOAT_VALUES_KEY, annotate, record_float_names, value_errors
+from qcompiler.ir.evaluate import open_session
 from qcompiler.ir.naming import unique_names
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "resnet_like"
@@ -100,10 +100,7 @@ def run_with_outputs(proto: onnx.ModelProto, names: list[str], feeds: dict) -> l
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     present = {output.name for output in proto.graph.output}
     proto.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(names) if n not in present)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(names, feeds)
+    return open_session(proto).run(names, feeds)
 
 
 def read_as(graph: onnx.GraphProto, name: str) -> str:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from qcompiler import compile, ir, passes
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.diagnostics import MIN_CALIBRATION_ROWS, nonfinite_warnings, sample_warnings, shift_warnings
-from qcompiler.passes.calibrate import main_values
+from qcompiler.ir.evaluate import main_values
 from qcompiler.validate import compare_models
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from helpers import run_onnx, sqnr_db
+from helpers import run_onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch_models import export_model
 
 import qcompiler.passes.dynamic_quant  # noqa: F401  (registers the pass)
 from qcompiler import ir
 from qcompiler.data import input_specs, open_calibration_data
+from qcompiler.ir.evaluate import open_session, sqnr_db
 from qcompiler.kernels import kernel_report
 from qcompiler.passes import PassContext, PassManager, Target
 from qcompiler.passes.cost import emitted_cost, node_macs
@@ -40,12 +40,9 @@ def compiled(source, options: str = "", ctx: PassContext | None = None) -> ir.Mo
 
 def optimized_graph(proto: onnx.ModelProto) -> onnx.GraphProto:
     """The graph ONNX Runtime runs (its default level, ORT_ENABLE_ALL)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     with tempfile.TemporaryDirectory() as scratch:
-        options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
-        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return onnx.load(options.optimized_model_filepath).graph
+        open_session(proto, save_optimized=Path(scratch) / "optimized.onnx")
+        return onnx.load(Path(scratch) / "optimized.onnx").graph
 
 
 def weight_matmuls(model: ir.Model) -> int:

@@ -242,7 +242,7 @@ def test_selected_patterns_only():
 def test_statistics_count_rewrites_per_pattern():
     fuse_pass = passes.get_pass("fuse")()
     model = ir.parse_file(TEXT_CASES / "gemm_bias_act.qir")
-    assert fuse_pass.run(model, passes.PassContext(target="tensorrt"))  # groups every activation
+    assert fuse_pass.run(model, passes.PassContext(target=passes.Target.named("tensorrt")))  # groups every activation
     assert fuse_pass.stats == {"gemm-bias": 1, "gemm-act": 1, "matmul-bias": 1, "add-act": 1}
     again = passes.get_pass("fuse")()
-    assert not again.run(model, passes.PassContext(target="tensorrt")) and not again.stats
+    assert not again.run(model, passes.PassContext(target=passes.Target.named("tensorrt"))) and not again.stats

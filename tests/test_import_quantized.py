@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import run_onnx, sqnr_db
+from helpers import run_onnx
 from onnx import numpy_helper
 
 import qcompiler
 from qcompiler import ir
+from qcompiler.ir.evaluate import sqnr_db
 from qcompiler.passes import Target
 from qcompiler.validate import compare_models
 

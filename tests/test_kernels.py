@@ -15,13 +15,13 @@ from qcompiler.kernels import kernel_report
 from qcompiler.passes.cost import node_macs
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "conv_relu" / "model.onnx"
-PIPELINE = "canonicalize,fuse,insert-observers,calibrate,place-qdq{target=%s},fold-weights{reduce_range=true},cleanup"
+PIPELINE = "canonicalize,fuse,insert-observers,calibrate,place-qdq,fold-weights{reduce_range=true},cleanup"
 RNG = np.random.default_rng(3)
 
 
 def quantized(model: ir.Model, target: str, feeds: dict[str, np.ndarray]) -> ir.Model:
     data = open_calibration_data(feeds, input_specs(model))
-    passes.PassManager(PIPELINE % target).run(model, passes.PassContext(calibration_data=data))
+    passes.PassManager(PIPELINE).run(model, passes.PassContext(target=passes.Target.named(target), calibration_data=data))
     return model
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import run_onnx, sqnr_db
+from helpers import run_onnx
 
 import qcompiler
-from qcompiler import ir, validate
+from qcompiler import ir
 from qcompiler.ir import fileio, onnx_export
+from qcompiler.ir.evaluate import sqnr_db
 from qcompiler.ir.onnx_export import ModelFile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,6 @@ def test_model_file_links_the_mapped_weights(mlp):
 def test_compile_with_large_model_paths(mlp, tmp_path, monkeypatch):
     """Every model counts as large: ModelFiles write external data, sessions are lean, output is external."""
     monkeypatch.setattr(onnx_export, "LARGE_MODEL_BYTES", 1024)
-    monkeypatch.setattr(validate, "LARGE_MODEL_BYTES", 1024)
     calib, held_out = tmp_path / "calib.npz", tmp_path / "eval.npz"
     np.savez(calib, **feeds(8, seed=2))
     np.savez(held_out, **feeds(16, seed=3))

@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import run_onnx, sqnr_db
+from helpers import run_onnx
 from test_calibrate import Batches
 
 from qcompiler import ir
+from qcompiler.ir.evaluate import open_session, sqnr_db
 from qcompiler.passes import PassContext, PassError, PassManager, Target
 
 # reduce_range: this CI's x86 CPUs lack VNNI, where full-range u8 x s8 kernels saturate (fold_weights.py rule 7)
@@ -56,11 +57,8 @@ def compile_model(path: str, data: Batches, pipeline: str = PIPELINE) -> onnx.Mo
 
 
 def optimized_ops(proto: onnx.ModelProto, tmp_path) -> set[str]:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+    open_session(proto, save_optimized=tmp_path / "optimized.onnx")
+    return {node.op_type for node in onnx.load(tmp_path / "optimized.onnx").graph.node}
 
 
 @pytest.mark.parametrize("name", sorted(INTEGER_OPS))
@@ -192,11 +190,7 @@ def numpy_codes(x: np.ndarray, lo: float, hi: float, dtype: str) -> tuple[np.nda
 
 
 def ort_session(proto: onnx.ModelProto, optimize: bool = True) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return open_session(proto, optimize=optimize)
 
 
 @pytest.mark.parametrize("opset, domain", [(21, ""), (17, CONTRIB)])

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import ir, passes
 from qcompiler.data import input_specs, open_calibration_data
+from qcompiler.ir.evaluate import sqnr_db
 from qcompiler.kernels import kernel_report
 
 PIPELINE = "canonicalize,fuse,insert-observers,calibrate,place-qdq,fold-weights{reduce_range=true},cleanup"
@@ -48,7 +49,7 @@ def compiled(level: str, target: str = "ort-cpu") -> ir.Model:
 def sqnr(model: ir.Model) -> float:
     reference = run_onnx(three_convs(), {"x": CALIB["x"][:1]})[0]
     actual = run_onnx(ir.to_onnx(model), {"x": CALIB["x"][:1]})[0]
-    return 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - actual) ** 2))
+    return sqnr_db(reference, actual)
 
 
 @pytest.mark.parametrize("level", ["fp32", "fp16"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
 from qcompiler.ir import DType, QuantParams
+from qcompiler.ir.evaluate import open_session
 from qcompiler.ir.quant import dequantize, dtype_range, quantize
 
 ORT_TYPES = [DType.INT8, DType.UINT8, DType.INT16, DType.UINT16]
@@ -47,8 +47,7 @@ def run_node(op: str, x: np.ndarray, params: QuantParams, then_dequantize: bool 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     onnx.checker.check_model(model)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return open_session(model).run(None, {"x": x})[0]
 
 
 def test_dtype_ranges():

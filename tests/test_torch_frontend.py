@@ -7,11 +7,12 @@ import onnx
 import pytest
 import torch
 from encoder_model import build_encoder, token_batches
-from helpers import run_onnx, sqnr_db
+from helpers import run_onnx
 from torch_models import build_module
 
 import qcompiler
 from qcompiler import ir
+from qcompiler.ir.evaluate import sqnr_db
 from qcompiler.recipe import Recipe
 from qcompiler.torch import ExportError, export
 

@@ -2,11 +2,12 @@
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from torch_models import MODEL_NAMES, build_module, export_model
+
+from qcompiler.ir.evaluate import open_session
 
 
 def _torch_outputs(name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -23,8 +24,7 @@ def _torch_outputs(name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 def test_onnxruntime_matches_torch(name, tmp_path):
     exported = export_model(name, tmp_path)
     onnx.checker.check_model(onnx.load(exported.path), full_check=True)
-    session = ort.InferenceSession(exported.path, providers=["CPUExecutionProvider"])
-    got = session.run(None, exported.feeds)
+    got = open_session(exported.path).run(None, exported.feeds)
     want = _torch_outputs(name, exported.feeds)
     assert len(got) == len(want)
     for actual, expected in zip(got, want):
@@ -49,7 +49,7 @@ def test_if_branch_has_if_node_with_subgraphs(tmp_path):
 
 def test_if_branch_both_branches_match_torch(tmp_path):
     exported = export_model("if_branch", tmp_path)
-    session = ort.InferenceSession(exported.path, providers=["CPUExecutionProvider"])
+    session = open_session(exported.path)
     for sign in (1.0, -1.0):  # the sign of the input mean picks the branch
         feeds = {"x": np.float32(sign) * exported.feeds["x"]}
         (got,) = session.run(None, feeds)

@@ -11,9 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import ir
 from qcompiler.data import input_specs, open_calibration_data
-from qcompiler.validate import (
-    Latency, LatencyPair, compare_models, latency_verdict, measure_latency, open_session, summary,
-)
+from qcompiler.ir.evaluate import Latency, open_session, sqnr_db
+from qcompiler.validate import LatencyPair, compare_models, latency_verdict, measure_latency, summary
 
 CLASSES = 10
 ROWS = 18
@@ -220,3 +219,9 @@ def test_outputs_pair_by_name_when_both_models_have_the_same_names():
     assert [m.name for m in (y, z, idx)] == ["y", "z", "idx"]
     assert y.sqnr_db == pytest.approx(numpy_metrics(DATA, DATA + NOISE)[0], rel=1e-9)
     assert idx.top1_agreement is None and y.top1_agreement is not None
+
+
+def test_sqnr_definition():
+    ref = np.array([[3.0, 4.0]], np.float32)
+    assert sqnr_db(ref, ref + np.float32(0.5)) == pytest.approx(10 * math.log10(25 / 0.5))
+    assert sqnr_db(ref, ref) == math.inf

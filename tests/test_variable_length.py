@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from exporter_models import text_lines, text_recognizer
-from helpers import run_onnx, sqnr_db
+from helpers import run_onnx
 
 from qcompiler.cli import main
+from qcompiler.ir.evaluate import sqnr_db
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from helpers import run_onnx, sqnr_db, through_text
+from helpers import run_onnx, through_text
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import ir
+from qcompiler.ir.evaluate import open_session, sqnr_db
 from qcompiler.passes import PassContext, PassError, PassManager, PipelineError
 
 FORMATS = ("qdq", "matmulnbits")
@@ -73,10 +73,7 @@ def x_of(proto: onnx.ModelProto, seed: int = 1) -> np.ndarray:
 def run_float_compute(model: ir.Model, feeds: dict[str, np.ndarray]) -> np.ndarray:
     """The first output in ONNX Runtime with the MatMulNBits ORT fuses from DQ + MatMul kept at float compute
     (its default, accuracy level 4, quantizes activations), so it is x @ dequant(W) up to float rounding."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
-    session = ort.InferenceSession(ir.to_onnx(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = open_session(model, threads=1, config={"session.qdq_matmulnbits_accuracy_level": "0"})
     return session.run(None, feeds)[0]
 
 

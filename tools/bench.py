@@ -28,16 +28,18 @@ and is judged on the same held-out evaluation samples:
    touching the model: the share of the peak that is only the libraries (NNCF imports
    torch; symbolic shape inference, which qcompiler and quant_pre_process both run,
    imports onnxruntime.tools, which imports torch when it is installed).
-2. SQNR per output, over all evaluation samples, is computed here with numpy from ONNX
-   Runtime runs of the float and each quantized model: 10 log10(sum ref^2 / sum
-   (ref - q)^2). It does not reuse qcompiler.validate, so the tool under test does not
-   grade itself; qcompiler's own figure is kept in the JSON, and a disagreement over
-   0.05 dB is printed. The table shows each model's worst output.
+2. SQNR per output, over all evaluation samples, is computed here from ONNX Runtime
+   runs of the float and each quantized model joined, with qcompiler.ir.evaluate's
+   sums: 10 log10(sum ref^2 / sum (ref - q)^2). The runs are made here, not by
+   qcompiler.validate, so the tool under test does not grade its own outputs;
+   qcompiler's own figure is kept in the JSON, and a disagreement over 0.05 dB is
+   printed. The table shows each model's worst output.
 3. Latency: one fresh process runs the float and every quantized model in ONNX Runtime
-   (default graph optimizations, batch 1 = the first evaluation sample) with
-   intra_op_num_threads 1, then 2. Models take turns (round-robin, the starting model
-   rotating each round); a turn is enough back-to-back runs to fill BLOCK_S seconds,
-   each run timed. The figure is each model's median run divided by the float model's.
+   (qcompiler.ir.evaluate's sessions and timing: default graph optimizations, weights
+   prepacked; batch 1 = the first evaluation sample) with intra_op_num_threads 1, then
+   2. Models take turns, one timed run each, the first rotating every turn, until one
+   has spent --repeat x BLOCK_S seconds. The figure is each model's median run divided
+   by the float model's.
    Other work on the machine skews it, 2 threads most (a run waits for its slowest
    thread): the 1-minute load average is printed before and after.
 4. Integer share: the share of Conv/Gemm/MatMul multiply-accumulates ONNX Runtime runs
@@ -54,9 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,37 +189,17 @@ def _importable(module: str) -> bool:
 # -- latency, in its own process -------------------------------------------------------------
 
 
-def _session(path: str, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def latency_child(paths: list[str], feeds: Path, rounds: int) -> None:
     """Median milliseconds per model and thread count (rule 3), printed as one JSON line."""
+    from qcompiler.ir.evaluate import open_session, time_runs
+
     feed = _rows(feeds)[0]
     medians: dict[str, list[float]] = {}
     for threads in THREADS:
-        sessions = [_session(path, threads) for path in paths]
-        turns = []
-        for session in sessions:
-            start = time.perf_counter()
-            for _ in range(2):
-                session.run(None, feed)
-            turns.append(max(1, math.ceil(BLOCK_S / ((time.perf_counter() - start) / 2))))
-        times: list[list[float]] = [[] for _ in paths]
-        for round_ in range(rounds):
-            for i in range(len(paths)):
-                k = (round_ + i) % len(paths)
-                for _ in range(turns[k]):
-                    start = time.perf_counter()
-                    sessions[k].run(None, feed)
-                    times[k].append(time.perf_counter() - start)
-        medians[str(threads)] = [1e3 * statistics.median(t) for t in times]
+        sessions = [open_session(path, threads=threads, lean=False, failure=f"ONNX Runtime cannot load {path}")
+                    for path in paths]
+        timed = time_runs(sessions, feed, labels=paths, repeat=sys.maxsize, budget_s=rounds * BLOCK_S)
+        medians[str(threads)] = [latency.median_ms for latency in timed]
         del sessions
     print(json.dumps(medians))
 
@@ -238,19 +218,12 @@ def measure_latency(paths: list[str], feeds: Path, rounds: int) -> dict[int, lis
 
 def outputs(path: str, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Every output of the model over all feeds, joined on axis 0 (ONNX Runtime, default options)."""
-    session = _session(path, 0)
+    from qcompiler.ir.evaluate import open_session  # imported late: the idle memory figure excludes qcompiler
+
+    session = open_session(path)
     names = [o.name for o in session.get_outputs()]
     runs = [session.run(None, feed) for feed in feeds]
     return {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(names)}
-
-
-def sqnr_db(reference: np.ndarray, quantized: np.ndarray) -> float:
-    """Rule 2's SQNR, as the compiler's own validation computes it (float64 sums; inf when identical)."""
-    from qcompiler.passes.metrics import ErrorSums  # imported late: the idle memory figure excludes qcompiler
-
-    sums = ErrorSums("output")
-    sums.add(reference, quantized)
-    return sums.metrics().sqnr_db
 
 
 def integer_share(path: str) -> float | None:
@@ -286,6 +259,8 @@ def bench_model(case, tools: list[str], rounds: int) -> dict:
         results[tool] = quantize(tool, case.model, case.calib, case.eval, home / f"{tool}.onnx", transformer)
     done = [tool for tool in tools if "error" not in results[tool]]
     say(f"{case.name}: accuracy and integer share ...")
+    from qcompiler.ir.evaluate import sqnr_db  # imported late: the idle memory figure excludes qcompiler
+
     feeds = _rows(case.eval)
     reference = outputs(str(case.model), feeds)
     for tool in done:

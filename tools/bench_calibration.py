@@ -156,10 +156,10 @@ def stream_rows(path: Path) -> Iterator[dict[str, np.ndarray]]:
 
 
 def _float(model: Path, data: Path, scratch: Path) -> tuple[float, float, int]:
-    import onnxruntime as ort
+    from qcompiler.ir.evaluate import open_session
 
     start = time.perf_counter()
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    session = open_session(model)
     setup = time.perf_counter() - start
     start = time.perf_counter()
     for feeds in stream_rows(data):
@@ -187,17 +187,17 @@ def _ours(method: str) -> Callable[[Path, Path, Path], tuple[float, float, int]]
 
 def _time_value_taps() -> list[float]:
     """Seconds each ValueTap (tapped export + session) takes to build, so setup and run can be told apart."""
-    from qcompiler.passes import calibrate
+    from qcompiler.passes import observers
 
     seconds: list[float] = []
 
-    class TimedTap(calibrate.ValueTap):
+    class TimedTap(observers.ValueTap):
         def __init__(self, *args, **kwargs) -> None:
             start = time.perf_counter()
             super().__init__(*args, **kwargs)
             seconds.append(time.perf_counter() - start)
 
-    calibrate.ValueTap = TimedTap
+    observers.ValueTap = TimedTap
     return seconds
 
 

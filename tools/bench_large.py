@@ -169,19 +169,13 @@ def child(model: Path, calib: Path, output: Path) -> None:
 
 def _output_sqnr(float_model: Path, quant_model: Path, calib: Path) -> float:
     """SQNR (dB) of the saved quantized model against the float one on the calibration rows, both in ORT."""
-    import onnxruntime as ort
+    from qcompiler.ir.evaluate import open_session, sqnr_db
 
     with np.load(calib) as data:
         feeds = {INPUT: data[INPUT]}
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    reference = ort.InferenceSession(str(float_model), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    quantized = ort.InferenceSession(str(quant_model), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    from qcompiler.passes.metrics import ErrorSums
-
-    sums = ErrorSums("output")
-    sums.add(reference, quantized)
-    return sums.metrics().sqnr_db
+    reference = open_session(float_model).run(None, feeds)[0]
+    quantized = open_session(quant_model).run(None, feeds)[0]
+    return sqnr_db(reference, quantized)
 
 
 def main() -> None:

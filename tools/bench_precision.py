@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qcompiler  # noqa: E402
 from qcompiler.analyze import sensitivity  # noqa: E402
-from qcompiler.validate import open_session  # noqa: E402
+from qcompiler.ir.evaluate import open_session  # noqa: E402
 
 GOLDEN_CASES = ("resnet_like", "mobilenet_like", "mlp", "transformer_block", "unet_like", "digits_cnn",
                 "outlier_convnet")

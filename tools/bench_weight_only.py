@@ -33,8 +33,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import ir
+from qcompiler.ir.evaluate import open_session
 from qcompiler.passes import PassContext, PassManager
-from qcompiler.validate import compare_models, measure_latency, open_session
+from qcompiler.validate import compare_models, measure_latency
 
 VARIANTS = {  # matmulnbits runs at accuracy_level=4 unless the label says acc0
     "int8 qdq": "bits=8,format=qdq",
@@ -77,10 +78,9 @@ def compile_variant(proto: onnx.ModelProto, options: str) -> ir.Model:
 
 def ort_ops(path: Path, scratch: Path) -> str:
     """The ops ONNX Runtime runs once its optimizations are done, counted."""
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(scratch / f"{path.stem}.opt.onnx")
-    open_session(path, threads=1, options=options)
-    graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    optimized = scratch / f"{path.stem}.opt.onnx"
+    open_session(path, threads=1, save_optimized=optimized)
+    graph = onnx.load(optimized, load_external_data=False).graph
     counts = Counter(node.op_type for node in graph.node)
     return " ".join(f"{op}x{n}" for op, n in sorted(counts.items()))
 

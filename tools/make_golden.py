@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from golden_models import EXPECTED, MEASURED_WITH, Case, mlp_case, mobilenet_like, outlier_convnet, resnet_like, \
     stored_digits, train_digits, train_digits_mlp, transformer_block, unet_like
 from google.protobuf.message import DecodeError
@@ -45,6 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qcompiler
 from qcompiler import ir
+from qcompiler.ir.evaluate import open_session
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -112,7 +112,7 @@ DUMP_RECIPE = {"passes": {"fold-weights": {"reduce_range": True}}}
 def case_files(name: str, retrain: bool = False) -> dict[str, bytes]:
     case = (TRAINED[name] if retrain else CASES[name])()
     onnx.checker.check_model(case.model)
-    session = ort.InferenceSession(case.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = open_session(case.model)
     outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, case.inputs)))
     files = {"model.onnx": case.model.SerializeToString(), "inputs.npz": _npz(case.inputs),
              "outputs.npz": _npz(outputs)}
