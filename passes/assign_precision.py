@@ -48,6 +48,7 @@ from qcompiler import ir
 from qcompiler.ir.evaluate import first_rows, rows_of
 
 from .base import Pass, PassError, register_pass
+from .pipeline import parse_pipeline
 from .plugins import load_function
 from .progress import SWITCH, Progress
 from .rules import PRECISIONS
@@ -90,7 +91,7 @@ class AssignPrecision(Pass):
         if unknown or not options.levels:
             raise PassError(f"assign-precision{{levels=...}} takes some of {', '.join(PRECISIONS[1:])}, "
                             f"not {', '.join(unknown) or 'nothing'}")
-        if "place-qdq" not in ctx.following:
+        if "place-qdq" not in parse_pipeline(ctx.following).pass_names():
             raise PassError("assign-precision decides before Q/DQ are placed: run it after calibrate and "
                             "before place-qdq and fold-weights, which it uses to emit each variant")
         if ctx.evaluation_data is None and ctx.calibration_data is None:
@@ -109,7 +110,7 @@ class AssignPrecision(Pass):
         budget = _Budget(self.options.min_sqnr_db, self.options.max_drop, evaluator.reference_metric)
         nodes = list(model.graph.nodes)
         free = [u for u in units(model) if not any("precision" in nodes[p].meta for p in u.positions)]  # rule 3
-        levels = self._levels(ctx.target, ctx.following)
+        levels = self._levels(ctx.target, parse_pipeline(ctx.following).pass_names())
         if not levels:
             raise PassError(f"assign-precision: target {ctx.target} takes none of levels={','.join(self.options.levels)}")
         search = _Search(evaluator, budget, free, levels, SWITCH[self.options.progress], self.options.jobs)
@@ -123,7 +124,7 @@ class AssignPrecision(Pass):
                                                        time.perf_counter() - start)
         return bool(chosen)
 
-    def _levels(self, target: Target, following: str) -> list[str]:
+    def _levels(self, target: Target, following: list[str]) -> list[str]:
         """Rule 7: the allowed levels in PRECISIONS order, w8a16 only where the target has 16-bit activations,
         dynamic only where a following dynamic-quant emits it."""
         return [level for level in PRECISIONS if level in self.options.levels

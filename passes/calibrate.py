@@ -39,8 +39,9 @@ from qcompiler import ir
 from qcompiler.ir.evaluate import main_values, tap_groups
 from qcompiler.ir.fileio import atomic_output
 
-from .base import Pass, PassError, register_pass
-from .observers import Observer, observe
+from .base import Pass, PassError, PipelineError, register_pass
+from .observers import Observer, get_observer, observe
+from .pipeline import build_options
 from .progress import SWITCH, Progress
 from .rules import quantized_values
 
@@ -149,26 +150,17 @@ def _observed_values(model: ir.Model) -> list[ir.Value]:
 
 
 def _observer_spec(value: ir.Value) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """(observer name, options) from the marks insert-observers left: `k=v,...` text."""
-    name = value.meta["observer"]
-    options = []
-    for item in filter(None, str(value.meta.get("observer_options", "")).split(",")):
-        key, _, text = item.partition("=")
-        options.append((key.strip(), _option_value(text.strip())))
-    return name, tuple(options)
-
-
-def _option_value(text: str) -> Any:
-    if text in ("true", "false"):
-        return text == "true"
-    if text == "none":
-        return None
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
+    """(observer name, options) from the marks insert-observers left (or a hand edit): the `k=v,...`
+    text read as pipeline options are, against the observer's typed Options."""
+    name, text = value.meta["observer"], str(value.meta.get("observer_options", ""))
+    raw = [(key.strip(), [word.strip()]) for key, _, word in (item.partition("=") for item in text.split(",") if item)]
+    try:
+        options = build_options(get_observer(name), raw, kind="observer")
+    except KeyError as err:  # an unknown observer
+        raise PassError(f"value {value.name!r}: {err.args[0]}") from None
+    except PipelineError as err:
+        raise PassError(f"value {value.name!r}: observer_options={text!r}: {err.message}") from None
+    return name, tuple((key, getattr(options, key)) for key, _ in raw)
 
 
 def _observe_shard_in_worker(work) -> tuple[list[Observer], int]:

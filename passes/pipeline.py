@@ -10,6 +10,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -88,6 +89,18 @@ class Pipeline:
     def __str__(self) -> str:
         return ",".join(map(str, self.steps))
 
+    def pass_names(self) -> list[str]:
+        """The passes in running order, named pipelines and repeat groups unfolded (a group's once)."""
+
+        def walk(steps) -> Iterator[str]:
+            for step in steps:
+                if isinstance(step, PassStep):
+                    yield step.name
+                else:
+                    yield from walk(step.body)
+
+        return list(walk(self.steps))
+
 
 def parse_pipeline(text: str) -> Pipeline:
     """Parse and check a pipeline: unknown passes and bad options fail here, with a column."""
@@ -153,16 +166,19 @@ def _typed_repeat_options(raw: list[tuple[str, list[str]]], text: str, columns: 
         column = columns[key]
         if key != "max":
             raise PipelineError(text, column, f"repeat has one option, max; not {key!r}")
-        values["max"] = _convert(int, atoms, "repeat", key, text, column)
+        values["max"] = _convert(int, atoms, "pass 'repeat'", key, text, column)
         if values["max"] < 1:
             raise PipelineError(text, column, "repeat{max=...} must be at least 1")
     return (values["max"],)
 
 
 def build_options(
-    cls: type[Pass], raw: list[tuple[str, list[str]]], text: str = "", columns: dict[str, int] | None = None
+    cls: type[Pass], raw: list[tuple[str, list[str]]], text: str = "", columns: dict[str, int] | None = None,
+    kind: str = "pass",
 ) -> Any:
-    """The pass's Options dataclass filled from raw text values, each checked against its type."""
+    """The pass's Options dataclass filled from raw text values, each checked against its type; `kind`
+    names what has the options in messages (an observer's options are read the same way)."""
+    owner = f"{kind} {cls.name!r}"
     fields = {f.name: f for f in dataclasses.fields(cls.Options)}
     hints = typing.get_type_hints(cls.Options)
     values: dict[str, Any] = {}
@@ -173,21 +189,21 @@ def build_options(
         name = key.replace("-", "_")
         if name not in fields:
             known = ", ".join(fields) or "none"
-            raise PipelineError(text, column, f"pass {cls.name!r} has no option {key!r} (options: {known})")
+            raise PipelineError(text, column, f"{owner} has no option {key!r} (options: {known})")
         if name in values:
-            raise PipelineError(text, column, f"option {key!r} of pass {cls.name!r} is given twice")
-        values[name] = _convert(hints[name], atoms, cls.name, key, text, column)
+            raise PipelineError(text, column, f"option {key!r} of {owner} is given twice")
+        values[name] = _convert(hints[name], atoms, owner, key, text, column)
     try:
         return cls.Options(**values)
     except (TypeError, ValueError) as err:
-        raise PipelineError(text, column, f"pass {cls.name!r}: {err}") from None
+        raise PipelineError(text, column, f"{owner}: {err}") from None
 
 
-def _convert(hint: Any, atoms: list[str], pass_name: str, key: str, text: str, column: int) -> Any:
+def _convert(hint: Any, atoms: list[str], owner: str, key: str, text: str, column: int) -> Any:
     try:
         words = [json.loads(a) if a.startswith('"') else a for a in atoms]
     except json.JSONDecodeError as err:
-        raise PipelineError(text, column, f"option {key!r} of pass {pass_name!r}: bad string: {err.msg}") from None
+        raise PipelineError(text, column, f"option {key!r} of {owner}: bad string: {err.msg}") from None
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         arms = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -203,7 +219,7 @@ def _convert(hint: Any, atoms: list[str], pass_name: str, key: str, text: str, c
             raise ValueError(f"takes one value, not a list of {len(words)}")
         return _scalar(hint, words[0])
     except ValueError as err:
-        raise PipelineError(text, column, f"option {key!r} of pass {pass_name!r}: {err}") from None
+        raise PipelineError(text, column, f"option {key!r} of {owner}: {err}") from None
 
 
 def _scalar(hint: Any, word: str) -> Any:

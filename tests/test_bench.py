@@ -10,7 +10,6 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from qcompiler.ir.evaluate import open_session
 
