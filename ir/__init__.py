@@ -15,13 +15,14 @@ from .quant import QuantParams
 from .shapes import refresh_types
 from .tensors import ElidedTensor, SparseTensor
 from .types import Dim, MapType, OptionalType, SequenceType, Shape, SparseTensorType, TensorType, Type
+from .verify import verify_graph, verify_model
 
 __all__ = [
     "Attr", "AttrKind", "Dim", "DType", "ElidedTensor", "ErrorStats", "EvaluationError", "ExportError", "Graph",
     "IRError", "MapType", "Model", "ModelLoadError", "NameAllocator", "Node", "NodeList", "OptionalType", "ParseError",
     "QuantParams", "SequenceType", "Shape", "SparseTensor", "SparseTensorType", "TensorType",
     "Type", "Use", "Value", "VerifyError", "evaluate", "load_model", "refresh_types", "save_model",
-    "clone_model", "to_onnx",
+    "clone_model", "to_onnx", "verify_graph", "verify_model",
 ]
 
 from .parser import parse_file, parse_model  # noqa: E402

@@ -478,12 +478,6 @@ class Graph:
             self.nodes.remove(node)
             self.nodes.insert_before(None, node)
 
-    def verify(self) -> None:
-        """Raise VerifyError listing every broken invariant."""
-        from .verify import verify_graph
-
-        verify_graph(self)
-
     def to_networkx(self) -> networkx.MultiDiGraph:
         from .analysis import to_networkx
 
@@ -532,11 +526,6 @@ class Model:
     def opset(self) -> int:
         """The version of the default ONNX domain."""
         return self.opset_imports.get("", 0)
-
-    def verify(self) -> None:
-        from .verify import verify_model
-
-        verify_model(self)
 
 
 def _model_from_text(text: str, weights: dict[str, np.ndarray]) -> Model:

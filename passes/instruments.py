@@ -137,7 +137,7 @@ class Verifier(Instrument):
 
     def after_pass(self, model, event, ctx, changed) -> None:
         try:
-            model.verify()
+            ir.verify_model(model)
         except ir.VerifyError as err:
             raise PassError(f"the IR is invalid after pass {event.pass_.name!r} ({event.index}): {err}") from None
 
