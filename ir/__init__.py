@@ -1,5 +1,9 @@
 """qcompiler's graph IR: values, nodes, graphs; ONNX import/export; the text form."""
 
+import copyreg
+
+import numpy as np
+
 from .attributes import Attr, AttrKind
 from .clone import clone_model
 from .core import Graph, Model, Node, NodeList, Use, Value
@@ -30,3 +34,19 @@ from .printer import print_model  # noqa: E402
 from .weights import load_weights, save_weights  # noqa: E402
 
 __all__ += ["load_weights", "parse_file", "parse_model", "print_model", "save_weights"]
+
+
+def _pickle_model(model: Model):
+    """Models pickle as their text form and weights (worker processes get models this way): pickle
+    follows producer/use links depth first, so a chain of a thousand nodes would exhaust its
+    recursion. What the text leaves out is analysis caches in `meta`, recomputed on demand.
+    Registered here rather than as `Model.__reduce__`: the text form is built on the core."""
+    weights: dict[str, np.ndarray] = {}
+    return _model_from_text, (print_model(model, weights=weights), weights)
+
+
+def _model_from_text(text: str, weights: dict[str, np.ndarray]) -> Model:
+    return parse_model(text, weights=weights)
+
+
+copyreg.pickle(Model, _pickle_model)

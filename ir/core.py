@@ -513,22 +513,7 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.graph!r}, opset={self.opset_imports})"
 
-    def __reduce__(self):
-        """Pickled as its text form and weights (worker processes get models this way): pickle
-        follows producer/use links depth first, so a chain of a thousand nodes would exhaust its
-        recursion. What the text leaves out is analysis caches in `meta`, recomputed on demand."""
-        from .printer import print_model
-
-        weights: dict[str, np.ndarray] = {}
-        return _model_from_text, (print_model(self, weights=weights), weights)
-
     @property
     def opset(self) -> int:
         """The version of the default ONNX domain."""
         return self.opset_imports.get("", 0)
-
-
-def _model_from_text(text: str, weights: dict[str, np.ndarray]) -> Model:
-    from .parser import parse_model
-
-    return parse_model(text, weights=weights)
