@@ -463,12 +463,6 @@ class Graph:
             for sub in node.subgraphs():
                 yield from sub.all_values()
 
-    def fresh_name(self, hint: str) -> str:
-        """A value name not yet used anywhere in the root graph, derived from `hint`."""
-        from .naming import NameAllocator
-
-        return NameAllocator(self).fresh(hint)
-
     def sort(self) -> None:
         """Reorder nodes topologically (stable: keeps the current order where it can)."""
         from .analysis import topological_order

@@ -198,10 +198,10 @@ def test_attr_kinds_are_explicit():
     assert ir.Attr(ir.AttrKind.INTS, []) != ir.Attr(ir.AttrKind.FLOATS, [])
 
 
-def test_fresh_name_avoids_every_name_in_the_model():
-    graph, _, _ = chain()
-    assert graph.fresh_name("r0") == "r0_1"
-    assert graph.fresh_name("new") == "new"
+def test_fresh_names_avoid_every_name_in_the_model():
+    names = ir.NameAllocator(chain()[0])
+    assert names.fresh("r0") == "r0_1"
+    assert names.fresh("new") == "new"
 
 
 def test_freeze_input_turns_a_default_into_a_constant():
