@@ -6,7 +6,7 @@ import numpy as np
 
 from .attributes import Attr, AttrKind
 from .clone import clone_model
-from .core import Graph, Model, Node, NodeList, Use, Value
+from .core import Graph, Model, Node, NodeList, Use, Value, infer_attr
 from .dtypes import DType
 from .errors import EvaluationError, ExportError, IRError, ModelLoadError, ParseError, VerifyError
 from .errorstats import ErrorStats
@@ -26,7 +26,7 @@ __all__ = [
     "IRError", "MapType", "Model", "ModelLoadError", "NameAllocator", "Node", "NodeList", "OptionalType", "ParseError",
     "QuantParams", "SequenceType", "Shape", "SparseTensor", "SparseTensorType", "TensorType",
     "Type", "Use", "Value", "VerifyError", "evaluate", "load_model", "refresh_types", "save_model",
-    "clone_model", "to_onnx", "verify_graph", "verify_model",
+    "clone_model", "infer_attr", "to_onnx", "verify_graph", "verify_model",
 ]
 
 from .parser import parse_file, parse_model  # noqa: E402

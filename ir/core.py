@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .attributes import Attributes
+from .attributes import Attr, AttrKind
 from .dtypes import DType
 from .errorstats import ErrorStats
 from .quant import QuantParams
-from .tensors import ElidedTensor
+from .tensors import ElidedTensor, SparseTensor
 from .types import TensorType, Type
 
 if TYPE_CHECKING:
@@ -155,6 +155,53 @@ class Value:
 
 def _const_dtype(const: np.ndarray | ElidedTensor) -> DType:
     return const.dtype if isinstance(const, ElidedTensor) else DType.from_numpy(const.dtype)
+
+
+def infer_attr(value: Any) -> Attr:
+    """An attribute from a plain Python value (non-empty lists only). It lives beside `Graph`
+    because a graph is one of the values a node attribute holds."""
+
+    def kind_of(v: Any) -> AttrKind:
+        if isinstance(v, bool | int | np.integer):
+            return AttrKind.INT
+        if isinstance(v, float | np.floating):
+            return AttrKind.FLOAT
+        if isinstance(v, str):
+            return AttrKind.STRING
+        if isinstance(v, np.ndarray | ElidedTensor):
+            return AttrKind.TENSOR
+        if isinstance(v, Graph):
+            return AttrKind.GRAPH
+        if isinstance(v, SparseTensor):
+            return AttrKind.SPARSE_TENSOR
+        raise TypeError(f"cannot infer an attribute kind for {type(v).__name__}")
+
+    if isinstance(value, list | tuple):
+        if not value:
+            raise TypeError("an empty list has no kind; build Attr(AttrKind.INTS, []) explicitly")
+        kinds = {kind_of(v) for v in value}
+        if kinds == {AttrKind.INT, AttrKind.FLOAT}:
+            kinds = {AttrKind.FLOAT}
+        if len(kinds) != 1:
+            raise TypeError(f"mixed attribute list {value!r}")
+        return Attr(kinds.pop().list_of, value)
+    kind = kind_of(value)
+    return Attr(kind, int(value) if kind == AttrKind.INT else value)
+
+
+class Attributes(dict):
+    """A node's attributes: plain Python values assigned here become typed `Attr`s."""
+
+    def __init__(self, items: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.update(items or {})
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value if isinstance(value, Attr) else infer_attr(value))
+
+    def update(self, items: Any = (), **more: Any) -> None:
+        for key, value in dict(items, **more).items():
+            self[key] = value
 
 
 class Node:
@@ -511,3 +558,4 @@ class Model:
     def opset(self) -> int:
         """The version of the default ONNX domain."""
         return self.opset_imports.get("", 0)
+

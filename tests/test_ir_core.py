@@ -190,11 +190,11 @@ def test_networkx_view_matches_the_graph():
 
 
 def test_attr_kinds_are_explicit():
-    assert ir.Attr.infer([1, 2]).kind == ir.AttrKind.INTS
-    assert ir.Attr.infer([1, 2.5]).kind == ir.AttrKind.FLOATS
-    assert ir.Attr.infer(0.1).value == float(np.float32(0.1))
+    assert ir.infer_attr([1, 2]).kind == ir.AttrKind.INTS
+    assert ir.infer_attr([1, 2.5]).kind == ir.AttrKind.FLOATS
+    assert ir.infer_attr(0.1).value == float(np.float32(0.1))
     with pytest.raises(TypeError, match="empty list"):
-        ir.Attr.infer([])
+        ir.infer_attr([])
     assert ir.Attr(ir.AttrKind.INTS, []) != ir.Attr(ir.AttrKind.FLOATS, [])
 
 
