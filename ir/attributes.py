@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-from .tensors import ElidedTensor, SparseTensor
-
-if TYPE_CHECKING:
-    from .core import Graph
 
 
 class AttrKind(enum.IntEnum):
@@ -81,38 +76,6 @@ class Attr:
         if self.kind.element == AttrKind.FLOAT:
             self.value = _as_float32(self.value, self.kind.is_list)
 
-    @staticmethod
-    def infer(value: Any) -> Attr:
-        """Build an attribute from a plain Python value (non-empty lists only)."""
-        from .core import Graph
-
-        def kind_of(v: Any) -> AttrKind:
-            if isinstance(v, bool | int | np.integer):
-                return AttrKind.INT
-            if isinstance(v, float | np.floating):
-                return AttrKind.FLOAT
-            if isinstance(v, str):
-                return AttrKind.STRING
-            if isinstance(v, np.ndarray | ElidedTensor):
-                return AttrKind.TENSOR
-            if isinstance(v, Graph):
-                return AttrKind.GRAPH
-            if isinstance(v, SparseTensor):
-                return AttrKind.SPARSE_TENSOR
-            raise TypeError(f"cannot infer an attribute kind for {type(v).__name__}")
-
-        if isinstance(value, list | tuple):
-            if not value:
-                raise TypeError("an empty list has no kind; build Attr(AttrKind.INTS, []) explicitly")
-            kinds = {kind_of(v) for v in value}
-            if kinds == {AttrKind.INT, AttrKind.FLOAT}:
-                kinds = {AttrKind.FLOAT}
-            if len(kinds) != 1:
-                raise TypeError(f"mixed attribute list {value!r}")
-            return Attr(kinds.pop().list_of, value)
-        kind = kind_of(value)
-        return Attr(kind, int(value) if kind == AttrKind.INT else value)
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Attr) or self.kind != other.kind:
             return NotImplemented if not isinstance(other, Attr) else False
@@ -121,21 +84,6 @@ class Attr:
             theirs = other.value if other.kind.is_list else (other.value,)
             return len(mine) == len(theirs) and all(map(_same_tensor, mine, theirs))
         return self.value == other.value
-
-
-class Attributes(dict):
-    """A node's attributes: plain Python values assigned here become typed `Attr`s."""
-
-    def __init__(self, items: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        self.update(items or {})
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value if isinstance(value, Attr) else Attr.infer(value))
-
-    def update(self, items: Any = (), **more: Any) -> None:
-        for key, value in dict(items, **more).items():
-            self[key] = value
 
 
 def _same_tensor(a: Any, b: Any) -> bool:

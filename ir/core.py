@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .attributes import Attributes
+from .attributes import Attr, AttrKind
 from .dtypes import DType
 from .errorstats import ErrorStats
 from .quant import QuantParams
-from .tensors import ElidedTensor
+from .tensors import ElidedTensor, SparseTensor
 from .types import TensorType, Type
 
 if TYPE_CHECKING:
@@ -155,6 +155,53 @@ class Value:
 
 def _const_dtype(const: np.ndarray | ElidedTensor) -> DType:
     return const.dtype if isinstance(const, ElidedTensor) else DType.from_numpy(const.dtype)
+
+
+def infer_attr(value: Any) -> Attr:
+    """An attribute from a plain Python value (non-empty lists only). It lives beside `Graph`
+    because a graph is one of the values a node attribute holds."""
+
+    def kind_of(v: Any) -> AttrKind:
+        if isinstance(v, bool | int | np.integer):
+            return AttrKind.INT
+        if isinstance(v, float | np.floating):
+            return AttrKind.FLOAT
+        if isinstance(v, str):
+            return AttrKind.STRING
+        if isinstance(v, np.ndarray | ElidedTensor):
+            return AttrKind.TENSOR
+        if isinstance(v, Graph):
+            return AttrKind.GRAPH
+        if isinstance(v, SparseTensor):
+            return AttrKind.SPARSE_TENSOR
+        raise TypeError(f"cannot infer an attribute kind for {type(v).__name__}")
+
+    if isinstance(value, list | tuple):
+        if not value:
+            raise TypeError("an empty list has no kind; build Attr(AttrKind.INTS, []) explicitly")
+        kinds = {kind_of(v) for v in value}
+        if kinds == {AttrKind.INT, AttrKind.FLOAT}:
+            kinds = {AttrKind.FLOAT}
+        if len(kinds) != 1:
+            raise TypeError(f"mixed attribute list {value!r}")
+        return Attr(kinds.pop().list_of, value)
+    kind = kind_of(value)
+    return Attr(kind, int(value) if kind == AttrKind.INT else value)
+
+
+class Attributes(dict):
+    """A node's attributes: plain Python values assigned here become typed `Attr`s."""
+
+    def __init__(self, items: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.update(items or {})
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value if isinstance(value, Attr) else infer_attr(value))
+
+    def update(self, items: Any = (), **more: Any) -> None:
+        for key, value in dict(items, **more).items():
+            self[key] = value
 
 
 class Node:
@@ -463,12 +510,6 @@ class Graph:
             for sub in node.subgraphs():
                 yield from sub.all_values()
 
-    def fresh_name(self, hint: str) -> str:
-        """A value name not yet used anywhere in the root graph, derived from `hint`."""
-        from .naming import NameAllocator
-
-        return NameAllocator(self).fresh(hint)
-
     def sort(self) -> None:
         """Reorder nodes topologically (stable: keeps the current order where it can)."""
         from .analysis import topological_order
@@ -477,12 +518,6 @@ class Graph:
         for node in order:
             self.nodes.remove(node)
             self.nodes.insert_before(None, node)
-
-    def verify(self) -> None:
-        """Raise VerifyError listing every broken invariant."""
-        from .verify import verify_graph
-
-        verify_graph(self)
 
     def to_networkx(self) -> networkx.MultiDiGraph:
         from .analysis import to_networkx
@@ -519,27 +554,8 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({self.graph!r}, opset={self.opset_imports})"
 
-    def __reduce__(self):
-        """Pickled as its text form and weights (worker processes get models this way): pickle
-        follows producer/use links depth first, so a chain of a thousand nodes would exhaust its
-        recursion. What the text leaves out is analysis caches in `meta`, recomputed on demand."""
-        from .printer import print_model
-
-        weights: dict[str, np.ndarray] = {}
-        return _model_from_text, (print_model(self, weights=weights), weights)
-
     @property
     def opset(self) -> int:
         """The version of the default ONNX domain."""
         return self.opset_imports.get("", 0)
 
-    def verify(self) -> None:
-        from .verify import verify_model
-
-        verify_model(self)
-
-
-def _model_from_text(text: str, weights: dict[str, np.ndarray]) -> Model:
-    from .parser import parse_model
-
-    return parse_model(text, weights=weights)

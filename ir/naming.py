@@ -12,8 +12,7 @@ from .core import Graph, Value
 class NameAllocator:
     """Hands out value names unused in a model, scanning it once.
 
-    A pass creating many values keeps one allocator for its run; `Graph.fresh_name`
-    (a scan per call) is for one-off names.
+    A pass creating many values keeps one allocator for its run.
     """
 
     def __init__(self, graph: Graph) -> None:

@@ -29,6 +29,7 @@ def verify_model(model: Model) -> None:
 
 
 def verify_graph(graph: Graph) -> None:
+    """Raise VerifyError listing every broken invariant."""
     problems = _check_graph(graph, visible=set(), names={})
     if problems:
         raise VerifyError(problems)

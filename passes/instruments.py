@@ -145,7 +145,7 @@ class Verifier(Instrument):
     def after_pass(self, model, event, ctx, changed) -> None:
         name = f"pass {event.pass_.name!r} ({event.index})"
         try:
-            model.verify()
+            ir.verify_model(model)
         except ir.VerifyError as err:
             raise PassError(f"the IR is invalid after {name}: {err}") from None
         writes, before, owners = event.pass_.writes, self._before, self._owners

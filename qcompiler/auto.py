@@ -27,7 +27,7 @@
    the lowest latency ratio wins; within 5% of it the smaller model. A winner slower
    than float is kept for its size, with that said in its verdict.
 4. When nothing meets the tolerance the float model is kept, said so, with the best rung
-   reached and a pointer to quantization-aware training (`qcompiler.torch.prepare_qat`).
+   reached and a pointer to quantization-aware training (`qcompiler.qat.prepare_qat`).
    `require=True` makes that an error (`AutoError`); the CLI exits 1 then, else 0.
 """
 
@@ -117,7 +117,7 @@ class AutoResult:
             lines.append(f"  {a.rung:<{width}}  {a.accuracy or '-':<34} latency {latency:>6}  size {size:>4}  {a.verdict}")
         if self.chosen is None:
             lines.append("  kept the float model: no rung met the tolerance; quantization-aware training "
-                         "(qcompiler.torch.prepare_qat) can recover accuracy post-training quantization loses")
+                         "(qcompiler.qat.prepare_qat) can recover accuracy post-training quantization loses")
         else:
             lines.append(f"  chose {self.chosen.rung}: {self.chosen.pipeline}")
         return lines

@@ -313,7 +313,7 @@ def _add_import_options(parser: argparse.ArgumentParser) -> None:
 
 def _read(args: argparse.Namespace, weights: str | None = None) -> ir.Model:
     model = read_model(args.model, weights=weights, cleanup=args.cleanup, infer_shapes=args.infer_shapes)
-    model.verify()
+    ir.verify_model(model)
     return model
 
 

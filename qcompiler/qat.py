@@ -72,6 +72,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qcompiler import ir, passes
+from qcompiler import torch as torch_frontend
+from qcompiler.compiler import prepare
 from qcompiler.ir import DType, QuantParams, Value
 from qcompiler.passes.fold_weights import fold_quantized_constants, weight_params
 from qcompiler.passes.pipeline import Pipeline
@@ -197,8 +199,6 @@ def prepare_qat(module: nn.Module, example_inputs: Any, recipe: Recipe | str | P
 
     The copy carries `qat_plan` (a QatPlan). Fine-tune it in train mode, then `export_qat`.
     """
-    from qcompiler.compiler import prepare
-
     job = prepare(module, recipe=recipe, pipeline=f"{_PLACEMENT},fold-weights", example_inputs=example_inputs,
                   dynamic_shapes=dynamic_shapes)
     *placement, fold_step = job.steps.steps
@@ -219,8 +219,6 @@ def prepare_qat(module: nn.Module, example_inputs: Any, recipe: Recipe | str | P
 def export_qat(module: nn.Module, example_inputs: Any, *, dynamic_shapes: Any = None,
                exporter: str = "dynamo") -> ir.Model:
     """The fine-tuned module as a QDQ model with int8 weights and the learned scales (rule 6)."""
-    from qcompiler import torch as torch_frontend
-
     unseen = [name for name, m in module.named_modules() if isinstance(m, ActivationQuant) and not m.observed]
     if unseen:
         raise ValueError(f"export_qat: {', '.join(unseen)} never saw a batch in train mode; fine-tune (or run "

@@ -190,7 +190,3 @@ def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
-
-from qcompiler.qat import export_qat, prepare_qat  # noqa: E402  (qat builds on export above)
-
-__all__ = ["EXPORTERS", "ExportError", "export", "export_qat", "prepare_qat"]

@@ -27,10 +27,10 @@ def check_round_trip(path_or_proto, feeds: dict[str, np.ndarray] | None = None) 
     """Both round trips give the same ONNX bytes and ORT outputs as the original."""
     original = onnx.load(path_or_proto) if isinstance(path_or_proto, str | Path) else path_or_proto
     model = ir.load_model(path_or_proto)
-    model.verify()
+    ir.verify_model(model)
     direct = ir.to_onnx(model)
     text, reparsed = through_text(model)
-    reparsed.verify()
+    ir.verify_model(reparsed)
     assert ir.print_model(reparsed, weights={}) == text
     via_text = ir.to_onnx(reparsed)
     assert via_text.SerializeToString() == direct.SerializeToString()
