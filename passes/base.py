@@ -79,9 +79,6 @@ class Pass:
     def run(self, model: Model, ctx: PassContext) -> bool:
         raise NotImplementedError
 
-    def ensures(self, model: Model, ctx: PassContext) -> None:
-        """Check postconditions; raise PassError when the pass broke its promise."""
-
 
 _PASSES: Registry[type[Pass]] = Registry("pass")
 

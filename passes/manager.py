@@ -79,7 +79,6 @@ class PassManager:
             changed = bool(pass_.run(model, ctx))
             if changed:
                 ctx.analyses.clear()  # computed on the model as it was
-            pass_.ensures(model, ctx)
         except Exception as error:
             notes = [n for n in (i.on_error(error, event, ctx) for i in ctx.instruments) if n]
             already = ", ".join(result.ran) or "none"

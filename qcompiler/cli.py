@@ -437,6 +437,11 @@ def _passes(args: argparse.Namespace) -> int:
         print(f"{name}: {cls.summary()}")
         for option in dataclasses.fields(cls.Options):
             print(f"    {option.name.replace('_', '-')}: {_type_name(option)} = {_default_text(option)}")
+        contract = [f"{part} {','.join(sorted(keys))}" for part, keys in
+                    (("needs", cls.needs), ("gives", cls.gives), ("breaks", cls.breaks), ("refuses", cls.refuses),
+                     ("reads meta", cls.reads), ("writes meta", cls.writes)) if keys]
+        if contract:
+            print(f"    [{'; '.join(contract)}]")
     pipelines = passes.registered_pipelines()
     if pipelines:
         print("\nnamed pipelines:")

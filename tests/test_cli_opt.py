@@ -73,6 +73,9 @@ def test_plugin_pass_shows_in_qc_passes(tmp_path):
     assert "relu-to-leaky: Replace Relu by LeakyRelu with a chosen slope." in lines
     assert "    alpha: float = 0.01" in lines
     assert any(line.startswith("cleanup: ") for line in lines)
+    place = lines.index(next(line for line in lines if line.startswith("place-qdq: ")))
+    assert lines[place + 2] == ("    [needs calibrated; gives qdq-placed; refuses weights-folded; "
+                                "reads meta activations,group,precision,quantize]")
 
 
 def test_plugin_pass_runs_in_a_pipeline_with_timing_and_dumps(tmp_path):
