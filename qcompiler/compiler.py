@@ -255,7 +255,7 @@ def _convert_if_old(model: ir.Model, report: CompileReport, data: CalibrationDat
 def _freeze_weight_inputs(model: ir.Model, report: CompileReport) -> None:
     """Initializers listed as graph inputs (older exporters do it for every weight) become
     constants, so the rules see weights in them; nobody feeds a weight at run time."""
-    defaults = [v for v in model.graph.inputs if v.is_const]
+    defaults = [v for v in model.graph.inputs if v.const is not None]
     for value in defaults:
         model.graph.freeze_input(value)
     if defaults:
