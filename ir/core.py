@@ -129,7 +129,31 @@ class Value:
 
     @property
     def is_const(self) -> bool:
-        return self.const is not None and self._producer is None
+        """Data fixed at compile time: an initializer, or the output of a Constant node.
+
+        A graph input's default is not (a caller may feed the input). Elided data (a dump
+        parsed without its weights) still is: the value is fixed, only not loaded; read
+        `const_array` for data to compute with.
+        """
+        producer = self._producer
+        if producer is not None:
+            return producer.op_type == "Constant" and not producer.domain
+        return self.const is not None and (self._graph is None or self not in self._graph._inputs)
+
+    @property
+    def const_array(self) -> np.ndarray | None:
+        """The data of a constant (`is_const`) when it is here: None for elided data and for
+        a Constant node whose attribute is not a dense tensor or number(s)."""
+        producer = self._producer
+        if producer is None:
+            return self.const if isinstance(self.const, np.ndarray) and self.is_const else None
+        if producer.op_type != "Constant" or producer.domain or len(producer.attributes) != 1:
+            return None
+        (key, attr), = producer.attributes.items()
+        if key == "value":
+            return attr.value if isinstance(attr.value, np.ndarray) else None
+        dtype = _CONSTANT_DTYPES.get(key)
+        return None if dtype is None else np.asarray(attr.value, dtype)
 
     def uses(self) -> tuple[Use, ...]:
         """Snapshot of the uses, so callers may rewire while iterating."""
@@ -151,6 +175,10 @@ class Value:
                 use.user.set_input(use.index, other)
             else:
                 use.user.set_output(use.index, other)
+
+
+_CONSTANT_DTYPES = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                    "value_ints": np.int64}  # of a Constant node's number attributes
 
 
 def _const_dtype(const: np.ndarray | ElidedTensor) -> DType:
@@ -258,6 +286,11 @@ class Node:
     @property
     def graph(self) -> Graph | None:
         return self._graph
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        """The value of attribute `key`, or `default` when the node does not set it (ONNX's default)."""
+        found = self.attributes.get(key)
+        return default if found is None else found.value
 
     def set_input(self, index: int, value: Value | None) -> None:
         old = self._inputs[index]
@@ -417,6 +450,25 @@ class Graph:
         del self._constants[value]
         if value not in self._inputs:
             value._graph = None
+
+    def drop_unread_constants(self, values: Iterable[Value | None] | None = None) -> int:
+        """Remove the constants of this graph that nobody reads: those among `values` (what a
+        rewrite stopped reading; other values are left alone), or else every initializer.
+
+        A Constant node goes with its output; a graph input keeps its default. Returns how many went.
+        """
+        if values is None:
+            values = self.constants
+        dropped = 0
+        for value in dict.fromkeys(values):
+            if value is None or value._uses or value.graph is not self or not value.is_const:
+                continue
+            if value._producer is not None:
+                self.remove(value._producer)
+            else:
+                self.remove_constant(value)
+            dropped += 1
+        return dropped
 
     def remove_input(self, value: Value) -> None:
         if value._uses:

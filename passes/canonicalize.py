@@ -64,7 +64,7 @@ _NEVER_FOLD = frozenset(
 )
 _FIRST_OVERRIDABLE_IR = 4  # from this IR version on, a feed may override an input's default
 
-IsConstant = Callable[[Value], bool]
+IsFixed = Callable[[Value], bool]
 
 
 @register_pass
@@ -94,13 +94,13 @@ class Canonicalize(Pass):
     def _round(self, model: Model, ctx, first: bool) -> bool:
         """One sweep of the rules; types are refreshed on the first round and after rewrites
         (a round that rewrote nothing cannot change what inference finds)."""
-        is_constant = _constant_test(model)
+        fixed = _fixed_initializer(model)
         changes = 0
         if self.options.fold_constants:
             foldable = [model.graph] if model.ir_version < _FIRST_OVERRIDABLE_IR else _graphs(model.graph)
             for graph in foldable:
-                changes += self._fold(graph, model, is_constant, ctx)
-        changes += self._bypass_noops(model, is_constant)
+                changes += self._fold(graph, model, fixed, ctx)
+        changes += self._bypass_noops(model, fixed)
         changes += self._sums_to_adds(model)
         nodes, constants = eliminate_dead_code(model.graph)
         self.stats["dead_nodes"] += nodes
@@ -112,7 +112,7 @@ class Canonicalize(Pass):
             changes += refreshed
         return changes > 0
 
-    def _fold(self, graph: Graph, model: Model, is_constant: IsConstant, ctx) -> int:
+    def _fold(self, graph: Graph, model: Model, fixed: IsFixed, ctx) -> int:
         """Rules 1-3 on one graph; returns how many nodes became constants."""
         planned: dict[Node, None] = {}
         computed: set[Value] = set()
@@ -124,7 +124,7 @@ class Canonicalize(Pass):
             if shape is not None:
                 _become_constants(graph, model, {node.outputs[0]: shape})
                 shapes += 1
-            elif self._foldable(node, computed, is_constant):
+            elif self._foldable(node, computed, fixed):
                 planned[node] = None
                 computed.update(node.outputs)
         wanted = [
@@ -144,23 +144,23 @@ class Canonicalize(Pass):
         self.stats["folded"] += len(planned)
         return shapes + len(planned)
 
-    def _foldable(self, node: Node, computed: set[Value], is_constant: IsConstant) -> bool:
+    def _foldable(self, node: Node, computed: set[Value], fixed: IsFixed) -> bool:
         if node.domain or node.op_type in _NEVER_FOLD or next(node.subgraphs(), None) is not None:
             return False
         if any(isinstance(a.value, ElidedTensor) for a in node.attributes.values()):
             return False  # a dump parsed without its weights: the data is not here
-        if not all(v is None or v in computed or is_constant(v) for v in node.inputs):
+        if not all(v is None or v in computed or fixed(v) for v in node.inputs):
             return False
         return _within_size_guard(node, self.options.max_folded_elements)
 
-    def _bypass_noops(self, model: Model, is_constant: IsConstant) -> int:
+    def _bypass_noops(self, model: Model, fixed: IsFixed) -> int:
         """Rules 4-5 in every graph; returns how many nodes went."""
         removed = 0
         for node in model.graph.all_nodes():
             check = _NOOPS.get(node.op_type)
             if node.domain or check is None or not node.inputs or node.inputs[0] is None:
                 continue
-            if check(node, is_constant, model.opset) and _bypass(node):
+            if check(node, fixed, model.opset) and _bypass(node):
                 self.stats[_STAT.get(node.op_type, "noops")] += 1
                 removed += 1
         return removed
@@ -183,12 +183,12 @@ def _graphs(graph: Graph) -> Iterator[Graph]:
             yield from _graphs(sub)
 
 
-def _constant_test(model: Model) -> IsConstant:
-    """Whether a value's data is fixed before run time (rule 1)."""
-    overridable = (
-        {v for g in _graphs(model.graph) for v in g.inputs} if model.ir_version >= _FIRST_OVERRIDABLE_IR else set()
-    )
-    return lambda v: isinstance(v.const, np.ndarray) and v.producer is None and v not in overridable
+def _fixed_initializer(model: Model) -> IsFixed:
+    """Rule 1's constants: initializers whose data is here. Unlike `Value.is_const`, below IR
+    version 4 an input's default is one (no feed may override it), and a Constant node's
+    output is not: folding evaluates the Constant node itself."""
+    defaults_fixed = model.ir_version < _FIRST_OVERRIDABLE_IR
+    return lambda v: v.producer is None and isinstance(v.const, np.ndarray) and (defaults_fixed or v.is_const)
 
 
 def _become_constants(graph: Graph, model: Model, arrays: dict[Value, np.ndarray]) -> None:
@@ -229,7 +229,7 @@ def _shape_from_type(node: Node) -> np.ndarray | None:
     if dims is None:
         return None
     if node.op_type == "Shape":
-        start, end = (node.attributes[k].value if k in node.attributes else None for k in ("start", "end"))
+        start, end = node.attr("start"), node.attr("end")
         dims = dims[start:end]
     if not all(isinstance(d, int) for d in dims):
         return None
@@ -249,32 +249,32 @@ def _bypass(node: Node) -> bool:
     return True
 
 
-def _inference_dropout(node: Node, is_constant: IsConstant, opset: int) -> bool:
+def _inference_dropout(node: Node, fixed: IsFixed, opset: int) -> bool:
     if len(node.outputs) > 1 and node.outputs[1].uses():
         return False
     if opset < 7:
-        return "is_test" in node.attributes and node.attributes["is_test"].value != 0
+        return node.attr("is_test", 0) != 0
     training = node.inputs[2] if len(node.inputs) > 2 else None
-    return training is None or (is_constant(training) and not training.const.any())
+    return training is None or (fixed(training) and not training.const.any())
 
 
-def _same_dtype_cast(node: Node, is_constant: IsConstant, opset: int) -> bool:
+def _same_dtype_cast(node: Node, fixed: IsFixed, opset: int) -> bool:
     dtype = node.inputs[0].dtype
     return dtype is not None and dtype == node.attributes["to"].value
 
 
-def _shape_keeping_reshape(node: Node, is_constant: IsConstant, opset: int) -> bool:
+def _shape_keeping_reshape(node: Node, fixed: IsFixed, opset: int) -> bool:
     dims, target = node.inputs[0].shape, node.inputs[1] if len(node.inputs) > 1 else None
-    if dims is None or target is None or not is_constant(target) or target.const.ndim != 1:
+    if dims is None or target is None or not fixed(target) or target.const.ndim != 1:
         return False
     wanted = target.const.tolist()
-    allowzero = "allowzero" in node.attributes and node.attributes["allowzero"].value != 0
+    allowzero = node.attr("allowzero", 0) != 0
     if len(wanted) != len(dims) or 0 in dims or wanted.count(-1) > 1:
         return False
     return all(w == d or w == -1 or (w == 0 and not allowzero) for d, w in zip(dims, wanted))
 
 
-def _identity_transpose(node: Node, is_constant: IsConstant, opset: int) -> bool:
+def _identity_transpose(node: Node, fixed: IsFixed, opset: int) -> bool:
     if "perm" in node.attributes:
         perm = list(node.attributes["perm"].value)
         return perm == list(range(len(perm)))
@@ -282,12 +282,12 @@ def _identity_transpose(node: Node, is_constant: IsConstant, opset: int) -> bool
     return dims is not None and len(dims) <= 1
 
 
-def _one_input(node: Node, is_constant: IsConstant, opset: int) -> bool:
+def _one_input(node: Node, fixed: IsFixed, opset: int) -> bool:
     return len(node.inputs) == 1
 
 
-_NOOPS: dict[str, Callable[[Node, IsConstant, int], bool]] = {
-    "Identity": lambda node, is_constant, opset: True,
+_NOOPS: dict[str, Callable[[Node, IsFixed, int], bool]] = {
+    "Identity": lambda node, fixed, opset: True,
     "Dropout": _inference_dropout,
     "Cast": _same_dtype_cast,
     "Reshape": _shape_keeping_reshape,

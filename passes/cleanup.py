@@ -53,12 +53,8 @@ def _same_params(a: Node, b: Node) -> bool:
 def _same_value(x: Value | None, y: Value | None) -> bool:
     if x is y:
         return True
-    if x is None or y is None or not (x.is_const and y.is_const):
-        return False
-    return (
-        isinstance(x.const, np.ndarray) and isinstance(y.const, np.ndarray)
-        and x.const.dtype == y.const.dtype and np.array_equal(x.const, y.const)
-    )
+    a, b = (v.const_array if v is not None else None for v in (x, y))
+    return a is not None and b is not None and a.dtype == b.dtype and np.array_equal(a, b)
 
 
 def _remove_requantize(graph: Graph) -> int:

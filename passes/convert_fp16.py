@@ -62,8 +62,6 @@ from qcompiler.ir.evaluate import ValueTap, tap_groups
 from qcompiler.ir.onnx_export import constant_bytes
 
 from .base import Pass, register_pass
-from .fold_weights import drop_if_unread
-from .patterns import constant_value
 from .rules import float_by_choice
 
 F16_MAX = float(np.finfo(np.float16).max)  # 65504
@@ -147,7 +145,7 @@ class ConvertFp16(Pass):
                 kept[node] = "blocked"
             elif node in chosen:
                 kept[node] = "by_choice"
-            elif any(_peak(constant_value(node.inputs[i])) > F16_MAX for i in plan.inputs):
+            elif any(_peak(node.inputs[i].const_array) > F16_MAX for i in plan.inputs):
                 kept[node] = "constant_overflow"
         if data is not None:
             for value in _overflowing(model, plans, kept, data):
@@ -172,7 +170,7 @@ class ConvertFp16(Pass):
                 use.user.set_output(use.index, made[need])
             elif need in made:
                 use.user.set_input(use.index, made[need])
-        drop_if_unread(graph, value)
+        graph.drop_unread_constants([value])
         return len(made)
 
     def _needed(self, graph: Graph, user: Node | Graph, index: int, converted: dict[Node, _Plan],
@@ -191,7 +189,7 @@ class ConvertFp16(Pass):
 
         A graph output's Cast takes over the value's name (exported outputs keep theirs).
         """
-        data = constant_value(value) if value.producer is None else None
+        data = value.const_array if value.producer is None else None
         if data is not None and dtype == DType.FLOAT16:
             self.stats["constants_fp16"] += 1
             return graph.add_constant(Value(names.fresh(f"{value.name}_fp16"), const=data.astype(np.float16)))
@@ -274,7 +272,7 @@ def _overflowing(model: Model, plans: dict[Node, _Plan], kept: dict[Node, str], 
         if node not in kept:
             candidates.update({node.inputs[i]: None for i in plan.inputs})
             candidates.update({node.outputs[i]: None for i in plan.outputs})
-    values = [v for v in candidates if constant_value(v) is None]
+    values = [v for v in candidates if v.const_array is None]
     peaks = dict.fromkeys(values, 0.0)
     for group in tap_groups(model, values, data, _TAP_BUDGET) if values else []:
         tap = ValueTap(model, [values[i] for i in group])
@@ -307,8 +305,8 @@ def _fold_cast_pairs(graph: Graph) -> int:
 
 def _cast_to(node: Node | None) -> DType | None:
     """The dtype a default-domain Cast converts to; None for any other node."""
-    found = node.attributes.get("to") if node is not None and node.op_type == "Cast" and not node.domain else None
-    return None if found is None else DType(found.value)
+    found = node.attr("to") if node is not None and node.op_type == "Cast" and not node.domain else None
+    return None if found is None else DType(found)
 
 
 def _retype(value: Value, dtype: DType) -> None:

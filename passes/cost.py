@@ -23,7 +23,6 @@ import math
 
 from qcompiler.ir import DType, Model, Node, Value
 
-from .rules import attr
 from .target import Target
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -92,12 +91,12 @@ def node_macs(node: Node) -> int:
         return math.prod(w or ()) * math.prod(out[2:] if out else ())
     if node.op_type == "Gemm":
         a, b = x or (1, 1), w or (1, 1)
-        m = a[1] if attr(node, "transA", 0) else a[0]
-        k = a[0] if attr(node, "transA", 0) else a[1]
-        n = b[0] if attr(node, "transB", 0) else b[1]
+        m = a[1] if node.attr("transA", 0) else a[0]
+        k = a[0] if node.attr("transA", 0) else a[1]
+        n = b[0] if node.attr("transB", 0) else b[1]
         return (math.prod(out) if out is not None else m * n) * k
     if node.op_type == "MatMulNBits":  # com.microsoft: B is packed, K and N are attributes
-        return math.prod(x[:-1] if x else ()) * attr(node, "K", 1) * attr(node, "N", 1)
+        return math.prod(x[:-1] if x else ()) * node.attr("K", 1) * node.attr("N", 1)
     if node.op_type in ("MatMul", "MatMulInteger"):
         k = x[-1] if x else w[-2] if w and len(w) > 1 else w[0] if w else 1
         if out is None:

@@ -19,8 +19,4 @@ def eliminate_dead_code(graph: Graph) -> tuple[int, int]:
         for sub in node.subgraphs():
             inner = eliminate_dead_code(sub)
             nodes, constants = nodes + inner[0], constants + inner[1]
-    for value in graph.constants:
-        if not value.uses() and value not in graph.inputs:
-            graph.remove_constant(value)
-            constants += 1
-    return nodes, constants
+    return nodes, constants + graph.drop_unread_constants()

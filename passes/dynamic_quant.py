@@ -63,10 +63,10 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, TensorType, V
 from qcompiler.ir.quant import quantize
 
 from .base import Pass, register_pass
-from .fold_weights import weight_params
 from .patterns import erase
-from .rules import attr, is_constant, kept_float, with_groups
+from .rules import kept_float, with_groups
 from .target import weight_reduce_range
+from .weight_quant import weight_params
 
 _DYNAMIC = "dynamic"  # the rules.PRECISIONS level this pass emits
 
@@ -127,7 +127,7 @@ class DynamicQuant(Pass):
     def _rewrite(self, graph: Graph, names: NameAllocator, node: Node, weights: dict, activations: dict) -> None:
         """Rule 3: `node` gives way to the dynamic chain making the same output value."""
         x, w = node.inputs[0], node.inputs[1]
-        transposed = node.op_type == "Gemm" and bool(attr(node, "transB", 0))
+        transposed = node.op_type == "Gemm" and bool(node.attr("transB", 0))
         if (w, transposed) not in weights:
             weights[w, transposed] = self._store_weight(graph, names, w, transposed)
         weight = weights[w, transposed]
@@ -161,7 +161,7 @@ class DynamicQuant(Pass):
 
     def _store_weight(self, graph: Graph, names: NameAllocator, value: Value, transposed: bool) -> _Weight:
         """Rule 2: int8 codes [K, N] carrying their parameters, and the scale and zero point as constants."""
-        data = value.const.T if transposed else value.const
+        data = value.const_array.T if transposed else value.const_array
         params = weight_params(data, 1 if self.options.per_channel else None, DType.INT8, True, self.reduce_range)
         codes = np.ascontiguousarray(quantize(data, params))
         stored = _Weight(*(graph.add_constant(Value(names.fresh(f"{value.name}_{key}"), const=array,
@@ -176,10 +176,10 @@ class DynamicQuant(Pass):
     def _bias(self, graph: Graph, names: NameAllocator, node: Node) -> Value | None:
         """A Gemm's C scaled by beta, added after the rescale (rule 1); None when absent."""
         c = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
-        beta = attr(node, "beta", 1.0)
+        beta = node.attr("beta", 1.0)
         if c is None or beta == 1.0:
             return c
-        return graph.add_constant(Value(names.fresh(f"{c.name}_beta"), const=(beta * c.const).astype(np.float32)))
+        return graph.add_constant(Value(names.fresh(f"{c.name}_beta"), const=(beta * c.const_array).astype(np.float32)))
 
     def _report(self) -> dict:
         stats, options = self.stats, self.options
@@ -201,17 +201,18 @@ def _dynamic_quantize(names: NameAllocator, x: Value, meta: dict) -> Node:
 
 def _has_weight(node: Node) -> bool:
     """A MatMul or Gemm of the default domain reading a constant B: a candidate of rule 1."""
-    return not node.domain and node.op_type in ("MatMul", "Gemm") and is_constant(node.inputs[1])
+    weight = node.inputs[1] if not node.domain and node.op_type in ("MatMul", "Gemm") else None
+    return weight is not None and weight.is_const
 
 
 def _supported(node: Node) -> bool:
     """Rule 1: the forms the dynamic chain computes exactly."""
     x, w = node.inputs[0], node.inputs[1]
-    data = w.const
-    if x.dtype != DType.FLOAT or not isinstance(data, np.ndarray) or data.dtype != np.float32 or data.ndim != 2:
+    data = w.const_array
+    if x.dtype != DType.FLOAT or data is None or data.dtype != np.float32 or data.ndim != 2:
         return False
     if node.op_type == "MatMul":
         return True
     c = node.inputs[2] if len(node.inputs) > 2 else None
-    return (not attr(node, "transA", 0) and attr(node, "alpha", 1.0) == 1.0
-            and (c is None or (is_constant(c) and isinstance(c.const, np.ndarray) and c.dtype == DType.FLOAT)))
+    return (not node.attr("transA", 0) and node.attr("alpha", 1.0) == 1.0
+            and (c is None or (c.const_array is not None and c.dtype == DType.FLOAT)))

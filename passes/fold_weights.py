@@ -20,8 +20,8 @@
    anyway) or the scales do not line up with the bias; counted as `biases_float`.
 4. Bias codes beyond int32 are clipped to it (a bias over 2^31 * s_in * s_w is far out of
    any trained range) and counted as `biases_clipped`, so the report shows it.
-5. Weights that are not initializers holding data (an elided blob, a Constant node's
-   output) are left float and counted as `weights_skipped`. A weight shared by several
+5. Weights whose data is not here (an elided blob) are left float and counted as
+   `weights_skipped`. A weight shared by several
    ops is quantized once per axis and read through one DequantizeLinear.
 6. Per-channel DequantizeLinear needs opset 13: with `per_channel=true` a lower opset is
    refused with a PassError naming legalize-opset.
@@ -38,8 +38,7 @@
    Gemm). A constant beyond float16's finite range stays float32 (`fp16_kept_fp32`).
 9. A model that arrives with its weights fake-quantized, DequantizeLinear(QuantizeLinear(w))
    on a constant w (a QAT export, another tool's), gets the codes that QuantizeLinear
-   computes as an initializer carrying its parameters (`quantize_folded`): int8 in the
-   file, and ORT fuses it like any weight of ours. The pair's parameters are kept as given.
+   computes as an initializer carrying its parameters (`quantize_folded`, fake_quant.py).
 
     const %w: f32[8,3,3,3]                  const %w_quantized: i8[8,3,3,3] q<i8, axis=0, scale=[...], zp=[...]>
     const %b: f32[8]                        const %b_quantized: i32[8] q<i32, axis=0, scale=[s_in*s_w...], zp=[...]>
@@ -59,8 +58,10 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from qcompiler.ir.quant import dtype_range, quantize
 
 from .base import Pass, PassError, register_pass
-from .rules import Bias, attr, is_qdq, plans
+from .fake_quant import fold_quantized_constants
+from .rules import Bias, is_qdq, plans
 from .target import weight_reduce_range
+from .weight_quant import dequantized, weight_params
 
 _PER_CHANNEL_OPSET = 13
 _WEIGHT_DTYPES = {"int8": DType.INT8}
@@ -112,8 +113,8 @@ class FoldWeights(Pass):
     def _store_fp16(self, graph: Graph, names: NameAllocator, node: Node) -> None:
         """Rule 8: each float32 constant input becomes a float16 initializer read through a Cast."""
         for index, value in enumerate(node.inputs):
-            data = value.const if value is not None and value.is_const and value in graph.constants else None
-            if not isinstance(data, np.ndarray) or data.dtype != np.float32:
+            data = value.const_array if value is not None else None
+            if data is None or data.dtype != np.float32:
                 continue
             if np.abs(data).max(initial=0.0) > np.finfo(np.float16).max:
                 self.stats["fp16_kept_fp32"] += 1
@@ -122,14 +123,14 @@ class FoldWeights(Pass):
             output = Value(names.fresh(f"{value.name}_fp32"), value.type)
             graph.insert_before(node, Node("Cast", [stored], [output], attributes={"to": int(DType.FLOAT)}))
             node.set_input(index, output)
-            drop_if_unread(graph, value)
+            graph.drop_unread_constants([value])
             self.stats["weights_fp16"] += 1
 
     def _fold_weight(self, graph: Graph, names: NameAllocator, node: Node, index: int, axis: int | None,
                      folded: dict[tuple[Value, int | None], Value]) -> None:
         value = node.inputs[index]
-        data = value.const if value.is_const else None
-        if not isinstance(data, np.ndarray):
+        data = value.const_array
+        if data is None:
             self.stats["weights_skipped"] += 1
             return
         if (value, axis) not in folded:
@@ -138,13 +139,13 @@ class FoldWeights(Pass):
             folded[value, axis] = dequantized(graph, names, node, value, quantize(data, params), params)
             self.stats["weights_folded"] += 1
         node.set_input(index, folded[value, axis])
-        drop_if_unread(graph, value)
+        graph.drop_unread_constants([value])
 
     def _fold_bias(self, graph: Graph, names: NameAllocator, node: Node, bias: Bias) -> None:
         value = node.inputs[bias.input]
-        data = value.const if value.is_const else None
+        data = value.const_array
         scale = _bias_scale(node.inputs[bias.activation], node.inputs[bias.weight], len(data)) \
-            if isinstance(data, np.ndarray) else None
+            if data is not None else None
         if scale is None:
             self.stats["biases_float"] += 1
             return
@@ -153,18 +154,8 @@ class FoldWeights(Pass):
         codes = np.rint(data.astype(np.float32) / scale)
         self.stats["biases_clipped"] += int(np.count_nonzero((codes < qmin) | (codes > qmax)))
         node.set_input(bias.input, dequantized(graph, names, node, value, quantize(data, params), params))
-        drop_if_unread(graph, value)
+        graph.drop_unread_constants([value])
         self.stats["biases_folded"] += 1
-
-
-def weight_params(data: np.ndarray, axis: int | None, dtype: DType, symmetric: bool,
-                   reduce_range: bool) -> QuantParams:
-    """Parameters covering each channel's [min, max] along `axis` (the whole tensor when None);
-    with `reduce_range` the range is doubled, so codes use one bit less (rule 7)."""
-    reduce = None if axis is None else tuple(d for d in range(data.ndim) if d != axis % data.ndim)
-    widen = 2.0 if reduce_range else 1.0
-    return QuantParams.from_range(widen * data.min(axis=reduce), widen * data.max(axis=reduce), dtype,
-                                  symmetric=symmetric, axis=axis)
 
 
 def _dq_scale(value: Value | None) -> np.ndarray | None:
@@ -172,8 +163,8 @@ def _dq_scale(value: Value | None) -> np.ndarray | None:
     producer = value.producer if value is not None else None
     if not is_qdq(producer, "DequantizeLinear"):
         return None
-    scale = producer.inputs[1]
-    return scale.const.astype(np.float32) if scale.is_const and isinstance(scale.const, np.ndarray) else None
+    data = producer.inputs[1].const_array
+    return None if data is None else data.astype(np.float32)
 
 
 def _bias_scale(activation: Value | None, weight: Value | None, channels: int) -> np.ndarray | None:
@@ -186,46 +177,3 @@ def _bias_scale(activation: Value | None, weight: Value | None, channels: int) -
     if channels % s_w.size:
         return None
     return s_in * np.tile(s_w, channels // s_w.size)
-
-
-def dequantized(graph: Graph, names: NameAllocator, node: Node, value: Value, codes: np.ndarray,
-                 params: QuantParams) -> Value:
-    """A DequantizeLinear of `codes` (a new initializer carrying `params`), inserted before `node`."""
-    stored = graph.add_constant(Value(names.fresh(f"{value.name}_quantized"), const=codes, quant=params))
-    scale = graph.add_constant(Value(names.fresh(f"{value.name}_scale"), const=params.scale))
-    zero_point = graph.add_constant(Value(names.fresh(f"{value.name}_zp"), const=params.zero_point))
-    attributes = {} if params.axis is None else {"axis": params.axis}
-    if params.block_size is not None:
-        attributes["block_size"] = params.block_size
-    output = Value(names.fresh(f"{value.name}_dq"), value.type)
-    graph.insert_before(node, Node("DequantizeLinear", [stored, scale, zero_point], [output], attributes=attributes))
-    return output
-
-
-def drop_if_unread(graph: Graph, value: Value) -> None:
-    """Remove constant `value` once a rewrite left no reader of it."""
-    if not value.uses() and value in graph.constants and value not in graph.inputs:
-        graph.remove_constant(value)
-
-
-def fold_quantized_constants(model: Model) -> int:
-    """Rule 9: each QuantizeLinear whose input, scale and zero point are constants becomes an
-    initializer of its codes carrying the parameters; returns how many."""
-    graph = model.graph
-    names = NameAllocator(graph)
-    folded = 0
-    for node in list(graph.nodes):
-        data = [v.const if v is not None and v.is_const else None for v in node.inputs]
-        if not is_qdq(node, "QuantizeLinear") or len(data) < 3 or \
-                not all(isinstance(d, np.ndarray) for d in data) or "block_size" in node.attributes:
-            continue
-        weight = node.inputs[0]
-        axis = attr(node, "axis", 1) % weight.const.ndim if data[1].ndim else None
-        params = QuantParams(DType.from_numpy(data[2].dtype), data[1], data[2], axis)
-        codes = graph.add_constant(Value(names.fresh(f"{weight.name}_quantized"),
-                                         const=quantize(data[0], params), quant=params))
-        node.outputs[0].replace_all_uses_with(codes)
-        graph.remove(node)
-        drop_if_unread(graph, weight)
-        folded += 1
-    return folded

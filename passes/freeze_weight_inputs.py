@@ -22,7 +22,7 @@ class FreezeWeightInputs(Pass):
     name = "freeze-weight-inputs"
 
     def run(self, model: ir.Model, ctx) -> bool:
-        defaults = [v for v in model.graph.inputs if v.is_const]
+        defaults = [v for v in model.graph.inputs if v.const is not None]
         for value in defaults:
             model.graph.freeze_input(value)
         self.stats["frozen"] += len(defaults)

@@ -48,10 +48,9 @@ from qcompiler.ir import Graph, Model, NameAllocator, Node, Value
 
 from .base import Pass, register_pass
 from .patterns import (
-    Any, Const, Either, Match, Op, Optional, Pattern, apply_patterns, constant_value, not_graph_output,
+    Any, Const, Either, Match, Op, Optional, Pattern, apply_patterns, not_graph_output,
     replace_root, used_only_inside,
 )
-from .rules import attr
 from .target import FUSABLE_ACTIVATIONS
 
 _INTERNAL = (used_only_inside, not_graph_output)
@@ -101,8 +100,7 @@ def _conv_bn(op_type: str) -> Op:
 
 def _inference_bn(match: Match) -> bool:
     bn = match["bn"]
-    training = bn.attributes.get("training_mode")
-    return (training is None or training.value == 0) and not any(v.uses() for v in bn.outputs[1:])
+    return bn.attr("training_mode", 0) == 0 and not any(v.uses() for v in bn.outputs[1:])
 
 
 def _fold_bn(env: _Env, graph: Graph, match: Match) -> bool:
@@ -110,13 +108,13 @@ def _fold_bn(env: _Env, graph: Graph, match: Match) -> bool:
     w = match.const("w")
     if w.dtype.kind != "f" or w.ndim < 3:
         return False
-    group = attr(conv, "group", 1)
+    group = conv.attr("group", 1)
     channels = w.shape[0] if conv.op_type == "Conv" else w.shape[1] * group
     params = [match.const(k).astype(np.float64) for k in ("scale", "bias", "mean", "var")]
     if any(p.shape != (channels,) for p in params) or (conv.op_type == "ConvTranspose" and w.shape[0] % group):
         return False
     scale, bias, mean, var = params
-    s = scale / np.sqrt(var + attr(bn, "epsilon", 1e-5))
+    s = scale / np.sqrt(var + bn.attr("epsilon", 1e-5))
     kernel = (1,) * (w.ndim - 2)
     if conv.op_type == "Conv":
         folded_w = w * s.reshape(channels, 1, *kernel)
@@ -148,9 +146,9 @@ def _bias_fits(bias: np.ndarray, width: int | None, rank: int | None) -> bool:
 
 
 def _gemm_width(gemm: Node) -> int | None:
-    b = constant_value(gemm.inputs[1])
+    b = gemm.inputs[1].const_array
     if b is not None and b.ndim == 2:
-        return b.shape[0 if attr(gemm, "transB", 0) else 1]
+        return b.shape[0 if gemm.attr("transB", 0) else 1]
     shape = gemm.outputs[0].shape
     return shape[-1] if shape and isinstance(shape[-1], int) else None
 
@@ -162,7 +160,7 @@ def _gemm_bias_fits(match: Match) -> bool:
 def _fold_gemm_bias(env: _Env, graph: Graph, match: Match) -> bool:
     gemm, bias = match["gemm"], match.const("bias")
     if "c" in match:
-        folded = attr(gemm, "beta", 1.0) * match.const("c").astype(np.float64) + bias
+        folded = gemm.attr("beta", 1.0) * match.const("c").astype(np.float64) + bias
         if folded.ndim > 2:
             return False
         c = env.constant(graph, f"{match['c'].name}_folded", folded.astype(bias.dtype))
@@ -195,7 +193,7 @@ def _fold_matmul_bias(env: _Env, graph: Graph, match: Match) -> bool:
 
 def _act_free(match: Match) -> bool:
     act = match["act"]
-    bounds_known = act.op_type != "Clip" or all(v is None or constant_value(v) is not None for v in act.inputs[1:])
+    bounds_known = act.op_type != "Clip" or all(v is None or v.const_array is not None for v in act.inputs[1:])
     return bounds_known and "group" not in act.meta
 
 
@@ -218,14 +216,14 @@ _LAYERNORM = Op(
 
 
 def _reduced_axes(node: Node, axes_input: str, match: Match, rank: int) -> tuple[int, ...] | None:
-    if attr(node, "keepdims", 1) != 1:
+    if node.attr("keepdims", 1) != 1:
         return None
     if axes_input in match:
         axes = match.const(axes_input).reshape(-1).tolist()
     else:
-        axes = attr(node, "axes", None)
+        axes = node.attr("axes", None)
     if not axes:  # no axes: all of them, unless told to do nothing
-        return None if attr(node, "noop_with_empty_axes", 0) else tuple(range(rank))
+        return None if node.attr("noop_with_empty_axes", 0) else tuple(range(rank))
     return tuple(sorted(a % rank for a in axes))
 
 

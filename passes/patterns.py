@@ -27,28 +27,6 @@ from qcompiler.ir import Graph, Node, Use, Value
 from .registry import KEBAB_NAME
 
 
-def constant_value(value: Value | None) -> np.ndarray | None:
-    """The data of an initializer or of a `Constant` node's output; None when not known.
-
-    A graph input with a default is not constant (the caller may feed it), nor is
-    elided data (a dump parsed without its weights).
-    """
-    if value is None:
-        return None
-    node = value.producer
-    if node is None:
-        graph = value.graph
-        known = isinstance(value.const, np.ndarray) and graph is not None and value not in graph.inputs
-        return value.const if known else None
-    if node.op_type != "Constant" or node.domain or len(node.attributes) != 1:
-        return None
-    (key, attr), = node.attributes.items()
-    if key == "value":
-        return attr.value if isinstance(attr.value, np.ndarray) else None
-    dtypes = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
-    return np.asarray(attr.value, dtypes[key]) if key in dtypes else None
-
-
 @dataclass(frozen=True)
 class Match:
     """What a pattern matched: its nodes (root first), named bindings, the edges it walked."""
@@ -69,7 +47,7 @@ class Match:
 
     def const(self, name: str) -> np.ndarray:
         """The data of a value bound by `Const(name)`."""
-        return constant_value(self.bound[name])
+        return self.bound[name].const_array
 
     def intermediates(self) -> list[Value]:
         """Outputs of the matched nodes other than the root: what a fusion makes disappear."""
@@ -114,7 +92,7 @@ class Const(Matcher):
     value: float | None = None
 
     def match(self, value, match):
-        data = constant_value(value)
+        data = value.const_array if value is not None else None
         if data is None or not np.issubdtype(data.dtype, np.number):
             return
         if self.value is not None and not (data.size == 1 and np.isclose(data.item(), self.value, rtol=1e-4)):
@@ -302,10 +280,8 @@ def replace_root(graph: Graph, match: Match, node: Node) -> None:
 
 
 def erase(graph: Graph, nodes: Sequence[Node]) -> None:
-    """Remove `nodes`, none read from outside them, then the constants they leave unread.
-
-    Those are initializers and Constant nodes, in whichever graph defines them.
-    """
+    """Remove `nodes`, none read from outside them, then the constants they leave unread,
+    in whichever graph defines them (a subgraph's nodes may read an enclosing graph's)."""
     pending = dict.fromkeys(nodes)
     orphans: dict[Value, None] = {}
     while pending:
@@ -317,10 +293,6 @@ def erase(graph: Graph, nodes: Sequence[Node]) -> None:
             graph.remove(node)
             del pending[node]
     for value in orphans:
-        if value.uses() or constant_value(value) is None:
-            continue
-        if value.producer is not None:
-            value.producer.graph.remove(value.producer)
-        else:
-            value.graph.remove_constant(value)
+        if value.graph is not None:
+            value.graph.drop_unread_constants([value])
 

@@ -152,27 +152,12 @@ def is_qdq(node: Node | None, op_type: str) -> bool:
     return node is not None and node.op_type == op_type and node.domain in QDQ_DOMAINS
 
 
-def is_constant(value: Value | None) -> bool:
-    """Data fixed at compile time: an initializer (not an input default) or a Constant's output."""
-    if value is None:
-        return False
-    if value.producer is not None:
-        return value.producer.op_type == "Constant" and not value.producer.domain
-    return value.is_const and value.graph is not None and value not in value.graph.inputs
-
-
 _QUANTIZABLE_FLOATS = frozenset({DType.FLOAT, DType.FLOAT16, DType.BFLOAT16, DType.DOUBLE})
 
 
 def is_float(value: Value | None) -> bool:
     """Whether `value` is a float16/32/64 or bfloat16 tensor: the kinds quantization touches (not float8)."""
     return value is not None and value.dtype in _QUANTIZABLE_FLOATS
-
-
-def attr(node: Node, key: str, default):
-    """The value of attribute `key`, or `default` when the node does not set it."""
-    found = node.attributes.get(key)
-    return default if found is None else found.value
 
 
 def _is_norm(node: Node | None) -> bool:
@@ -190,7 +175,7 @@ def _weighted(node: Node, weight_axis: int | None, bias: Bias | None) -> QuantPl
     """Input 0 and 1 are activations or, when constant, weights (input 1 per channel)."""
     activations, weights = [], []
     for index, axis in ((0, None), (1, weight_axis)):
-        if is_constant(node.inputs[index]):
+        if node.inputs[index] is not None and node.inputs[index].is_const:
             weights.append(Weight(index, axis))
         else:
             activations.append(index)
@@ -200,7 +185,7 @@ def _weighted(node: Node, weight_axis: int | None, bias: Bias | None) -> QuantPl
 def _bias(node: Node, index: int) -> Bias | None:
     """A 1-D float constant at `index` becomes the int32 bias; anything else stays float."""
     value = node.inputs[index] if len(node.inputs) > index else None
-    if not (is_constant(value) and is_float(value) and value.shape is not None and len(value.shape) == 1):
+    if not (is_float(value) and value.is_const and value.shape is not None and len(value.shape) == 1):
         return None
     return Bias(index, 0, 1)
 
@@ -233,8 +218,8 @@ def gemm(node: Node, model: Model) -> QuantPlan:
     accumulator holds A*B at scale s_a * s_b, so another alpha or beta would need folding
     into it first. Otherwise C stays float. The output is quantized, as for Conv.
     """
-    unit = attr(node, "alpha", 1.0) == 1.0 and attr(node, "beta", 1.0) == 1.0
-    return _weighted(node, 0 if attr(node, "transB", 0) else 1, _bias(node, 2) if unit else None)
+    unit = node.attr("alpha", 1.0) == 1.0 and node.attr("beta", 1.0) == 1.0
+    return _weighted(node, 0 if node.attr("transB", 0) else 1, _bias(node, 2) if unit else None)
 
 
 @register_rule("MatMul")
@@ -246,7 +231,7 @@ def matmul(node: Node, model: Model) -> QuantPlan:
     ONNX Runtime makes QLinearMatMul only of DQ-MatMul-Q.
     """
     b = node.inputs[1]
-    axis = 1 if is_constant(b) and b.shape is not None and len(b.shape) == 2 else None
+    axis = 1 if b is not None and b.is_const and b.shape is not None and len(b.shape) == 2 else None
     return _weighted(node, axis, None)
 
 
@@ -262,7 +247,7 @@ def elementwise(node: Node, model: Model) -> QuantPlan | None:
     it stays float unless forced. Rule 3 already keeps most of those float (the stream
     starts at embeddings nobody quantizes); this catches the rest.
     """
-    if any(is_constant(v) for v in node.inputs):
+    if any(v is not None and v.is_const for v in node.inputs):
         return None
     reason = ""
     if node.op_type == "Add":
@@ -281,7 +266,7 @@ def concat(node: Node, model: Model) -> QuantPlan | None:
     are quantized with that scale too. Sharing saves requantizing each input; an input
     that already follows another value keeps its parameters (see quantized_values).
     """
-    activations = tuple(i for i, v in enumerate(node.inputs) if v is not None and not is_constant(v))
+    activations = tuple(i for i, v in enumerate(node.inputs) if v is not None and not v.is_const)
     if not activations:
         return None
     return QuantPlan(activations=activations, outputs=(0,), inputs_follow_output=tuple(range(len(node.inputs))),
@@ -289,7 +274,7 @@ def concat(node: Node, model: Model) -> QuantPlan | None:
 
 
 def _pass_through(node: Node, outputs: tuple[int, ...]) -> QuantPlan | None:
-    if is_constant(node.inputs[0]):
+    if node.inputs[0] is not None and node.inputs[0].is_const:
         return None  # e.g. Gather of an embedding table: a lookup, left to weight passes
     return QuantPlan(activations=(0,), output_follows=tuple((o, 0) for o in outputs), needs_quantized_inputs=True)
 
@@ -317,10 +302,10 @@ def resize(node: Node, model: Model) -> QuantPlan | None:
     Cubic interpolation overshoots, and tf_crop_and_resize writes `extrapolation_value`
     outside the image, so there the output gets parameters of its own.
     """
-    if is_constant(node.inputs[0]):
+    if node.inputs[0] is not None and node.inputs[0].is_const:
         return None
-    within = attr(node, "mode", "nearest") != "cubic" and \
-        attr(node, "coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize"
+    within = node.attr("mode", "nearest") != "cubic" and \
+        node.attr("coordinate_transformation_mode", "half_pixel") != "tf_crop_and_resize"
     if within:
         return QuantPlan(activations=(0,), output_follows=((0, 0),), needs_quantized_inputs=True)
     return QuantPlan(activations=(0,), outputs=(0,), needs_quantized_inputs=True)
@@ -456,7 +441,7 @@ def _group_plans(group: list[Node], head: QuantPlan) -> dict[Node, QuantPlan]:
     for node in group[1:]:
         plans[node] = QuantPlan(
             activations=tuple(i for i, v in enumerate(node.inputs)
-                              if is_float(v) and not is_constant(v) and outside_input(node, i)),
+                              if is_float(v) and not v.is_const and outside_input(node, i)),
             outputs=tuple(i for i, v in enumerate(node.outputs) if is_float(v) and leaves(node, i)),
             needs_quantized_inputs=head.needs_quantized_inputs,
         )

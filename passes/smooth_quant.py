@@ -62,11 +62,9 @@ from qcompiler.ir import Graph, Model, NameAllocator, Node, Use, Value
 from qcompiler.ir.evaluate import first_rows, main_values
 
 from .base import Pass, PassError, register_pass
-from .fold_weights import drop_if_unread
 from .observers import observe
-from .patterns import constant_value
 from .progress import SWITCH, Progress
-from .rules import NORMS, attr, is_float
+from .rules import NORMS, is_float
 
 _SCALE_LIMITS = (1e-5, 1e5)
 _CHANNEL_MINMAX = ("minmax", (("axis", -1),))
@@ -148,21 +146,21 @@ class SmoothQuant(Pass):
     def _smooth(self, graph: Graph, names: NameAllocator, target: _Target, s: np.ndarray) -> None:
         scaled: dict[tuple[Value, int], Value] = {}  # (old weight, its K axis) -> new weight, for shared weights
         for node in target.readers:
-            axis = 1 if node.op_type == "Gemm" and attr(node, "transB", 0) else 0
+            axis = 1 if node.op_type == "Gemm" and node.attr("transB", 0) else 0
             old = node.inputs[1]
             if (old, axis) not in scaled:
-                data = constant_value(old)
+                data = old.const_array
                 scaled[old, axis] = _replace_constant(graph, names, node, 1, data * _along(s, axis, data.ndim))
                 self.stats["weights_scaled"] += 1
             else:
                 node.set_input(1, scaled[old, axis])
-                drop_if_unread(graph, old)
+                graph.drop_unread_constants([old])
         if target.absorbers is None:
             _insert_mul(graph, names, target.value, target.readers, 1.0 / s)
             self.stats["muls_inserted"] += 1
         else:
             for node, index in target.absorbers:
-                _replace_constant(graph, names, node, index, constant_value(node.inputs[index]) / s)
+                _replace_constant(graph, names, node, index, node.inputs[index].const_array / s)
             self.stats["folded"] += 1
         self.stats["values_smoothed"] += 1
 
@@ -205,12 +203,12 @@ def _reduction_weight(node: Node, value: Value) -> np.ndarray | None:
         return None
     if [u.index for u in value.uses() if u.user is node] != [0]:
         return None
-    if node.op_type == "Gemm" and attr(node, "transA", 0):
+    if node.op_type == "Gemm" and node.attr("transA", 0):
         return None
-    w = constant_value(node.inputs[1])
+    w = node.inputs[1].const_array
     if w is None or w.ndim != 2 or w.dtype.kind != "f":
         return None
-    return w.T if node.op_type == "Gemm" and attr(node, "transB", 0) else w
+    return w.T if node.op_type == "Gemm" and node.attr("transB", 0) else w
 
 
 def _absorbers(value: Value, channels: int) -> list[Use] | None:
@@ -221,14 +219,14 @@ def _absorbers(value: Value, channels: int) -> list[Use] | None:
     rank = len(value.shape) if value.shape is not None else None
     if node.op_type in NORMS:
         params = [Use(node, i) for i in (1, 2) if i < len(node.inputs) and node.inputs[i] is not None]
-        fits = all(_divisible(node.inputs[i], rank) and constant_value(node.inputs[i]).shape[-1:] == (channels,)
+        fits = all(_divisible(node.inputs[i], rank) and node.inputs[i].const_array.shape[-1:] == (channels,)
                    for _, i in params)
         return params if params and fits else None
     if node.op_type not in ("Mul", "Add") or node.domain or len(node.inputs) != 2:
         return None
     for index in (1, 0):
         other = node.inputs[1 - index]
-        if not _divisible(node.inputs[index], rank) or constant_value(other) is not None:
+        if not _divisible(node.inputs[index], rank) or other.const_array is not None:
             continue
         if node.op_type == "Mul":
             return [Use(node, index)]
@@ -240,7 +238,7 @@ def _absorbers(value: Value, channels: int) -> list[Use] | None:
 
 def _divisible(value: Value | None, rank: int | None) -> bool:
     """A float constant that c / s ([K]) leaves broadcasting to the same output shape."""
-    data = constant_value(value)
+    data = value.const_array if value is not None else None
     if data is None or data.dtype.kind != "f":
         return False
     return data.ndim <= (rank if rank is not None else 1)
@@ -251,7 +249,7 @@ def _replace_constant(graph: Graph, names: NameAllocator, node: Node, index: int
     old = node.inputs[index]
     new = graph.add_constant(Value(names.fresh(f"{old.name}_smoothed"), const=data.astype(old.dtype.numpy)))
     node.set_input(index, new)
-    drop_if_unread(graph, old)
+    graph.drop_unread_constants([old])
     return new
 
 

@@ -68,9 +68,9 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from qcompiler.ir.quant import quantize
 
 from .base import Pass, PassError, register_pass
-from .fold_weights import dequantized, drop_if_unread
 from .patterns import erase
-from .rules import attr, float_by_choice, is_constant
+from .rules import float_by_choice
+from .weight_quant import dequantized
 
 _BLOCKED_DQ_OPSET = 21
 _CONTRIB_DOMAIN = "com.microsoft"
@@ -174,7 +174,7 @@ class WeightOnly(Pass):
             done[key] = output
             self._count(value.const, *(a.const for a in output.producer.inputs))
         node.set_input(target.input, done[key])
-        drop_if_unread(graph, value)
+        graph.drop_unread_constants([value])
 
     def _to_matmulnbits(self, model: Model, names: NameAllocator, target: _Target, dtype: DType,
                         done: dict) -> None:
@@ -216,7 +216,7 @@ class WeightOnly(Pass):
                 "zp": None if dtype == DType.INT4 else params.zero_point,
             }, params)
         codes, scales, zero_point = done[key]
-        attributes = {"gather_axis": attr(node, "axis", 0), "quantize_axis": target.axis,
+        attributes = {"gather_axis": node.attr("axis", 0), "quantize_axis": target.axis,
                       "block_size": self.options.block_size, "bits": self.options.bits}
         self._replace(model, node, "GatherBlockQuantized", [codes, node.inputs[1], scales, zero_point], attributes)
 
@@ -257,22 +257,22 @@ def _weight_of(node: Node, gather: bool) -> _Target | None:
     if node.op_type == "MatMul":
         target = _Target(node, 1, 0)
     elif node.op_type == "Gemm":
-        target = _Target(node, 1, 1 if attr(node, "transB", 0) else 0)
-    elif node.op_type == "Gather" and gather and not is_constant(node.inputs[1]):
+        target = _Target(node, 1, 1 if node.attr("transB", 0) else 0)
+    elif node.op_type == "Gather" and gather and not node.inputs[1].is_const:
         target = _Target(node, 0, 1)
     else:
         return None
     value = node.inputs[target.input]
-    if not is_constant(value) or value.producer is not None or not isinstance(value.const, np.ndarray):
-        return None
+    if value.producer is not None or value.const_array is None:
+        return None  # not an initializer holding its data
     return target if value.const.ndim == 2 else None
 
 
 def _nbits_gemm(node: Node) -> bool:
     """Whether MatMulNBits computes this Gemm: alpha = 1, A not transposed, C absent or a 1-D bias with beta = 1."""
     c = node.inputs[2] if len(node.inputs) > 2 else None
-    bias_ok = c is None or (attr(node, "beta", 1.0) == 1.0 and c.shape is not None and len(c.shape) == 1)
-    return attr(node, "alpha", 1.0) == 1.0 and not attr(node, "transA", 0) and bias_ok
+    bias_ok = c is None or (node.attr("beta", 1.0) == 1.0 and c.shape is not None and len(c.shape) == 1)
+    return node.attr("alpha", 1.0) == 1.0 and not node.attr("transA", 0) and bias_ok
 
 
 def blocked_params(data: np.ndarray, axis: int, block_size: int, dtype: DType, symmetric: bool) -> QuantParams:

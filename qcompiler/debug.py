@@ -49,7 +49,7 @@ from qcompiler.ir.evaluate import ErrorSums, OutputMetrics, ValueTap, tap_groups
 from qcompiler.ir.naming import unique_names
 from qcompiler.modelio import read_model
 from qcompiler.passes.progress import Progress
-from qcompiler.passes.rules import is_constant, is_float, is_qdq
+from qcompiler.passes.rules import is_float, is_qdq
 
 FLOAT_VALUES_KEY = "qcompiler.float_values"
 _NSR_FLOOR = 1e-12  # added noise below this shows as 120 dB: nothing added
@@ -185,7 +185,8 @@ def _activations(graph: ir.Graph) -> list[ir.Value]:
 
 
 def _is_activation(value: ir.Value, graph: ir.Graph) -> bool:
-    return value.graph is graph and is_float(value) and not value.is_const and not is_constant(value)
+    """Neither a constant nor an input with a default (a weight, as older exporters list them)."""
+    return value.graph is graph and is_float(value) and not value.is_const and value.const is None
 
 
 def _pairs(float_model: ir.Model, quant_model: ir.Model) -> tuple[list[tuple[ir.Value, ir.Value]], str]:

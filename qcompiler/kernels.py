@@ -64,7 +64,6 @@ from qcompiler import ir
 from qcompiler.ir.evaluate import ModelSource, open_session
 from qcompiler.ir.naming import unique_names
 from qcompiler.passes.cost import COMPUTE_OPS, node_macs
-from qcompiler.passes.rules import attr
 from qcompiler.passes.target import Target
 
 _ORT_CPU = Target.named("ort-cpu")  # validation runs every model there, whatever its target
@@ -107,7 +106,7 @@ def kernel_report(quant_model: ir.Model, *, threads: int = 1, exported: ModelSou
         if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
             ours.append(node)
             macs[node] = node_macs(node)
-            if attr(node, "accuracy_level", 0) == _INT8_COMPUTE:
+            if node.attr("accuracy_level", 0) == _INT8_COMPUTE:
                 integer.add(node)
     integer_macs = sum(macs[node] for node in integer)
     total = sum(macs.values())

@@ -75,15 +75,15 @@ from qcompiler import ir, passes
 from qcompiler import torch as torch_frontend
 from qcompiler.compiler import prepare
 from qcompiler.ir import DType, QuantParams, Value
-from qcompiler.passes.fold_weights import fold_quantized_constants, weight_params
+from qcompiler.passes.fake_quant import fold_quantized_constants
 from qcompiler.passes.pipeline import Pipeline
 from qcompiler.passes.target import weight_reduce_range
 from qcompiler.passes.rules import (
     float_by_choice,
-    is_constant,
     plans,
     quantized_values,
 )
+from qcompiler.passes.weight_quant import weight_params
 from qcompiler.recipe import Recipe
 
 _PLACEMENT = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse,insert-observers"
@@ -358,7 +358,7 @@ def _boundaries(graph: ir.Graph) -> tuple[dict[str, set[Value]], dict[str, set[V
             around = _ancestors(_path(reader))
             for path in inside - around:
                 leaving[path].add(value)
-            if not is_constant(value):
+            if not value.is_const:
                 for path in around - inside:
                     entering[path].add(value)
         if value.is_graph_output():

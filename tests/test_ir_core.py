@@ -211,6 +211,65 @@ def test_freeze_input_turns_a_default_into_a_constant():
     add = graph.append(Node("Add", [a.outputs[0], bias], [Value("sum", F32)]))
     with pytest.raises(ValueError, match="no default"):
         graph.freeze_input(x)
+    assert not bias.is_const  # a caller may still feed it
     graph.freeze_input(bias)
     assert graph.inputs == (x,) and bias in graph.constants and bias.uses() == (Use(add, 1),)
+    assert bias.is_const
+    ir.verify_graph(graph)
+
+
+def test_a_constant_is_an_initializer_or_a_constant_node_output_but_no_input_default():
+    data = np.ones(2, np.float32)
+    initializer = Value("w", const=data)
+    default = Value("d", const=data)
+    graph = Graph("g", inputs=[default], constants=[initializer, default])
+    made = graph.append(Node("Constant", [], [Value("k")], attributes={"value": data})).outputs[0]
+    floats = graph.append(Node("Constant", [], [Value("f")], attributes={"value_floats": [1.0, 2.0]})).outputs[0]
+    text = graph.append(Node("Constant", [], [Value("s")], attributes={"value_string": "a"})).outputs[0]
+    foreign = graph.append(Node("Constant", [], [Value("o")], attributes={"value": data}, domain="com.example"))
+    relu = graph.append(Node("Relu", [initializer], [Value("r")])).outputs[0]
+    assert initializer.is_const and initializer.const_array is data
+    assert not default.is_const and default.const_array is None
+    assert made.is_const and made.const_array is data
+    assert floats.is_const and floats.const_array.dtype == np.float32 and floats.const_array.tolist() == [1.0, 2.0]
+    assert text.is_const and text.const_array is None  # fixed, but no numbers to compute with
+    assert not foreign.outputs[0].is_const and not relu.is_const and relu.const_array is None
+
+
+def test_elided_data_is_constant_without_an_array():
+    elided = Value("w", const=ir.ElidedTensor(DType.FLOAT, (2,), "w", "0" * 16))
+    Graph("g", constants=[elided])
+    assert elided.is_const and elided.const_array is None
+
+
+def test_a_subgraph_reads_the_enclosing_graph_constants_as_constants():
+    w = Value("w", const=np.ones(2, np.float32))
+    cond = Value("c", TensorType(DType.BOOL, ()))
+    body = Graph("then")
+    read = body.append(Node("Neg", [w], [Value("t", w.type)]))
+    body.set_outputs(read.outputs)
+    graph = Graph("g", inputs=[cond], constants=[w])
+    graph.append(Node("If", [cond], [Value("y", w.type)], attributes={"then_branch": body, "else_branch": body}))
+    assert read.inputs[0].is_const and read.inputs[0].const_array is not None
+
+
+def test_attr_reads_a_value_or_the_default():
+    node = Node("Gemm", attributes={"transB": 1})
+    assert node.attr("transB", 0) == 1 and node.attr("alpha", 1.0) == 1.0 and node.attr("beta") is None
+
+
+def test_drop_unread_constants_removes_only_unread_constants_of_the_graph():
+    data = np.ones(2, np.float32)
+    unread, read, default = Value("u", const=data), Value("r", const=data), Value("d", const=data)
+    graph = Graph("g", inputs=[default], constants=[unread, read, default])
+    made = graph.append(Node("Constant", [], [Value("k")], attributes={"value": data}))
+    user = graph.append(Node("Relu", [read], [Value("y")]))
+    dead = graph.append(Node("Relu", [read], [Value("z")]))
+    other = Graph("h", constants=[Value("v", const=data)])
+    assert graph.drop_unread_constants([read, dead.outputs[0], other.constants[0], None]) == 0
+    assert graph.drop_unread_constants([unread, made.outputs[0]]) == 2
+    assert graph.constants == (read, default) and made not in graph.nodes
+    user.set_input(0, default)
+    dead.set_input(0, default)
+    assert graph.drop_unread_constants() == 1 and graph.constants == (default,) and other.constants
     ir.verify_graph(graph)

@@ -7,7 +7,7 @@ import pytest
 
 from qcompiler import ir
 from qcompiler.passes.patterns import (
-    Any, Const, Either, Match, Op, Optional, Pattern, apply_patterns, constant_value, erase, not_graph_output,
+    Any, Const, Either, Match, Op, Optional, Pattern, apply_patterns, erase, not_graph_output,
     used_only_inside,
 )
 
@@ -105,14 +105,6 @@ def test_commutative_either_and_constant_nodes():
     assert either.root_ops() == {"Mul", "Div"}
     assert list(Pattern("p", either, None).matches(node(graph, "div")))
     assert not list(Pattern("p", Op("Div", Any(), Const(value=2.0)), None).matches(node(graph, "div")))
-
-
-def test_a_graph_input_with_a_default_is_not_constant():
-    graph = ir.Graph("g")
-    value = graph.add_input(ir.Value("x", ir.TensorType(ir.DType.FLOAT, (1,))))
-    value.const = np.zeros(1, np.float32)
-    graph.add_constant(value)
-    assert constant_value(value) is None
 
 
 def mark(label):
