@@ -24,7 +24,13 @@ line of the file; without any, there is none.
     // DATA: x=[[1.0, -2.0], [0.5, 3.0]]; mask=[[True, False], [True, True]]
     // DATA: x=[[0.0, 4.0], [-1.5, 1.0]]; mask=[[False, False], [True, False]]
 
-A malformed RUN or DATA line is refused when the file is collected (pytest.UsageError
+RECIPE lines, joined, are a recipe in TOML: its `[overrides]` go on the context and its
+pass options fill the RUN pipeline's steps, as `qc opt --recipe` does.
+
+    // RECIPE: [overrides]
+    // RECIPE: node = {conv = {activations = "int16"}}
+
+A malformed RUN, DATA or RECIPE line is refused when the file is collected (pytest.UsageError
 naming the file and line); a DATA feed that fits no graph input fails its test.
 """
 
@@ -34,6 +40,7 @@ import ast
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,15 +51,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tes
 from torch_models import MODEL_NAMES, export_model
 
 from qcompiler import ir, passes
+from qcompiler.recipe import Recipe, RecipeError
 
 
-def pass_context(target: str | None, calibration_data: list[dict[str, np.ndarray]] | None) -> passes.PassContext:
+def pass_context(target: str | None, calibration_data: list[dict[str, np.ndarray]] | None,
+                 recipe: Recipe) -> passes.PassContext:
     """The context a RUN line's pipeline runs in: the verifier after every pass, the line's
     target (ort-cpu when it names none) on a fixed x86 CPU with VNNI, since expected output must
     not depend on the machine running the tests (fold-weights' reduce_range follows the CPU),
-    and the file's DATA batches."""
+    the file's DATA batches and its recipe's overrides."""
     machine = passes.Target.named(target or "ort-cpu", flags=frozenset({"avx2", "avx512_vnni"}), machine="x86_64")
-    return passes.PassContext(target=machine, instruments=[passes.Verifier()], calibration_data=calibration_data)
+    return passes.PassContext(target=machine, overrides=recipe.overrides, instruments=[passes.Verifier()],
+                              calibration_data=calibration_data)
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +130,13 @@ def _parse_data(text: str, where: str, line: int) -> list[Feed]:
     return feeds
 
 
+def _parse_recipe(lines: list[str], where: str) -> Recipe:
+    try:
+        return Recipe.from_dict(tomllib.loads("\n".join(lines)), f"{where} RECIPE")
+    except (tomllib.TOMLDecodeError, RecipeError) as err:
+        raise pytest.UsageError(f"{where}: the RECIPE lines are no recipe: {err}") from None
+
+
 def _numeric_nest(value: object) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_numeric_nest(v) for v in value)
@@ -130,29 +147,35 @@ class QirFile(pytest.File):
     def collect(self):
         runs: list[Run] = []
         batches: list[list[Feed]] = []
+        recipe_lines: list[str] = []
         for number, line in enumerate(self.path.read_text().splitlines(), start=1):
             where = f"{self.path}:{number}"
             if line.startswith("// RUN:"):
                 runs.append(_parse_run(line.split("RUN:", 1)[1].strip(), where))
             elif line.startswith("// DATA:"):
                 batches.append(_parse_data(line.split("DATA:", 1)[1], where, number))
-            elif re.match(r"//\s*(RUN|DATA)\b", line):
-                raise pytest.UsageError(f"{where}: write '// RUN: ' or '// DATA: ' exactly, not {line!r}")
+            elif line.startswith("// RECIPE:"):
+                recipe_lines.append(line.split("RECIPE:", 1)[1].strip())
+            elif re.match(r"//\s*(RUN|DATA|RECIPE)\b", line):
+                raise pytest.UsageError(f"{where}: write '// RUN: ', '// DATA: ' or '// RECIPE: ' exactly, "
+                                        f"not {line!r}")
         if not runs:
             raise pytest.UsageError(f"{self.path}: a pass test needs a '// RUN: <pipeline>' line")
+        recipe = _parse_recipe(recipe_lines, str(self.path))
         for index, run in enumerate(runs):
-            yield QirItem.from_parent(self, name=f"run{index}", run=run, batches=batches)
+            yield QirItem.from_parent(self, name=f"run{index}", run=run, batches=batches, recipe=recipe)
 
 
 class QirItem(pytest.Item):
-    def __init__(self, *, run: Run, batches: list[list[Feed]], **kwargs):
+    def __init__(self, *, run: Run, batches: list[list[Feed]], recipe: Recipe, **kwargs):
         super().__init__(**kwargs)
-        self.run, self.batches = run, batches
+        self.run, self.batches, self.recipe = run, batches, recipe
 
     def runtest(self):
         model = ir.parse_file(self.path)
         data = [self._batch(model, feeds) for feeds in self.batches] or None
-        passes.PassManager(self.run.pipeline).run(model, pass_context(self.run.target, data))
+        pipeline = self.recipe.steps(self.run.pipeline)  # the recipe's pass options fill the steps, as qc opt does
+        passes.PassManager(pipeline).run(model, pass_context(self.run.target, data, self.recipe))
         output = ir.print_model(model, weights="inline")
         check = subprocess.run(
             [sys.executable, "-m", "filecheck", str(self.path)], input=output, capture_output=True, text=True
