@@ -93,7 +93,7 @@ def test_report_names_ops_without_rule_and_lists_passes(compiled):
     assert [p.name for p in report.passes] == ["legalize-opset", "freeze-weight-inputs", "apply-overrides",
                                               "canonicalize", "fuse", "insert-observers", "calibrate", "place-qdq",
                                               "fold-weights", "cleanup"]
-    assert report.passes[3].stats["samples"] == 64
+    assert report.passes[6].stats["samples"] == 64
     text = report.to_json()
     assert json.loads(text)["pipeline"] == report.pipeline
     assert report.validation_data == "evaluation data"

@@ -41,8 +41,8 @@ def compiled(level: str, target: str = "ort-cpu") -> ir.Model:
     model = ir.load_model(three_convs())
     next(n for n in model.graph.nodes if n.name == "conv2").meta["precision"] = level
     data = open_calibration_data(CALIB, input_specs(model))
-    pipeline = PIPELINE.replace("place-qdq", f"place-qdq{{target={target}}}")
-    passes.PassManager(pipeline).run(model, passes.PassContext(calibration_data=data))
+    context = passes.PassContext(target=passes.Target.named(target), calibration_data=data)
+    passes.PassManager(PIPELINE).run(model, context)
     return model
 
 
