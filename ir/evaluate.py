@@ -227,6 +227,8 @@ class OutputMetrics:
     top1_agreement: float | None
     samples: int
     nonfinite: int
+    measure: str | None = None  # the task measure judged on this output (qcompiler/acceptance.py), if any
+    measure_value: float | None = None
 
 
 class ErrorSums:

@@ -4,18 +4,20 @@
    called on a dict {output name: that output over every evaluation row, in data order},
    higher is better; labels are the function's business) the metric may fall at most
    `tolerance` below the float model's, in the metric's own units. Without one, each
-   output is judged in percent: a classifier's output (rank 2, more than one class)
-   needs top-1 agreement with the float model >= 100 - tolerance %; any other output a
-   relative RMS error <= tolerance %, that is SQNR >= -20 log10(tolerance / 100) dB
-   (40 dB for 1%).
+   output is judged in percent by the measure that fits it (qcompiler/acceptance.py,
+   read from the float graph): top-1 agreement for classifier scores, argmax agreement
+   per position for per-position class scores (CTC, segmentation), agreement of the
+   thresholded decision (and a relative-error guard) for probabilities and score maps,
+   mean cosine for embeddings, hidden states and feature maps; agreement >= 100 -
+   tolerance %, cosine >= 1 - tolerance / 100. Each attempt lists every output's figure.
 2. The rungs, cheapest to compile first: `dynamic` (weights int8 offline, activations
    quantized at run time, no calibration), `static` (int8, min-max observers),
    `static-percentile` (percentile 99.99 observers: the observer choice), `static-smooth`
    (smooth-quant first; only when a LayerNorm feeds a MatMul or Gemm, where activation
    outliers live), and, only when none of those meets the tolerance, `mixed`
-   (assign-precision promotes the most sensitive layers until the budget holds: the SQNR
-   or metric budget of rule 1; for top-1 agreement, SQNR budgets 6 and 12 dB above the
-   best static rung, checked by agreement). A rung that leaves less than half of the
+   (assign-precision promotes the most sensitive layers until the budget holds: the
+   metric's budget of rule 1, else SQNR budgets 6 and 12 dB above the best rung so far,
+   each checked by the task measures). A rung that leaves less than half of the
    compute quantized is rejected: that is the float model with extra steps (dynamic on
    a conv net, which it leaves float; a mixed rung that promoted most layers). The share
    is assign-precision's int8 work when it ran, else the MACs ORT runs in integer
@@ -34,7 +36,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from qcompiler import ir
+from qcompiler.acceptance import floor, holds, measures
 from qcompiler.compiler import CompileResult, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
@@ -114,7 +116,10 @@ class AutoResult:
         for a in self.attempts:
             latency = f"{a.latency_ratio:.2f}x" if a.latency_ratio is not None else "-"
             size = f"{a.size_ratio:.0%}" if a.size_ratio is not None else "-"
-            lines.append(f"  {a.rung:<{width}}  {a.accuracy or '-':<34} latency {latency:>6}  size {size:>4}  {a.verdict}")
+            figures = a.accuracy.split("; ") if a.accuracy else ["-"]
+            inline = figures[0] if len(figures) == 1 else ""  # several outputs: one line each, below
+            lines.append(f"  {a.rung:<{width}}  {inline:<34} latency {latency:>6}  size {size:>4}  {a.verdict}")
+            lines.extend(f"  {'':<{width}}    {figure}" for figure in figures if not inline)
         if self.chosen is None:
             lines.append("  kept the float model: no rung met the tolerance; quantization-aware training "
                          "(qcompiler.qat.prepare_qat) can recover accuracy post-training quantization loses")
@@ -213,12 +218,10 @@ def _choose(attempts: list[Attempt]) -> Attempt | None:
 
 
 def _mixed_rungs(judge: _Judge, attempts: list[Attempt]) -> list[Rung]:
-    """Rule 2's mixed rung: one budget from the tolerance, or escalating SQNR budgets for agreement."""
+    """Rule 2's mixed rung: the metric's budget, or escalating SQNR budgets checked by the task measures."""
     if judge.metric_reference is not None:
         return [Rung("mixed", "mixed", {"assign-precision": {"metric": judge.metric_reference,
                                                              "max_drop": judge.tolerance}})]
-    if judge.all_sqnr and judge.metric is None:
-        return [Rung("mixed", "mixed", {"assign-precision": {"min_sqnr_db": round(judge.min_sqnr_db, 2)}})]
     best = max((min(m.sqnr_db for m in a.result.report.outputs) for a in attempts if a.result is not None),
                default=20.0)
     return [Rung(f"mixed+{step:g}dB", "mixed", {"assign-precision": {"min_sqnr_db": round(best + step, 2)}})
@@ -230,27 +233,22 @@ class _Judge:
 
     def __init__(self, float_model: ir.Model, data: Any, tolerance: float, metric: str | Callable | None) -> None:
         self.tolerance = tolerance
-        self.min_sqnr_db = -20 * math.log10(tolerance / 100) if tolerance < 100 else -math.inf
         self.metric_reference = metric if isinstance(metric, str) else None
         self.metric = load_function(metric, "metric") if isinstance(metric, str) else metric
         self.data = open_calibration_data(data, input_specs(float_model)) if self.metric is not None else None
         self.float_metric = self.metric(self._outputs(float_model)) if self.metric is not None else None
-        classifier = {v.name: _is_classifier(v) for v in float_model.graph.outputs}
-        self.all_sqnr = not any(classifier.values())
-        self.classifier = classifier
+        self.measures = measures(float_model)
 
     def describe(self) -> str:
         if self.metric is not None:
             return f"{self.tolerance:g} below the float model's metric {self.float_metric:.4g}"
-        parts = []
-        if not self.all_sqnr:
-            parts.append(f"top-1 agreement >= {100 - self.tolerance:g}%")
-        if not all(self.classifier.values()):
-            parts.append(f"SQNR >= {self.min_sqnr_db:.1f} dB")
+        bound = floor(self.tolerance)
+        parts = dict.fromkeys(f"{m.describe()} >= {bound:g}" if m.kind == "cosine" else
+                              f"{m.describe()} >= {100 * bound:g}%" for m in self.measures.values())
         return f"{self.tolerance:g}% ({', '.join(parts)})"
 
     def judge(self, result: CompileResult) -> tuple[bool, str, str]:
-        """(meets, the accuracy figure, what fell short)."""
+        """(meets, the accuracy figure per output, what fell short)."""
         if self.metric is not None:
             value = self.metric(self._outputs(result.model))
             drop = self.float_metric - value
@@ -258,26 +256,20 @@ class _Judge:
             return drop <= self.tolerance, figure, f"metric drop {drop:.3g} > {self.tolerance:g}"
         figures, short = [], []
         for m in result.report.outputs:
-            if self.classifier.get(m.name) and m.top1_agreement is not None:
-                agreement = 100 * m.top1_agreement
-                figures.append(f"top-1 {agreement:.1f}%")
-                if agreement < 100 - self.tolerance:
-                    short.append(f"{m.name}: top-1 agreement {agreement:.1f}% < {100 - self.tolerance:g}%")
-            else:
-                figures.append(f"SQNR {m.sqnr_db:.1f} dB")
-                if not m.sqnr_db >= self.min_sqnr_db:
-                    short.append(f"{m.name}: SQNR {m.sqnr_db:.1f} dB < {self.min_sqnr_db:.1f} dB")
+            if m.measure_value is None:
+                short.append(f"{m.name}: no task measure was recorded")
+                continue
+            measure = self.measures[m.name]
+            figures.append(f"{m.name}: {measure.text(m.measure_value)}")
+            meets, why = holds(measure, m.measure_value, m.sqnr_db, self.tolerance)
+            if not meets:
+                short.append(f"{m.name}: {why}")
             if m.nonfinite:
                 short.append(f"{m.name}: {m.nonfinite} NaN/Inf values")
-        return not short, ", ".join(figures), "; ".join(short)
+        return not short, "; ".join(figures), "; ".join(short)
 
     def _outputs(self, model: ir.Model) -> dict[str, np.ndarray | list[np.ndarray]]:
         return joined(outputs_over(ValueTap(model, model.graph.outputs), list(self.data)))
-
-
-def _is_classifier(value: ir.Value) -> bool:
-    shape = value.shape
-    return shape is not None and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1
 
 
 def _has_normalized_linear(model: ir.Model) -> bool:

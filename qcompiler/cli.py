@@ -144,8 +144,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="try dynamic, static (two observers), static+smooth-quant and, if none is good "
                           "enough, mixed precision; keep the fastest within --tolerance")
     compile_.add_argument("--tolerance", type=float, metavar="T", default=1.0,
-                          help="with --auto: accuracy that may go, in percent of top-1 agreement or relative "
-                          "RMS error per output (default 1.0), or in the --metric's units")
+                          help="with --auto: accuracy that may go per output, in percent of the measure that "
+                          "fits it (top-1 or per-position argmax agreement, thresholded decisions, cosine "
+                          "x 100; default 1.0), or in the --metric's units")
     compile_.add_argument("--metric", metavar="FILE.py:fn",
                           help="with --auto: a function of the outputs over the evaluation rows, higher is better")
     compile_.add_argument("--require", action="store_true",

@@ -21,7 +21,8 @@
 5. Validation: the float and quantized models run in ONNX Runtime on `eval` data (the
    calibration data when none is given, with a warning: figures on the data the scales
    were fitted to flatter the result); the report holds per-output SQNR, cosine, max
-   error, top-1 agreement, sizes, Q/DQ counts, the integer kernels ONNX Runtime chose,
+   error, top-1 agreement, the task measure that fits the output (qcompiler/acceptance.py,
+   read from the float graph before any pass) and its figure, sizes, Q/DQ counts, the integer kernels ONNX Runtime chose,
    and a benchmark of float against quantized (qcompiler/bench.py: latency and throughput
    at batch 1 and 8, on one thread and on all) from the first evaluation feed, with a
    warning where the quantized model is slower. Around calibrate, qcompiler/diagnostics.py
@@ -64,6 +65,7 @@ from qcompiler.passes.progress import Progress
 from qcompiler.passes.rules import has_rule, is_float
 from qcompiler.recipe import Recipe
 from qcompiler.report import CompileReport, PassRecord
+from qcompiler.acceptance import Measure, measures
 from qcompiler.validate import compare_models
 
 MODES = {"static": "int8", "dynamic": "dynamic", "fp16": "fp16", "int4": "int4"}  # mode -> named pipeline
@@ -118,7 +120,7 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     release_mapped_pages()  # the passes read the float weights; validation reads them again from their file
     quant_file = ModelFile(model)
     _describe(model, job.float_file, quant_file, report)
-    _validate(job.float_file, model, quant_file, job.evaluation, job.held_out is None, job.specs, report, say)
+    _validate(job, model, quant_file, say)
     return CompileResult(model, report)
 
 
@@ -136,6 +138,7 @@ class Job:
     calibration: CalibrationData | None
     held_out: CalibrationData | None
     float_names: dict[ir.Value, str]  # each value's name in float_file, for debug's pairing
+    measures: dict[str, Measure]  # how each output's task answer is judged, read from the float graph
 
     @property
     def evaluation(self) -> CalibrationData | None:
@@ -166,12 +169,14 @@ def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
             report.settings[role] = data.describe()
     steps = recipe.steps(pipeline)
     report.pipeline = str(steps)
-    float_file = ModelFile(model if reference is None else load_for_compile(reference))
+    float_model = model if reference is None else load_for_compile(reference)
+    float_file = ModelFile(float_model)
     if reference is not None:  # rule 6: measure against the float original, not the (quantized) input
         named = reference if isinstance(reference, str | Path) else "the given float model"
         report.settings["reference"] = f"validated against {named}"
     float_names = unique_names(model.graph)
-    return Job(model, recipe, target, report, steps, float_file, specs, calibration, held_out, float_names)
+    return Job(model, recipe, target, report, steps, float_file, specs, calibration, held_out, float_names,
+               measures(float_model))
 
 
 def as_target(target: str | passes.Target | None) -> passes.Target:
@@ -267,9 +272,8 @@ def _checked_data(source: Any, specs, role: str) -> CalibrationData:
     return data
 
 
-def _validate(float_file: ModelFile, model: ir.Model, quant_file: ModelFile,
-              evaluation: CalibrationData | None, on_calibration: bool, specs: list[InputSpec],
-              report: CompileReport, say: Callable[[str], None]) -> None:
+def _validate(job: Job, model: ir.Model, quant_file: ModelFile, say: Callable[[str], None]) -> None:
+    report, evaluation, on_calibration = job.report, job.evaluation, job.held_out is None
     if evaluation is None:
         report.warnings.append("not validated: no evaluation or calibration data")
         return
@@ -280,12 +284,12 @@ def _validate(float_file: ModelFile, model: ir.Model, quant_file: ModelFile,
     say(f"validating on the {report.validation_data}")
     first: list[dict] = []
     batches = operator.length_hint(evaluation) or None  # a generator or function: unknown until read
-    report.outputs = compare_models(float_file, quant_file, _recording_first(evaluation, first),
-                                    progress=Progress("validate", batches, "batches"))
+    report.outputs = compare_models(job.float_file, quant_file, _recording_first(evaluation, first),
+                                    progress=Progress("validate", batches, "batches"), measures=job.measures)
     report.warnings.extend(nonfinite_warnings(report.outputs))
     report.kernels = kernel_report(model, exported=quant_file)
     say("benchmarking float against quantized")
-    report.bench = benchmark(float_file, quant_file, first[0], specs, size_bytes=report.size_bytes,
+    report.bench = benchmark(job.float_file, quant_file, first[0], job.specs, size_bytes=report.size_bytes,
                              quantized=quantized_kind(model), budget_s=_BENCH_BUDGET_S)
     report.latency = report.bench.settings[0]  # batch 1 (or the fixed batch), 1 thread
     report.warnings.extend(report.bench.warnings())

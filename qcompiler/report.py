@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from qcompiler.acceptance import measure_text
+
 
 @dataclass
 class PassRecord:
@@ -58,8 +60,9 @@ class CompileReport:
                      if role in self.settings)
         for metrics in self.outputs:
             top1 = "" if metrics.top1_agreement is None else f", top-1 agreement {metrics.top1_agreement:.1%}"
+            task = "" if metrics.measure in (None, "top-1 agreement") else f", {measure_text(metrics)}"
             lines.append(f"  output {metrics.name}: SQNR {metrics.sqnr_db:.1f} dB, cosine {metrics.cosine:.4f}, "
-                         f"max abs error {metrics.max_abs_error:.3g}{top1}  ({self.validation_data})")
+                         f"max abs error {metrics.max_abs_error:.3g}{top1}{task}  ({self.validation_data})")
         if self.kernels is not None:
             lines.append(f"  integer kernels: {self.kernels.integer_share:.0%} of Conv/MatMul/Gemm MACs")
         if self.size_bytes:

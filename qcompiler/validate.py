@@ -6,8 +6,9 @@
    models have the same output names, else by position, and take the float model's names;
    a model is anything `open_session` takes.
 2. Metrics per output are ir/evaluate.py's running sums (SQNR, cosine, max error,
-   top-1 agreement, NaN/Inf counts), so memory holds one batch whatever the amount of
-   data; `summary` puts a non-finite count first.
+   top-1 agreement, NaN/Inf counts) and, given the outputs' measures, the task figure of
+   qcompiler/acceptance.py, so memory holds one batch whatever the amount of data;
+   `summary` puts a non-finite count first.
 3. Latency is ir/evaluate.py's `time_runs` on the two models, opened with prepacking as
    a deployment runs them; its budget keeps it cheap on large models, since it runs after
    every compile. `time_sessions` does this on sessions already open, so a benchmark
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qcompiler import ir
+from qcompiler.acceptance import Measure, TaskSums, measure_text
 from qcompiler.ir.evaluate import (
     ErrorSums, Latency, ModelSource, OutputMetrics, open_session, rows_of, run, time_runs,
 )
@@ -49,10 +52,12 @@ class LatencyPair:
 
 
 def compare_models(float_model: ModelSource, quant_model: ModelSource, data: Iterable[Mapping[str, np.ndarray]], *,
-                   threads: int = 0, progress: Progress | None = None) -> list[OutputMetrics]:
+                   threads: int = 0, progress: Progress | None = None,
+                   measures: Mapping[str, Measure] | None = None) -> list[OutputMetrics]:
     """Metrics of each output of `quant_model` against `float_model` over every feed of `data`.
 
-    `progress` (anything with advance() and close()) advances once per batch.
+    `progress` (anything with advance() and close()) advances once per batch; `measures`
+    (by the float model's output names) adds each output's task figure.
     """
     reference = open_session(float_model, threads=threads, failure="ONNX Runtime cannot load the float model")
     quantized = open_session(quant_model, threads=threads, failure="ONNX Runtime cannot load the quantized model")
@@ -63,14 +68,17 @@ def compare_models(float_model: ModelSource, quant_model: ModelSource, data: Ite
                                  f"{len(quant_names)}; they cannot be compared")
     paired = names if sorted(quant_names) == sorted(names) else None  # by name, else by position
     sums = [ErrorSums(name) for name in names]
+    tasks = [TaskSums(name, measures[name]) if measures and name in measures else None for name in names]
     batches = 0
     try:
         for batch, feeds in enumerate(data):
             expected = run(reference, feeds, failure=f"ONNX Runtime failed on the float model, batch {batch}")
             actual = run(quantized, feeds, outputs=paired,
                          failure=f"ONNX Runtime failed on the quantized model, batch {batch}")
-            for output, ref, quant in zip(sums, expected, actual):
+            for output, task, ref, quant in zip(sums, tasks, expected, actual):
                 output.add(ref, quant)
+                if task is not None:
+                    task.add(ref, quant)
             batches += 1
             if progress is not None:
                 progress.advance()
@@ -79,7 +87,9 @@ def compare_models(float_model: ModelSource, quant_model: ModelSource, data: Ite
             progress.close()
     if batches == 0:
         raise ValueError("no data to compare the models on")
-    return [output.metrics() for output in sums]
+    return [output.metrics() if task is None else
+            dataclasses.replace(output.metrics(), measure=task.measure.describe(), measure_value=task.value())
+            for output, task in zip(sums, tasks)]
 
 
 def measure_latency(float_model: ModelSource, quant_model: ModelSource, feeds: Mapping[str, np.ndarray], *,
@@ -126,6 +136,8 @@ def summary(metrics: Iterable[OutputMetrics]) -> str:
         parts = [f"SQNR {m.sqnr_db:.1f} dB", f"cosine {m.cosine:.5f}", f"max |error| {m.max_abs_error:.4g}"]
         if m.top1_agreement is not None:
             parts.append(f"top-1 agreement {100 * m.top1_agreement:.1f}%")
+        if m.measure is not None and m.measure != "top-1 agreement":
+            parts.append(measure_text(m))
         warning = f"{m.nonfinite} NaN/Inf value(s) in the quantized output; " if m.nonfinite else ""
         lines.append(f"{m.name}: {warning}{', '.join(parts)} ({m.samples} samples)")
     return "\n".join(lines)

@@ -29,14 +29,16 @@ def test_conv_net_and_encoder_choose_different_rungs():
     module = build_encoder()
     dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=64)}}
     calib, held_out = token_batches(32, 1, lengths=(16, 48)), token_batches(8, 2, lengths=(16, 48))
-    encoder = auto(module, calib, eval=held_out, tolerance=1.0, example_inputs=(torch.from_numpy(
+    encoder = auto(module, calib, eval=held_out, tolerance=0.1, example_inputs=(torch.from_numpy(
         calib[0]["input_ids"]),), dynamic_shapes=dims)
     by_rung = {a.rung: a for a in encoder.attempts}
-    assert not by_rung["static"].meets and "SQNR" in by_rung["static"].verdict  # outliers: 40 dB out of reach
+    # hidden states are judged by the cosine of each token's vector; per-tensor scales over the
+    # outlier channels keep plain static below 0.999, smooth-quant above it
+    assert not by_rung["static"].meets and "mean cosine of last-axis vectors" in by_rung["static"].verdict
     assert by_rung["static-smooth"].meets
     assert encoder.chosen is not None and encoder.chosen.rung != conv.chosen.rung
     text = "\n".join(encoder.summary())
-    assert "tolerance 1% (SQNR >= 40.0 dB)" in text and f"chose {encoder.chosen.rung}" in text
+    assert "tolerance 0.1% (mean cosine of last-axis vectors >= 0.999)" in text and f"chose {encoder.chosen.rung}" in text
 
 
 def test_an_impossible_tolerance_keeps_the_float_model(tmp_path):
