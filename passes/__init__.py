@@ -34,6 +34,7 @@ register_pipeline("int8", f"{_HEAD},insert-observers,calibrate,place-qdq,fold-we
 register_pipeline("int4", f"{_HEAD},weight-only,cleanup")
 register_pipeline("int8-weight-only", f"{_HEAD},weight-only{{bits=8}},cleanup")
 register_pipeline("dynamic", f"{_HEAD},dynamic-quant,cleanup")
+register_pipeline("dynamic-smooth", f"{_HEAD},smooth-quant,dynamic-quant,cleanup")
 register_pipeline("fp16", f"{_HEAD},convert-fp16,cleanup")
 register_pipeline("int8-smooth", f"{_HEAD},smooth-quant,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
 register_pipeline("mixed", f"{_HEAD},insert-observers,calibrate,assign-precision,place-qdq,fold-weights,cleanup")

@@ -11,10 +11,10 @@
    mean cosine for embeddings, hidden states and feature maps; agreement >= 100 -
    tolerance %, cosine >= 1 - tolerance / 100. Each attempt lists every output's figure.
 2. The rungs, cheapest to compile first: `dynamic` (weights int8 offline, activations
-   quantized at run time, no calibration), `static` (int8, min-max observers),
-   `static-percentile` (percentile 99.99 observers: the observer choice), `static-smooth`
-   (smooth-quant first; only when a LayerNorm feeds a MatMul or Gemm, where activation
-   outliers live), and, only when none of those meets the tolerance, `mixed`
+   quantized at run time, no calibration), `dynamic-smooth` (smooth-quant, then dynamic),
+   `static` (int8, min-max observers), `static-percentile` (percentile 99.99 observers:
+   the observer choice), `static-smooth` (smooth-quant first; the smooth rungs only when
+   a LayerNorm feeds a MatMul or Gemm, where activation outliers live), and, only when none of those meets the tolerance, `mixed`
    (assign-precision promotes the most sensitive layers until the budget holds: the
    metric's budget of rule 1, else SQNR budgets 6 and 12 dB above the best rung so far,
    each checked by the task measures). A rung that leaves less than half of the
@@ -130,10 +130,13 @@ class AutoResult:
 
 def ladder(model: ir.Model) -> list[Rung]:
     """Rule 2's cheap rungs for `model`; `mixed` is added by auto() only when they all fail."""
-    rungs = [Rung("dynamic", "dynamic", needs_calibration=False), Rung("static", "int8"),
-             Rung("static-percentile", "int8",
-                  {"insert-observers": {"method": "percentile", "percentile": 99.99}})]
-    if _has_normalized_linear(model):
+    normalized = _has_normalized_linear(model)
+    rungs = [Rung("dynamic", "dynamic", needs_calibration=False)]
+    if normalized:
+        rungs.append(Rung("dynamic-smooth", "dynamic-smooth"))
+    rungs += [Rung("static", "int8"),
+              Rung("static-percentile", "int8", {"insert-observers": {"method": "percentile", "percentile": 99.99}})]
+    if normalized:
         rungs.append(Rung("static-smooth", "int8-smooth"))
     return rungs
 

@@ -23,7 +23,7 @@ def test_conv_net_and_encoder_choose_different_rungs():
     conv = auto(DIGITS / "model.onnx", DIGITS / "calib.npz", eval=DIGITS / "inputs.npz", tolerance=2.0)
     assert conv.chosen is not None and conv.chosen.meets
     assert [a.rung for a in conv.attempts][:3] == ["dynamic", "static", "static-percentile"]
-    assert "static-smooth" not in [a.rung for a in conv.attempts]  # no LayerNorm feeds a Linear here
+    assert not {"static-smooth", "dynamic-smooth"} & {a.rung for a in conv.attempts}  # no LayerNorm feeds a Linear
     assert conv.chosen.verdict.startswith("kept: the fastest that meets the tolerance")
 
     module = build_encoder()
@@ -35,7 +35,7 @@ def test_conv_net_and_encoder_choose_different_rungs():
     # hidden states are judged by the cosine of each token's vector; per-tensor scales over the
     # outlier channels keep plain static below 0.999, smooth-quant above it
     assert not by_rung["static"].meets and "mean cosine of last-axis vectors" in by_rung["static"].verdict
-    assert by_rung["static-smooth"].meets
+    assert by_rung["static-smooth"].meets and by_rung["dynamic-smooth"].meets and not by_rung["dynamic"].meets
     assert encoder.chosen is not None and encoder.chosen.rung != conv.chosen.rung
     text = "\n".join(encoder.summary())
     assert "tolerance 0.1% (mean cosine of last-axis vectors >= 0.999)" in text and f"chose {encoder.chosen.rung}" in text
