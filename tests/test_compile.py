@@ -11,7 +11,7 @@ import pytest
 from helpers import run_onnx
 
 import qcompiler
-from qcompiler import ir
+from qcompiler import compiler, ir
 from qcompiler.passes import Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +103,19 @@ def test_validating_on_calibration_data_is_flagged():
     folder = GOLDEN / "mlp"
     result = qcompiler.compile(folder / "model.onnx", folder / "calib.npz")
     assert result.report.validation_data == "calibration data"
-    assert any("validated on the calibration data" in w for w in result.report.warnings)
+    assert any("validated on the first 64 rows of the calibration data" in w for w in result.report.warnings)
+    assert result.report.outputs[0].samples == 64
+
+
+def test_validation_on_calibration_data_reads_a_bounded_sample(monkeypatch):
+    folder = GOLDEN / "mlp"
+    calib = np.load(folder / "calib.npz")["x"]  # 64 rows, in feeds of 8
+    batches = [{"x": calib[i:i + 8]} for i in range(0, len(calib), 8)]
+    monkeypatch.setattr(compiler, "CALIBRATION_CHECK_ROWS", 20)
+    result = qcompiler.compile(folder / "model.onnx", batches)
+    assert result.report.outputs[0].samples == 24  # whole feeds until 20 rows are read
+    assert any("first 24 rows" in w for w in result.report.warnings)
+    assert result.report.passes[6].stats["samples"] == 8  # calibration still reads every feed
 
 
 def test_recipe_reaches_the_passes(tmp_path):
