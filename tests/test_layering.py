@@ -33,11 +33,13 @@ LAYERS = {  # package -> what it may import from qcompiler
 
 
 def _sources() -> dict[str, Path]:
-    """Module name -> file, following the package-dir mapping (ir/x.py is qcompiler.ir.x)."""
+    """Module name -> file, following the package-dir mapping (ir/x.py is qcompiler.ir.x) into
+    subpackages (passes/infra/base.py is qcompiler.passes.infra.base)."""
     modules = {}
     for package, folder in PACKAGES.items():
-        for path in folder.glob("*.py"):
-            modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in folder.rglob("*.py"):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return modules
 
 
