@@ -18,14 +18,14 @@ from . import legalize_opset as _legalize_opset  # noqa: F401  (registers the pa
 from . import place_qdq as _place_qdq  # noqa: F401  (registers the pass)
 from . import smooth_quant as _smooth_quant  # noqa: F401  (registers the pass)
 from . import weight_only as _weight_only  # noqa: F401  (registers the pass)
-from .base import Pass, PassCrash, PassError, PipelineError, get_pass, register_pass, registered_passes
-from .context import PassContext
-from .overrides import Overrides
-from .instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
-from .manager import PassManager, PassResult
-from .pipeline import parse_pipeline, register_pipeline, registered_pipelines
-from .plugins import PluginError, load_entry_point_plugins, load_plugin_file
-from .target import Target
+from .infra.base import Pass, PassCrash, PassError, PipelineError, get_pass, register_pass, registered_passes
+from .infra.context import PassContext
+from .infra.overrides import Overrides
+from .infra.instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
+from .infra.manager import PassManager, PassResult
+from .infra.pipeline import parse_pipeline, register_pipeline, registered_pipelines
+from .infra.plugins import PluginError, load_entry_point_plugins, load_plugin_file
+from .infra.target import Target
 
 # A compile's reading fixes head every quantizing pipeline, so a dump or reproducer shows every step.
 _HEAD = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse"

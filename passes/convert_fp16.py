@@ -61,7 +61,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, TensorType, V
 from qcompiler.ir.evaluate import ValueTap, tap_groups
 from qcompiler.ir.onnx_export import constant_bytes
 
-from .base import Pass, register_pass
+from .infra.base import Pass, register_pass
 from .rules import float_by_choice
 
 F16_MAX = float(np.finfo(np.float16).max)  # 65504

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from qcompiler.ir import Model, Node, Value
 
-from .base import Pass, register_pass
+from .infra.base import Pass, register_pass
 from .observers import ObserverOptions
-from .overrides import Overrides, observer_options
+from .infra.overrides import Overrides, observer_options
 from .rules import float_by_choice, in_qdq_form, quantized_values
 
 _MARKS = ("observer", "observer_options", "observer_follows")

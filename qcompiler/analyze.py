@@ -24,8 +24,8 @@ from qcompiler import ir, passes
 from qcompiler.compiler import prepare
 from qcompiler.ir.evaluate import first_rows, rows_of
 from qcompiler.ir.fileio import atomic_output
-from qcompiler.passes.pipeline import PassStep
-from qcompiler.passes.progress import Progress
+from qcompiler.passes.infra.pipeline import PassStep
+from qcompiler.passes.infra.progress import Progress
 from qcompiler.passes.sensitivity import Evaluator, SensitivityTable, UnitSensitivity, figure_from_dict
 from qcompiler.passes.sensitivity import sensitivity as measure
 from qcompiler.passes.sensitivity import units as find_units

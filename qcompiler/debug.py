@@ -48,7 +48,7 @@ from qcompiler.data import CalibrationData, InputSpec, input_specs, open_calibra
 from qcompiler.ir.evaluate import ErrorSums, OutputMetrics, ValueTap, tap_groups
 from qcompiler.ir.naming import unique_names
 from qcompiler.modelio import read_model
-from qcompiler.passes.progress import Progress
+from qcompiler.passes.infra.progress import Progress
 from qcompiler.passes.rules import is_float, is_qdq
 
 FLOAT_VALUES_KEY = "qcompiler.float_values"

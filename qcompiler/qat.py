@@ -76,8 +76,8 @@ from qcompiler import torch as torch_frontend
 from qcompiler.compiler import prepare
 from qcompiler.ir import DType, QuantParams, Value
 from qcompiler.passes.fake_quant import fold_quantized_constants
-from qcompiler.passes.pipeline import Pipeline
-from qcompiler.passes.target import weight_reduce_range
+from qcompiler.passes.infra.pipeline import Pipeline
+from qcompiler.passes.infra.target import weight_reduce_range
 from qcompiler.passes.rules import (
     float_by_choice,
     plans,

@@ -137,7 +137,7 @@ def test_the_cost_estimate_agrees_with_the_kernels_onnx_runtime_chooses(case):
     """cost.runs_integer predicts ORT's fusions; kernels.py reads them from ORT's optimized graph."""
     from qcompiler.kernels import kernel_report
     from qcompiler.passes.cost import COMPUTE_OPS, runs_integer
-    from qcompiler.passes.target import Target
+    from qcompiler.passes.infra.target import Target
 
     model, _ = calibrated(GOLDEN / case)
     found = [u for u in units(model) if u.op_type in COMPUTE_OPS]
