@@ -51,8 +51,8 @@ from .infra.base import Pass, PassError, register_pass
 from .infra.pipeline import parse_pipeline
 from .infra.plugins import load_function
 from .infra.progress import SWITCH, Progress
-from .rules import PRECISIONS
-from .sensitivity import Evaluator, Figure, Unit, measure_all, units
+from .analyses.rules import PRECISIONS
+from .analyses.sensitivity import Evaluator, Figure, Unit, measure_all, units
 from .infra.target import Target
 
 

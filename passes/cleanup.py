@@ -20,7 +20,7 @@ from qcompiler.ir import Graph, Model, Node, Value
 
 from .infra.base import Pass, register_pass
 from .dce import eliminate_dead_code
-from .rules import is_qdq
+from .analyses.rules import is_qdq
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 

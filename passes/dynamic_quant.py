@@ -64,7 +64,7 @@ from qcompiler.ir.quant import quantize
 
 from .infra.base import Pass, register_pass
 from .patterns import erase
-from .rules import kept_float, with_groups
+from .analyses.rules import kept_float, with_groups
 from .infra.target import weight_reduce_range
 from .weight_quant import weight_params
 

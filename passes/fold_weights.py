@@ -59,7 +59,7 @@ from qcompiler.ir.quant import dtype_range, quantize
 
 from .infra.base import Pass, PassError, register_pass
 from .fake_quant import fold_quantized_constants
-from .rules import Bias, is_qdq, plans
+from .analyses.rules import Bias, is_qdq, plans
 from .infra.target import weight_reduce_range
 from .weight_quant import dequantized, weight_params
 

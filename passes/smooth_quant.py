@@ -62,9 +62,9 @@ from qcompiler.ir import Graph, Model, NameAllocator, Node, Use, Value
 from qcompiler.ir.evaluate import first_rows, main_values
 
 from .infra.base import Pass, PassError, register_pass
-from .observers import observe
+from .analyses.observers import observe
 from .infra.progress import SWITCH, Progress
-from .rules import NORMS, is_float
+from .analyses.rules import NORMS, is_float
 
 _SCALE_LIMITS = (1e-5, 1e5)
 _CHANNEL_MINMAX = ("minmax", (("axis", -1),))

@@ -69,7 +69,7 @@ from qcompiler.ir.quant import quantize
 
 from .infra.base import Pass, PassError, register_pass
 from .patterns import erase
-from .rules import float_by_choice
+from .analyses.rules import float_by_choice
 from .weight_quant import dequantized
 
 _BLOCKED_DQ_OPSET = 21

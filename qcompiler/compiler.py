@@ -64,7 +64,7 @@ from qcompiler.kernels import kernel_report
 from qcompiler.modelio import read_model
 from qcompiler.passes.infra.pipeline import Pipeline
 from qcompiler.passes.infra.progress import Progress
-from qcompiler.passes.rules import has_rule, is_float
+from qcompiler.passes.analyses.rules import has_rule, is_float
 from qcompiler.recipe import Recipe
 from qcompiler.report import CompileReport, PassRecord
 from qcompiler.acceptance import Measure, measures

@@ -63,7 +63,7 @@ import onnx
 from qcompiler import ir
 from qcompiler.ir.evaluate import ModelSource, open_session
 from qcompiler.ir.naming import unique_names
-from qcompiler.passes.cost import COMPUTE_OPS, node_macs
+from qcompiler.passes.analyses.cost import COMPUTE_OPS, node_macs
 from qcompiler.passes.infra.target import Target
 
 _ORT_CPU = Target.named("ort-cpu")  # validation runs every model there, whatever its target

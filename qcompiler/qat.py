@@ -2,7 +2,7 @@
 
 1. `prepare_qat(module, example_inputs)` exports the module (`compiler.prepare`: the torch
    front end, the recipe's overrides and pass options), runs canonicalize, fuse and
-   insert-observers, and reads the plans (passes/rules.py): the activation values that get
+   insert-observers, and reads the plans (passes/analyses/rules.py): the activation values that get
    parameters, the value whose parameters each one follows, and the weights quantized,
    with their channel axis. Those decisions go back onto a copy of the module by module
    path (`node.meta["module"]`); the module passed in is not changed.
@@ -78,7 +78,7 @@ from qcompiler.ir import DType, QuantParams, Value
 from qcompiler.passes.fake_quant import fold_quantized_constants
 from qcompiler.passes.infra.pipeline import Pipeline
 from qcompiler.passes.infra.target import weight_reduce_range
-from qcompiler.passes.rules import (
+from qcompiler.passes.analyses.rules import (
     float_by_choice,
     plans,
     quantized_values,

@@ -20,7 +20,7 @@ from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import open_session, sqnr_db
 from qcompiler.kernels import kernel_report
 from qcompiler.passes import PassContext, PassManager, Target
-from qcompiler.passes.cost import emitted_cost, node_macs
+from qcompiler.passes.analyses.cost import emitted_cost, node_macs
 
 DYNAMIC = "canonicalize,fuse,dynamic-quant{{{}}},cleanup"
 FUSED = ("MatMulIntegerToFloat", "DynamicQuantizeMatMul")
