@@ -30,7 +30,7 @@ import numpy as np
 
 from qcompiler import ir, passes
 from qcompiler.ir.evaluate import OutputMetrics, first_rows, main_values, tap_groups
-from qcompiler.passes.calibrate import Calibrate
+from qcompiler.passes.transforms.calibrate import Calibrate
 from qcompiler.passes.analyses.observers import observe
 from qcompiler.passes.infra.progress import Progress
 

@@ -75,7 +75,7 @@ from qcompiler import ir, passes
 from qcompiler import torch as torch_frontend
 from qcompiler.compiler import prepare
 from qcompiler.ir import DType, QuantParams, Value
-from qcompiler.passes.fake_quant import fold_quantized_constants
+from qcompiler.passes.transforms.fake_quant import fold_quantized_constants
 from qcompiler.passes.infra.pipeline import Pipeline
 from qcompiler.passes.infra.target import weight_reduce_range
 from qcompiler.passes.analyses.rules import (
@@ -83,7 +83,7 @@ from qcompiler.passes.analyses.rules import (
     plans,
     quantized_values,
 )
-from qcompiler.passes.weight_quant import weight_params
+from qcompiler.passes.transforms.weight_quant import weight_params
 from qcompiler.recipe import Recipe
 
 _PLACEMENT = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse,insert-observers"

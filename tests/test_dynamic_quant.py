@@ -14,7 +14,7 @@ from helpers import run_onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch_models import export_model
 
-import qcompiler.passes.dynamic_quant  # noqa: F401  (registers the pass)
+import qcompiler.passes.transforms.dynamic_quant  # noqa: F401  (registers the pass)
 from qcompiler import ir
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import open_session, sqnr_db

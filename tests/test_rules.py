@@ -10,7 +10,7 @@ from qcompiler import ir
 from qcompiler.passes import Overrides, PassContext, PassError, PassManager, PipelineError, Verifier, parse_pipeline
 from qcompiler.passes.analyses import rules
 from qcompiler.passes.analyses.rules import Bias, QuantPlan, Weight
-from qcompiler.passes.insert_observers import InsertObservers
+from qcompiler.passes.transforms.insert_observers import InsertObservers
 
 TEXT_CASES = pathlib.Path(__file__).parent / "passes" / "insert-observers"
 
