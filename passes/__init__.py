@@ -1,31 +1,33 @@
 """Passes over the IR: the pass contract, registry, pipelines, pass manager, instruments.
 
-Importing this package registers the built-in passes.
+`infra/` is how passes run, `analyses/` what they compute without changing the model,
+`transforms/` the passes themselves; this package re-exports the public names of infra/.
+Importing it registers the built-in passes and names the built-in pipelines.
 """
 
-from . import apply_overrides as _apply_overrides  # noqa: F401  (registers the pass)
-from . import assign_precision as _assign_precision  # noqa: F401  (registers the pass)
-from . import calibrate as _calibrate  # noqa: F401  (registers the pass)
-from . import canonicalize as _canonicalize  # noqa: F401  (registers the pass)
-from . import cleanup as _cleanup  # noqa: F401  (registers the pass)
-from . import convert_fp16 as _convert_fp16  # noqa: F401  (registers the pass)
-from . import dynamic_quant as _dynamic_quant  # noqa: F401  (registers the pass)
-from . import fold_weights as _fold_weights  # noqa: F401  (registers the pass)
-from . import freeze_weight_inputs as _freeze_weight_inputs  # noqa: F401  (registers the pass)
-from . import fuse as _fuse  # noqa: F401  (registers the pass)
-from . import insert_observers as _insert_observers  # noqa: F401  (registers the pass)
-from . import legalize_opset as _legalize_opset  # noqa: F401  (registers the pass)
-from . import place_qdq as _place_qdq  # noqa: F401  (registers the pass)
-from . import smooth_quant as _smooth_quant  # noqa: F401  (registers the pass)
-from . import weight_only as _weight_only  # noqa: F401  (registers the pass)
-from .base import Pass, PassCrash, PassError, PipelineError, get_pass, register_pass, registered_passes
-from .context import PassContext
-from .overrides import Overrides
-from .instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
-from .manager import PassManager, PassResult
-from .pipeline import parse_pipeline, register_pipeline, registered_pipelines
-from .plugins import PluginError, load_entry_point_plugins, load_plugin_file
-from .target import Target
+from .transforms import apply_overrides as _apply_overrides  # noqa: F401  (registers the pass)
+from .transforms import assign_precision as _assign_precision  # noqa: F401  (registers the pass)
+from .transforms import calibrate as _calibrate  # noqa: F401  (registers the pass)
+from .transforms import canonicalize as _canonicalize  # noqa: F401  (registers the pass)
+from .transforms import cleanup as _cleanup  # noqa: F401  (registers the pass)
+from .transforms import convert_fp16 as _convert_fp16  # noqa: F401  (registers the pass)
+from .transforms import dynamic_quant as _dynamic_quant  # noqa: F401  (registers the pass)
+from .transforms import fold_weights as _fold_weights  # noqa: F401  (registers the pass)
+from .transforms import freeze_weight_inputs as _freeze_weight_inputs  # noqa: F401  (registers the pass)
+from .transforms import fuse as _fuse  # noqa: F401  (registers the pass)
+from .transforms import insert_observers as _insert_observers  # noqa: F401  (registers the pass)
+from .transforms import legalize_opset as _legalize_opset  # noqa: F401  (registers the pass)
+from .transforms import place_qdq as _place_qdq  # noqa: F401  (registers the pass)
+from .transforms import smooth_quant as _smooth_quant  # noqa: F401  (registers the pass)
+from .transforms import weight_only as _weight_only  # noqa: F401  (registers the pass)
+from .infra.base import Pass, PassCrash, PassError, PipelineError, get_pass, register_pass, registered_passes
+from .infra.context import PassContext
+from .infra.overrides import Overrides
+from .infra.instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
+from .infra.manager import PassManager, PassResult
+from .infra.pipeline import parse_pipeline, register_pipeline, registered_pipelines
+from .infra.plugins import PluginError, load_entry_point_plugins, load_plugin_file
+from .infra.target import Target
 
 # A compile's reading fixes head every quantizing pipeline, so a dump or reproducer shows every step.
 _HEAD = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse"

@@ -4,7 +4,7 @@
    (compiler.prepare), so the units measured are the ones compile would quantize.
 2. The effective pipeline splits at its first place-qdq: the passes before it (without
    assign-precision, which would decide on its own) calibrate the model; place-qdq and
-   what follows emit every variant (passes/sensitivity.py).
+   what follows emit every variant (passes/analyses/sensitivity.py).
 3. Evaluation data is the held-out data, else the calibration data (flagged in the
    notes); `samples` bounds the rows used.
 4. With `cache`, the table is stored in that JSON file keyed by a hash of the
@@ -24,11 +24,11 @@ from qcompiler import ir, passes
 from qcompiler.compiler import prepare
 from qcompiler.ir.evaluate import first_rows, rows_of
 from qcompiler.ir.fileio import atomic_output
-from qcompiler.passes.pipeline import PassStep
-from qcompiler.passes.progress import Progress
-from qcompiler.passes.sensitivity import Evaluator, SensitivityTable, UnitSensitivity, figure_from_dict
-from qcompiler.passes.sensitivity import sensitivity as measure
-from qcompiler.passes.sensitivity import units as find_units
+from qcompiler.passes.infra.pipeline import PassStep
+from qcompiler.passes.infra.progress import Progress
+from qcompiler.passes.analyses.sensitivity import Evaluator, SensitivityTable, UnitSensitivity, figure_from_dict
+from qcompiler.passes.analyses.sensitivity import sensitivity as measure
+from qcompiler.passes.analyses.sensitivity import units as find_units
 from qcompiler.recipe import Recipe
 
 _CACHE_VERSION = 1
@@ -37,7 +37,7 @@ _CACHE_VERSION = 1
 def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | str | Path | dict | None = None,
                 pipeline: str | None = None, target: str | passes.Target | None = None, samples: int = 256, jobs: int = 1,
                 cache: str | Path | None = None, progress: bool | None = None) -> SensitivityTable:
-    """The sensitivity table of `model` (passes/sensitivity.py rule 5), most sensitive unit first in `.ranked()`."""
+    """The sensitivity table of `model` (passes/analyses/sensitivity.py rule 5), most sensitive unit first in `.ranked()`."""
     start = time.perf_counter()
     job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval)
     calibrating, emitting = _split(job.steps)

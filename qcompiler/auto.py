@@ -48,8 +48,8 @@ from qcompiler.acceptance import floor, holds, measures
 from qcompiler.compiler import CompileResult, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
-from qcompiler.passes.plugins import load_function
-from qcompiler.passes.rules import NORMS
+from qcompiler.passes.analyses.rules import NORMS
+from qcompiler.passes.infra.plugins import load_function
 from qcompiler.recipe import Recipe
 
 _LATENCY_TIE = 0.05

@@ -28,7 +28,7 @@ from qcompiler.debug import annotate, record_float_names, value_errors
 from qcompiler.ir.fileio import atomic_output
 from qcompiler.ir.naming import unique_names
 from qcompiler.modelio import check_writable, read_model, write_dump, write_text
-from qcompiler.passes.target import TARGET_NAMES
+from qcompiler.passes.infra.target import TARGET_NAMES
 from qcompiler.recipe import DEFAULT_PIPELINE, Recipe, overrides_toml
 
 

@@ -62,9 +62,9 @@ from qcompiler.ir.naming import unique_names
 from qcompiler.ir.onnx_export import ModelFile
 from qcompiler.kernels import kernel_report
 from qcompiler.modelio import read_model
-from qcompiler.passes.pipeline import Pipeline
-from qcompiler.passes.progress import Progress
-from qcompiler.passes.rules import has_rule, is_float
+from qcompiler.passes.infra.pipeline import Pipeline
+from qcompiler.passes.infra.progress import Progress
+from qcompiler.passes.analyses.rules import has_rule, is_float
 from qcompiler.recipe import Recipe
 from qcompiler.report import CompileReport, PassRecord
 from qcompiler.acceptance import Measure, measures

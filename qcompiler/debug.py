@@ -48,8 +48,8 @@ from qcompiler.data import CalibrationData, InputSpec, input_specs, open_calibra
 from qcompiler.ir.evaluate import ErrorSums, OutputMetrics, ValueTap, tap_groups
 from qcompiler.ir.naming import unique_names
 from qcompiler.modelio import read_model
-from qcompiler.passes.progress import Progress
-from qcompiler.passes.rules import is_float, is_qdq
+from qcompiler.passes.infra.progress import Progress
+from qcompiler.passes.analyses.rules import is_float, is_qdq
 
 FLOAT_VALUES_KEY = "qcompiler.float_values"
 _NSR_FLOOR = 1e-12  # added noise below this shows as 120 dB: nothing added

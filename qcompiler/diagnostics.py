@@ -30,9 +30,9 @@ import numpy as np
 
 from qcompiler import ir, passes
 from qcompiler.ir.evaluate import OutputMetrics, first_rows, main_values, tap_groups
-from qcompiler.passes.calibrate import Calibrate
-from qcompiler.passes.observers import observe
-from qcompiler.passes.progress import Progress
+from qcompiler.passes.analyses.observers import observe
+from qcompiler.passes.infra.progress import Progress
+from qcompiler.passes.transforms.calibrate import Calibrate
 
 MIN_CALIBRATION_ROWS = 64
 SHIFT_ROWS = 64

@@ -11,7 +11,7 @@ reads the graph ONNX Runtime actually runs and weighs each of our compute nodes
    side file that is not read back). ALL adds layout transforms to EXTENDED's QDQ
    fusions (NHWC QLinearConv, NCHWc float Conv) that rename activations; weights keep
    their names, which rule 3 relies on.
-2. Integer kernels are the op types in ort-cpu's `integer_kernels` (passes/target.py),
+2. Integer kernels are the op types in ort-cpu's `integer_kernels` (passes/infra/target.py),
    in any domain; every other kernel computes in float. `op_counts` counts every optimized node, "domain::Op"
    outside the default domain.
 3. Each of our compute nodes has anchors, names that survive ORT's fusions (exported
@@ -63,8 +63,8 @@ import onnx
 from qcompiler import ir
 from qcompiler.ir.evaluate import ModelSource, open_session
 from qcompiler.ir.naming import unique_names
-from qcompiler.passes.cost import COMPUTE_OPS, node_macs
-from qcompiler.passes.target import Target
+from qcompiler.passes.analyses.cost import COMPUTE_OPS, node_macs
+from qcompiler.passes.infra.target import Target
 
 _ORT_CPU = Target.named("ort-cpu")  # validation runs every model there, whatever its target
 _OURS = COMPUTE_OPS | {"MatMulInteger"}  # dynamic-quant's MatMulInteger reads its int8 weight directly

@@ -2,7 +2,7 @@
 
 1. `prepare_qat(module, example_inputs)` exports the module (`compiler.prepare`: the torch
    front end, the recipe's overrides and pass options), runs canonicalize, fuse and
-   insert-observers, and reads the plans (passes/rules.py): the activation values that get
+   insert-observers, and reads the plans (passes/analyses/rules.py): the activation values that get
    parameters, the value whose parameters each one follows, and the weights quantized,
    with their channel axis. Those decisions go back onto a copy of the module by module
    path (`node.meta["module"]`); the module passed in is not changed.
@@ -75,15 +75,15 @@ from qcompiler import ir, passes
 from qcompiler import torch as torch_frontend
 from qcompiler.compiler import prepare
 from qcompiler.ir import DType, QuantParams, Value
-from qcompiler.passes.fake_quant import fold_quantized_constants
-from qcompiler.passes.pipeline import Pipeline
-from qcompiler.passes.target import weight_reduce_range
-from qcompiler.passes.rules import (
+from qcompiler.passes.transforms.fake_quant import fold_quantized_constants
+from qcompiler.passes.infra.pipeline import Pipeline
+from qcompiler.passes.infra.target import weight_reduce_range
+from qcompiler.passes.analyses.rules import (
     float_by_choice,
     plans,
     quantized_values,
 )
-from qcompiler.passes.weight_quant import weight_params
+from qcompiler.passes.transforms.weight_quant import weight_params
 from qcompiler.recipe import Recipe
 
 _PLACEMENT = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse,insert-observers"

@@ -32,7 +32,7 @@
 1. `[passes.NAME]` options apply to every step of that pass in the pipeline, unless the
    pipeline text sets the same option on the step: what was written for one run beats
    the file. Each is checked against the pass's Options when the recipe loads.
-2. `[overrides]` becomes a `passes.Overrides` (passes/overrides.py says what each
+2. `[overrides]` becomes a `passes.Overrides` (passes/infra/overrides.py says what each
    setting does and the precedence), which the compile's context carries: apply-overrides
    writes the node marks, insert-observers reads the observers.
 3. An unknown key, pass, option or a value of the wrong type is an error naming the
@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler import ir, passes
-from qcompiler.passes.overrides import Overrides
-from qcompiler.passes.pipeline import NamedPipeline, PassStep, Pipeline, Repeat, build_options
+from qcompiler.passes.infra.overrides import Overrides
+from qcompiler.passes.infra.pipeline import NamedPipeline, PassStep, Pipeline, Repeat, build_options
 
 DEFAULT_PIPELINE = "int8"
 _TOP_KEYS = frozenset({"target", "pipeline", "passes", "overrides"})

@@ -33,7 +33,7 @@ from qcompiler.ir.evaluate import (
 if TYPE_CHECKING:
     import onnxruntime
 
-    from qcompiler.passes.progress import Progress
+    from qcompiler.passes.infra.progress import Progress
 
 
 @dataclass(frozen=True)

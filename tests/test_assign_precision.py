@@ -14,8 +14,8 @@ import qcompiler
 from qcompiler import ir, passes
 from qcompiler.analyze import sensitivity
 from qcompiler.data import input_specs, open_calibration_data
-from qcompiler.passes.cost import node_macs
-from qcompiler.passes.sensitivity import Evaluator, units
+from qcompiler.passes.analyses.cost import node_macs
+from qcompiler.passes.analyses.sensitivity import Evaluator, units
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 OUTLIER = GOLDEN / "outlier_convnet"
@@ -79,7 +79,7 @@ def test_worker_processes_measure_the_same_figures():
     model, feeds = calibrated(OUTLIER)
     evaluator = Evaluator(model, EMIT, feeds)
     found = units(model)
-    from qcompiler.passes.sensitivity import measure_all
+    from qcompiler.passes.analyses.sensitivity import measure_all
 
     variants = [({u: "fp32"}, None) for u in found]
     assert measure_all(evaluator, variants, jobs=2) == measure_all(evaluator, variants, jobs=1)
@@ -136,8 +136,8 @@ def test_a_budget_all_int8_meets_changes_nothing():
 def test_the_cost_estimate_agrees_with_the_kernels_onnx_runtime_chooses(case):
     """cost.runs_integer predicts ORT's fusions; kernels.py reads them from ORT's optimized graph."""
     from qcompiler.kernels import kernel_report
-    from qcompiler.passes.cost import COMPUTE_OPS, runs_integer
-    from qcompiler.passes.target import Target
+    from qcompiler.passes.analyses.cost import COMPUTE_OPS, runs_integer
+    from qcompiler.passes.infra.target import Target
 
     model, _ = calibrated(GOLDEN / case)
     found = [u for u in units(model) if u.op_type in COMPUTE_OPS]

@@ -17,7 +17,8 @@ from torch_models import export_model
 from qcompiler import ir
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import open_session, sqnr_db
-from qcompiler.passes import PassContext, PassManager, convert_fp16
+from qcompiler.passes import PassContext, PassManager
+from qcompiler.passes.transforms import convert_fp16
 
 PIPELINE = "canonicalize,fuse,convert-fp16,cleanup"
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"

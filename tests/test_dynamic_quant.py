@@ -14,13 +14,13 @@ from helpers import run_onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch_models import export_model
 
-import qcompiler.passes.dynamic_quant  # noqa: F401  (registers the pass)
+import qcompiler.passes.transforms.dynamic_quant  # noqa: F401  (registers the pass)
 from qcompiler import ir
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import open_session, sqnr_db
 from qcompiler.kernels import kernel_report
 from qcompiler.passes import PassContext, PassManager, Target
-from qcompiler.passes.cost import emitted_cost, node_macs
+from qcompiler.passes.analyses.cost import emitted_cost, node_macs
 
 DYNAMIC = "canonicalize,fuse,dynamic-quant{{{}}},cleanup"
 FUSED = ("MatMulIntegerToFloat", "DynamicQuantizeMatMul")

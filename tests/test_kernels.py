@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompiler import ir, passes
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.kernels import kernel_report
-from qcompiler.passes.cost import node_macs
+from qcompiler.passes.analyses.cost import node_macs
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "conv_relu" / "model.onnx"
 PIPELINE = "canonicalize,fuse,insert-observers,calibrate,place-qdq,fold-weights{reduce_range=true},cleanup"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from qcompiler.ir import DType, QuantParams
 from qcompiler.ir.quant import dequantize, quantize
-from qcompiler.passes.observers import (
+from qcompiler.passes.analyses.observers import (
     MinMaxObserver,
     Observer,
     get_observer,
@@ -73,7 +73,7 @@ def test_registration_refuses_taken_and_malformed_names():
     class Badly(MinMaxObserver):
         name = "Min_Max"
 
-    with pytest.raises(ValueError, match="'minmax' is taken by qcompiler.passes.observers.MinMaxObserver"):
+    with pytest.raises(ValueError, match="'minmax' is taken by qcompiler.passes.analyses.observers.MinMaxObserver"):
         register_observer(Again)
     with pytest.raises(ValueError, match="kebab-case"):
         register_observer(Badly)

@@ -1,4 +1,4 @@
-"""A built wheel installs qcompiler, qcompiler.ir (with its grammar) and qcompiler.passes."""
+"""A built wheel installs qcompiler, qcompiler.ir and qcompiler.passes, with their grammars."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ CHECK = """
 import qcompiler, qcompiler.ir, qcompiler.passes
 from qcompiler import ir
 m = ir.parse_model('model ir_version=8 opset{ai.onnx=17}\\ngraph @g(%x: f32[1]) {\\n  return %x\\n}\\n')
+assert str(qcompiler.passes.parse_pipeline('int8')) == 'int8'  # the pipeline grammar ships too
 print(qcompiler.ir.__file__)
 """
 
@@ -38,6 +39,7 @@ def test_wheel_installs_all_packages(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel],
                    check=True, capture_output=True)
     assert (target / "qcompiler" / "ir" / "qir.lark").is_file()
+    assert (target / "qcompiler" / "passes" / "infra" / "pipeline.lark").is_file()
     assert not (target / "ir").exists(), "nothing generic named 'ir' lands in site-packages"
     env = {**os.environ, "PYTHONPATH": str(target)}
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, cwd=tmp_path, env=env)

@@ -1,4 +1,4 @@
-"""The pattern matcher and the greedy driver (passes/patterns.py)."""
+"""The pattern matcher and the greedy driver (passes/transforms/patterns.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qcompiler import ir
-from qcompiler.passes.patterns import (
+from qcompiler.passes.transforms.patterns import (
     Any, Const, Either, Match, Op, Optional, Pattern, apply_patterns, erase, not_graph_output,
     used_only_inside,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from qcompiler.passes.progress import Progress
+from qcompiler.passes.infra.progress import Progress
 
 
 class Terminal(io.StringIO):

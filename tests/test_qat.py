@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 import qcompiler
 from qcompiler import ir
-from qcompiler.passes.fake_quant import fold_quantized_constants
+from qcompiler.passes.transforms.fake_quant import fold_quantized_constants
 from qcompiler.qat import (
     ActivationQuant,
     Follow,

@@ -7,10 +7,10 @@ import pathlib
 import pytest
 
 from qcompiler import ir
-from qcompiler.passes import (Overrides, PassContext, PassError, PassManager, PipelineError, Verifier, parse_pipeline,
-                              rules)
-from qcompiler.passes.insert_observers import InsertObservers
-from qcompiler.passes.rules import Bias, QuantPlan, Weight
+from qcompiler.passes import Overrides, PassContext, PassError, PassManager, PipelineError, Verifier, parse_pipeline
+from qcompiler.passes.analyses import rules
+from qcompiler.passes.analyses.rules import Bias, QuantPlan, Weight
+from qcompiler.passes.transforms.insert_observers import InsertObservers
 
 TEXT_CASES = pathlib.Path(__file__).parent / "passes" / "insert-observers"
 
@@ -345,7 +345,7 @@ def test_user_rule_by_domain_and_duplicates_refused(monkeypatch):
     assert by_name(m) == {"custom": QuantPlan(activations=(0,), outputs=(0,))}
     with pytest.raises(ValueError, match="example::Custom already has a rule"):
         rules.register_rule("Custom", domain="example")(custom)
-    with pytest.raises(ValueError, match="op Conv already has a rule: qcompiler.passes.rules.conv"):
+    with pytest.raises(ValueError, match="op Conv already has a rule: qcompiler.passes.analyses.rules.conv"):
         rules.register_rule("Conv")(custom)
 
 

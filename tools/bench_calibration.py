@@ -187,7 +187,7 @@ def _ours(method: str) -> Callable[[Path, Path, Path], tuple[float, float, int]]
 
 def _time_value_taps() -> list[float]:
     """Seconds each ValueTap (tapped export + session) takes to build, so setup and run can be told apart."""
-    from qcompiler.passes import observers
+    from qcompiler.passes.analyses import observers
 
     seconds: list[float] = []
 

@@ -67,9 +67,9 @@ import numpy as np
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, Value
 from qcompiler.ir.quant import quantize
 
-from .base import Pass, PassError, register_pass
+from ..infra.base import Pass, PassError, register_pass
 from .patterns import erase
-from .rules import float_by_choice
+from ..analyses.rules import float_by_choice
 from .weight_quant import dequantized
 
 _BLOCKED_DQ_OPSET = 21

@@ -72,10 +72,10 @@ from typing import Literal
 
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, TensorType, Value
 
-from .base import Pass, PassError, register_pass
-from .cost import COMPUTE_OPS
-from .rules import PRECISIONS, QuantPlan, float_by_choice, in_qdq_form, is_qdq, plans, quantized_values
-from .target import Target
+from ..infra.base import Pass, PassError, register_pass
+from ..analyses.cost import COMPUTE_OPS
+from ..analyses.rules import PRECISIONS, QuantPlan, float_by_choice, in_qdq_form, is_qdq, plans, quantized_values
+from ..infra.target import Target
 
 _MIN_OPSET = 10
 _16BIT_OPSET = 21  # ai.onnx QuantizeLinear/DequantizeLinear take int16/uint16 from here

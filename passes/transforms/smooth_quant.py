@@ -61,10 +61,10 @@ import numpy as np
 from qcompiler.ir import Graph, Model, NameAllocator, Node, Use, Value
 from qcompiler.ir.evaluate import first_rows, main_values
 
-from .base import Pass, PassError, register_pass
-from .observers import observe
-from .progress import SWITCH, Progress
-from .rules import NORMS, is_float
+from ..infra.base import Pass, PassError, register_pass
+from ..analyses.observers import observe
+from ..infra.progress import SWITCH, Progress
+from ..analyses.rules import NORMS, is_float
 
 _SCALE_LIMITS = (1e-5, 1e5)
 _CHANNEL_MINMAX = ("minmax", (("axis", -1),))

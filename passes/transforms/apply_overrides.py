@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from qcompiler import ir
 
-from .base import Pass, PassError, register_pass
+from ..infra.base import Pass, PassError, register_pass
 
 
 @register_pass

@@ -39,11 +39,11 @@ from qcompiler import ir
 from qcompiler.ir.evaluate import main_values, tap_groups
 from qcompiler.ir.fileio import atomic_output
 
-from .base import Pass, PassError, PipelineError, register_pass
-from .observers import Observer, get_observer, observe
-from .pipeline import build_options
-from .progress import SWITCH, Progress
-from .rules import quantized_values
+from ..infra.base import Pass, PassError, PipelineError, register_pass
+from ..analyses.observers import Observer, get_observer, observe
+from ..infra.pipeline import build_options
+from ..infra.progress import SWITCH, Progress
+from ..analyses.rules import quantized_values
 
 _CACHE_VERSION = 1
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from qcompiler.ir import Graph, Model, Node, Value
 
-from .base import Pass, register_pass
+from ..infra.base import Pass, register_pass
 from .dce import eliminate_dead_code
-from .rules import is_qdq
+from ..analyses.rules import is_qdq
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 

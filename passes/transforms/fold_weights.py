@@ -57,10 +57,10 @@ import numpy as np
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, Value
 from qcompiler.ir.quant import dtype_range, quantize
 
-from .base import Pass, PassError, register_pass
+from ..infra.base import Pass, PassError, register_pass
 from .fake_quant import fold_quantized_constants
-from .rules import Bias, is_qdq, plans
-from .target import weight_reduce_range
+from ..analyses.rules import Bias, is_qdq, plans
+from ..infra.target import weight_reduce_range
 from .weight_quant import dequantized, weight_params
 
 _PER_CHANNEL_OPSET = 13

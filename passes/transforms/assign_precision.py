@@ -47,13 +47,13 @@ from typing import Literal
 from qcompiler import ir
 from qcompiler.ir.evaluate import first_rows, rows_of
 
-from .base import Pass, PassError, register_pass
-from .pipeline import parse_pipeline
-from .plugins import load_function
-from .progress import SWITCH, Progress
-from .rules import PRECISIONS
-from .sensitivity import Evaluator, Figure, Unit, measure_all, units
-from .target import Target
+from ..infra.base import Pass, PassError, register_pass
+from ..infra.pipeline import parse_pipeline
+from ..infra.plugins import load_function
+from ..infra.progress import SWITCH, Progress
+from ..analyses.rules import PRECISIONS
+from ..analyses.sensitivity import Evaluator, Figure, Unit, measure_all, units
+from ..infra.target import Target
 
 
 @register_pass

@@ -36,13 +36,13 @@ import numpy as np
 from qcompiler import ir
 from qcompiler.ir.evaluate import ErrorSums, ValueTap, joined, outputs_over
 
-from .base import PassError
-from .context import PassContext
+from ..infra.base import PassError
+from ..infra.context import PassContext
 from .cost import COMPUTE_OPS, emitted_cost, work
-from .manager import PassManager
-from .progress import Progress
+from ..infra.manager import PassManager
+from ..infra.progress import Progress
 from .rules import plans
-from .target import Target
+from ..infra.target import Target
 
 Metric = Callable[[dict[str, np.ndarray]], float]
 

@@ -13,7 +13,7 @@ import numpy as np
 from qcompiler.ir import DType, Model, NameAllocator, QuantParams, Value
 from qcompiler.ir.quant import quantize
 
-from .rules import is_qdq
+from ..analyses.rules import is_qdq
 
 
 def fold_quantized_constants(model: Model) -> int:

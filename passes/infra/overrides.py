@@ -27,8 +27,8 @@ from typing import Any
 
 from qcompiler.ir import Node
 
-from .observers import ObserverOptions
-from .rules import PRECISIONS
+from ..analyses.observers import ObserverOptions
+from ..analyses.rules import PRECISIONS
 from .target import ACTIVATION_DTYPES
 
 OBSERVER_KEYS = frozenset({"observer"} | {f.name for f in dataclasses.fields(ObserverOptions)} - {"method"})

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from qcompiler.ir import Model, Node, Value
 
-from .base import Pass, register_pass
-from .observers import ObserverOptions
-from .overrides import Overrides, observer_options
-from .rules import float_by_choice, in_qdq_form, quantized_values
+from ..analyses.observers import ObserverOptions
+from ..analyses.rules import float_by_choice, in_qdq_form, quantized_values
+from ..infra.base import Pass, register_pass
+from ..infra.overrides import Overrides, observer_options
 
 _MARKS = ("observer", "observer_options", "observer_follows")
 

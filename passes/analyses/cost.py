@@ -23,7 +23,7 @@ import math
 
 from qcompiler.ir import DType, Model, Node, Value
 
-from .target import Target
+from ..infra.target import Target
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _COSTED_OPS = COMPUTE_OPS | {"MatMulInteger"}  # rule 3

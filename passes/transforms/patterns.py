@@ -24,7 +24,7 @@ import numpy as np
 
 from qcompiler.ir import Graph, Node, Use, Value
 
-from .registry import KEBAB_NAME
+from ..infra.registry import KEBAB_NAME
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,10 @@ import numpy as np
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, TensorType, Value
 from qcompiler.ir.quant import quantize
 
-from .base import Pass, register_pass
+from ..infra.base import Pass, register_pass
 from .patterns import erase
-from .rules import kept_float, with_groups
-from .target import weight_reduce_range
+from ..analyses.rules import kept_float, with_groups
+from ..infra.target import weight_reduce_range
 from .weight_quant import weight_params
 
 _DYNAMIC = "dynamic"  # the rules.PRECISIONS level this pass emits

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from qcompiler import ir
 
-from .base import Pass, register_pass
+from ..infra.base import Pass, register_pass
 
 
 @register_pass

@@ -53,7 +53,7 @@ import numpy as np
 from qcompiler import ir
 from qcompiler.ir import AttrKind, ElidedTensor, Graph, Model, Node, TensorType, Value
 
-from .base import Pass, register_pass
+from ..infra.base import Pass, register_pass
 from .dce import eliminate_dead_code
 
 _NEVER_FOLD = frozenset(

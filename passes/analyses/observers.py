@@ -46,9 +46,9 @@ import numpy as np
 from qcompiler.ir import DType, Model, QuantParams, Value
 from qcompiler.ir.evaluate import ValueTap
 
-from .base import PassError
-from .progress import Progress
-from .registry import Registry
+from ..infra.base import PassError
+from ..infra.progress import Progress
+from ..infra.registry import Registry
 
 
 class Observer:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from qcompiler.ir import Model
 
-from .rules import PRECISIONS
+from ..analyses.rules import PRECISIONS
 from .target import ACTIVATION_DTYPES
 
 

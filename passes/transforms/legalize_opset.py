@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from qcompiler import ir
 
-from .base import Pass, register_pass
+from ..infra.base import Pass, register_pass
 
 
 @register_pass

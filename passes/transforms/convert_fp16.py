@@ -61,8 +61,8 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, TensorType, V
 from qcompiler.ir.evaluate import ValueTap, tap_groups
 from qcompiler.ir.onnx_export import constant_bytes
 
-from .base import Pass, register_pass
-from .rules import float_by_choice
+from ..infra.base import Pass, register_pass
+from ..analyses.rules import float_by_choice
 
 F16_MAX = float(np.finfo(np.float16).max)  # 65504
 DEFAULT_BLOCK = ("ArgMax", "ArgMin", "CumSum", "RoiAlign", "TopK")  # rule 6

@@ -46,12 +46,12 @@ import numpy as np
 
 from qcompiler.ir import Graph, Model, NameAllocator, Node, Value
 
-from .base import Pass, register_pass
+from ..infra.base import Pass, register_pass
 from .patterns import (
     Any, Const, Either, Match, Op, Optional, Pattern, apply_patterns, not_graph_output,
     replace_root, used_only_inside,
 )
-from .target import FUSABLE_ACTIVATIONS
+from ..infra.target import FUSABLE_ACTIVATIONS
 
 _INTERNAL = (used_only_inside, not_graph_output)
 
