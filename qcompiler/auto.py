@@ -16,8 +16,8 @@
    the observer choice), `static-smooth` (smooth-quant first; the smooth rungs only when
    a LayerNorm feeds a MatMul or Gemm, where activation outliers live), and, only when none of those meets the tolerance, `mixed`
    (assign-precision promotes the most sensitive layers until the budget holds: the
-   metric's budget of rule 1, else SQNR budgets 6 and 12 dB above the best rung so far,
-   each checked by the task measures). A rung that leaves less than half of the
+   metric's budget of rule 1, else SQNR budgets 6 and 12 dB above the best rung so far
+   that quantizes most of the compute, each checked by the task measures). A rung that leaves less than half of the
    compute quantized is rejected: that is the float model with extra steps (dynamic on
    a conv net, which it leaves float; a mixed rung that promoted most layers). The share
    is assign-precision's int8 work when it ran, else the MACs ORT runs in integer
@@ -49,12 +49,14 @@ from qcompiler.compiler import CompileResult, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
 from qcompiler.passes.analyses.rules import NORMS
+from qcompiler.passes.transforms.assign_precision import BudgetUnreachable
 from qcompiler.passes.infra.plugins import load_function
 from qcompiler.recipe import Recipe
 
 _LATENCY_TIE = 0.05
 _MIN_INT8_WORK = 0.5
 _MIXED_SQNR_STEPS_DB = (6.0, 12.0)
+_OUT_OF_REACH = "rejected: out of reach: "
 
 
 class AutoError(Exception):
@@ -156,8 +158,8 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
     if not any(a.meets for a in attempts):
         for rung in _mixed_rungs(judge, attempts):
             attempts.append(_attempt(rung, float_model, calib, eval, recipe, judge, say))
-            if attempts[-1].meets:
-                break
+            if attempts[-1].meets or attempts[-1].verdict.startswith(_OUT_OF_REACH):
+                break  # a higher budget is further out of reach
     chosen = _choose(attempts)
     result = AutoResult(judge.describe(), attempts, chosen, float_model)
     if chosen is None and require:
@@ -178,7 +180,10 @@ def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: R
                          recipe=_with_passes(recipe, rung.passes), pipeline=rung.pipeline,
                          eval=eval if eval is not None else calib)
     except Exception as err:  # a rung that cannot compile this model is a finding, not the end of the walk
-        attempt.verdict = f"failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+        if isinstance(err.__cause__, BudgetUnreachable):
+            attempt.verdict = f"{_OUT_OF_REACH}{err.__cause__}"
+        else:
+            attempt.verdict = f"failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
         return attempt
     report = result.report
     attempt.result, attempt.pipeline = result, report.pipeline
@@ -225,8 +230,8 @@ def _mixed_rungs(judge: _Judge, attempts: list[Attempt]) -> list[Rung]:
     if judge.metric_reference is not None:
         return [Rung("mixed", "mixed", {"assign-precision": {"metric": judge.metric_reference,
                                                              "max_drop": judge.tolerance}})]
-    best = max((min(m.sqnr_db for m in a.result.report.outputs) for a in attempts if a.result is not None),
-               default=20.0)
+    quantized = [a for a in attempts if a.result is not None and _quantized_share(a.result.report) >= _MIN_INT8_WORK]
+    best = max((min(m.sqnr_db for m in a.result.report.outputs) for a in quantized), default=20.0)
     return [Rung(f"mixed+{step:g}dB", "mixed", {"assign-precision": {"min_sqnr_db": round(best + step, 2)}})
             for step in _MIXED_SQNR_STEPS_DB]
 

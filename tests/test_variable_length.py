@@ -64,8 +64,10 @@ def test_min_sqnr_promotes_layers_measured_on_lines_of_every_width(lines, capsys
 
 def test_auto_decides_on_lines_of_every_width(lines, capsys):
     assert main(["compile", str(lines / "rec.onnx"), "--calib", str(lines / "calib"), "--eval", str(lines / "eval"),
-                 "-o", str(lines / "auto.onnx"), "--auto", "--tolerance", "1"]) == 0  # 40 dB: static falls short
+                 "-o", str(lines / "auto.onnx"), "--auto", "--tolerance", "1"]) == 0
     out = capsys.readouterr().out
+    # the untrained recognizer's near-uniform step scores flip argmax at any int8 error, so static
+    # falls short of 99% per-position agreement and the mixed rung runs over lines of every width
     mixed = [line for line in out.splitlines() if line.lstrip().startswith("mixed")]
-    assert mixed and not any("failed" in line for line in mixed), out
-    assert measured_sqnr(lines, lines / "auto.onnx") >= 40 - 0.5
+    assert mixed and "argmax agreement per position (axis 2)" in mixed[0], out
+    assert not any("failed" in line for line in mixed), out

@@ -56,6 +56,10 @@ from ..analyses.sensitivity import Evaluator, Figure, Unit, measure_all, units
 from ..infra.target import Target
 
 
+class BudgetUnreachable(PassError):
+    """No assignment meets the budget: with every unit but one promoted, the model still falls short."""
+
+
 @register_pass
 class AssignPrecision(Pass):
     """Promote the units that hurt most to wider precisions until the model meets a budget."""
@@ -189,7 +193,7 @@ class _Search:
     def _check_feasible(self, ranked: list[Unit]) -> None:
         figure = self.evaluator.measure({unit: self.top for unit in ranked[:-1]})
         if not self.budget.met(figure):
-            raise PassError(f"assign-precision cannot meet {self.budget.describe()}: with every unit but "
+            raise BudgetUnreachable(f"assign-precision cannot meet {self.budget.describe()}: with every unit but "
                             f"{ranked[-1].name!r} at {self.top} the model reaches {self.budget.show(figure)} "
                             f"(all int8: {self.budget.show(self.all_int8)}); relax the budget or keep the "
                             "float model")
