@@ -18,6 +18,7 @@ from .transforms import fuse as _fuse  # noqa: F401  (registers the pass)
 from .transforms import insert_observers as _insert_observers  # noqa: F401  (registers the pass)
 from .transforms import legalize_opset as _legalize_opset  # noqa: F401  (registers the pass)
 from .transforms import place_qdq as _place_qdq  # noqa: F401  (registers the pass)
+from .transforms import quantize_embeddings as _quantize_embeddings  # noqa: F401  (registers the pass)
 from .transforms import smooth_quant as _smooth_quant  # noqa: F401  (registers the pass)
 from .transforms import weight_only as _weight_only  # noqa: F401  (registers the pass)
 from .infra.base import Pass, PassCrash, PassError, PipelineError, get_pass, register_pass, registered_passes
@@ -32,14 +33,16 @@ from .infra.target import Target
 # A compile's reading fixes head every quantizing pipeline, so a dump or reproducer shows every step.
 _HEAD = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse"
 register_pipeline("default", "canonicalize,fuse,cleanup")
-register_pipeline("int8", f"{_HEAD},insert-observers,calibrate,place-qdq,fold-weights,cleanup")
-register_pipeline("int4", f"{_HEAD},weight-only,cleanup")
-register_pipeline("int8-weight-only", f"{_HEAD},weight-only{{bits=8}},cleanup")
-register_pipeline("dynamic", f"{_HEAD},dynamic-quant,cleanup")
-register_pipeline("dynamic-smooth", f"{_HEAD},smooth-quant,dynamic-quant,cleanup")
+register_pipeline("int8", f"{_HEAD},insert-observers,calibrate,place-qdq,fold-weights,quantize-embeddings,cleanup")
+register_pipeline("int4", f"{_HEAD},weight-only,quantize-embeddings{{bits=4}},cleanup")
+register_pipeline("int8-weight-only", f"{_HEAD},weight-only{{bits=8}},quantize-embeddings,cleanup")
+register_pipeline("dynamic", f"{_HEAD},dynamic-quant,quantize-embeddings,cleanup")
+register_pipeline("dynamic-smooth", f"{_HEAD},smooth-quant,dynamic-quant,quantize-embeddings,cleanup")
 register_pipeline("fp16", f"{_HEAD},convert-fp16,cleanup")
-register_pipeline("int8-smooth", f"{_HEAD},smooth-quant,insert-observers,calibrate,place-qdq,fold-weights,cleanup")
-register_pipeline("mixed", f"{_HEAD},insert-observers,calibrate,assign-precision,place-qdq,fold-weights,cleanup")
+register_pipeline("int8-smooth", f"{_HEAD},smooth-quant,insert-observers,calibrate,place-qdq,fold-weights,"
+                                 "quantize-embeddings,cleanup")
+register_pipeline("mixed", f"{_HEAD},insert-observers,calibrate,assign-precision,place-qdq,fold-weights,"
+                           "quantize-embeddings,cleanup")
 
 __all__ = [
     "CrashReproducer", "DumpDir", "Instrument", "Overrides", "Pass", "PassContext", "PassCrash", "PassError", "PassManager",

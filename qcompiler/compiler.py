@@ -117,6 +117,7 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     report.warnings.extend([*result.warnings, *checks.warnings])
     report.precision = context.report.get("assign-precision")
     report.weight_only = context.report.get("weight-only")
+    report.embeddings = context.report.get("quantize-embeddings")
     report.passes = [PassRecord(name, seconds, changed, dict(stats)) for name, seconds, changed, stats in timing.rows]
     report.compile_seconds = time.perf_counter() - start
     record_float_names(model, job.float_names)

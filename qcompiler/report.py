@@ -42,6 +42,7 @@ class CompileReport:
     bench: Any = None  # bench.Benchmark
     precision: dict[str, Any] | None = None  # assign-precision's report, when it ran
     weight_only: dict[str, Any] | None = None  # weight-only's report, when it ran
+    embeddings: dict[str, Any] | None = None  # quantize-embeddings' report, when it stored a table
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +78,8 @@ class CompileReport:
             lines.extend(_precision_lines(self.precision))
         if self.weight_only is not None:
             lines.append(_weight_only_line(self.weight_only))
+        if self.embeddings is not None:
+            lines.append(_embeddings_line(self.embeddings))
         if self.bench is not None:
             lines.append(f"  speed, float vs {self.bench.quantized} in ONNX Runtime:")
             lines.extend(f"    {line}" for line in self.bench.lines())
@@ -87,6 +90,13 @@ class CompileReport:
 def _weight_only_line(found: dict[str, Any]) -> str:
     kind = f"{'' if found['symmetric'] else 'u'}int{found['bits']}"
     return (f"  weights: {found['weights']} stored {kind} in blocks of {found['block_size']} ({found['format']}), "
+            f"{megabytes(found['float_bytes'])} -> {megabytes(found['quantized_bytes'])} "
+            f"({found['ratio']:.1f}x smaller); {found['skipped']} left float")
+
+
+def _embeddings_line(found: dict[str, Any]) -> str:
+    kind = "int4" if found["bits"] == 4 else "uint8"
+    return (f"  embedding tables: {found['tables']} stored {kind} in blocks of {found['block_size']}, "
             f"{megabytes(found['float_bytes'])} -> {megabytes(found['quantized_bytes'])} "
             f"({found['ratio']:.1f}x smaller); {found['skipped']} left float")
 

@@ -92,7 +92,7 @@ def test_report_names_ops_without_rule_and_lists_passes(compiled):
     assert "Shape" not in report.ops_without_rule  # integer shape arithmetic is not a float op left behind
     assert [p.name for p in report.passes] == ["legalize-opset", "freeze-weight-inputs", "apply-overrides",
                                               "canonicalize", "fuse", "insert-observers", "calibrate", "place-qdq",
-                                              "fold-weights", "cleanup"]
+                                              "fold-weights", "quantize-embeddings", "cleanup"]
     assert report.passes[6].stats["samples"] == 64
     text = report.to_json()
     assert json.loads(text)["pipeline"] == report.pipeline

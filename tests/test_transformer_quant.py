@@ -86,6 +86,9 @@ def test_smooth_quant_lifts_the_dynamic_path_past_onnxruntimes_quantize_dynamic(
         assert result.report.kernels.op_counts.get("com.microsoft::DynamicQuantizeMatMul", 0) \
             + result.report.kernels.op_counts.get("com.microsoft::MatMulIntegerToFloat", 0) == 36
         figures[pipeline] = sqnr_db(reference, _outputs(ir.to_onnx(result.model)))
+        embeddings = result.report.embeddings  # token and position tables, looked up in uint8
+        assert embeddings["tables"] == 2 and embeddings["ratio"] > 3.8
+        assert result.report.kernels.op_counts["com.microsoft::GatherBlockQuantized"] == 2
     print(f"dynamic {figures['dynamic']:.2f} dB, dynamic-smooth {figures['dynamic-smooth']:.2f} dB, "
           f"quantize_dynamic {theirs:.2f} dB")
     assert figures["dynamic"] == pytest.approx(theirs, abs=1.0)  # the same scheme as ONNX Runtime's

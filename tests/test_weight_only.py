@@ -144,26 +144,6 @@ def test_accuracy_level_4_keeps_int4_sqnr():
     assert sqnr[0] >= 18.0 and sqnr[4] >= sqnr[0] - 0.5, sqnr  # measured 18.9 dB at both levels
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("bits, symmetric", [(4, True), (8, True), (8, False)])
-def test_gather_table_blocked_along_hidden(fmt, bits, symmetric):
-    """An embedding table [V, H] is quantized in blocks along H (H = 200: a partial block)."""
-    rng = np.random.default_rng(3)
-    table = rng.standard_normal((300, 200)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("Gather", ["t", "i"], ["y"])], "g",
-                              [helper.make_tensor_value_info("i", TensorProto.INT64, [2, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 200])],
-                              [numpy_helper.from_array(table, "t")])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model = quantized(proto, f"format={fmt},bits={bits},symmetric={str(symmetric).lower()},block_size=64,gather=true")
-    indices = rng.integers(0, 300, (2, 5))
-    (got,) = run_onnx(ir.to_onnx(model), {"i": indices})
-    unsigned = fmt == "matmulnbits" and bits == 8 and symmetric  # GatherBlockQuantized takes uint8, zero point 128
-    want = numpy_dequantized(table, 1, 64, bits, symmetric, (0, 255) if unsigned else None)[indices]
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    assert [n.op_type for n in quantized(proto, f"format={fmt}").graph.nodes] == ["Gather"]  # gather=false default
-
-
 def test_kept_float_and_small_weights_are_skipped():
     """precision=fp32 keeps a node's weight float; a weight under min_size stays float too."""
     rng = np.random.default_rng(4)

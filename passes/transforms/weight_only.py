@@ -1,13 +1,12 @@
-"""weight-only: store MatMul and Gemm weights (and, on request, Gather tables) as blockwise int4 or int8.
+"""weight-only: store MatMul and Gemm weights as blockwise int4 or int8.
 
 Activations stay float: only the weights shrink, which is what bounds large MatMul-heavy
 models (file size, memory traffic at batch 1). It needs no calibration data.
 
-1. A weight is a 2-D float32 initializer: MatMul's B ([K, N]), Gemm's B ([K, N], or
-   [N, K] with transB), and with `gather=true` the data input of a Gather whose indices
-   are not constant (an embedding table [V, H]). MatMul and Gemm weights are quantized
-   in blocks of `block_size` along K, the reduction axis; a table in blocks along H.
-   K need not be a multiple of `block_size`: the last block is partial.
+1. A weight is a 2-D float32 initializer: MatMul's B ([K, N]) or Gemm's B ([K, N], or
+   [N, K] with transB), quantized in blocks of `block_size` along K, the reduction axis.
+   K need not be a multiple of `block_size`: the last block is partial. Embedding
+   tables are quantize-embeddings' work.
 2. Each block's parameters cover its [min, max] (`QuantParams.from_range`, ORT's
    formulas): `symmetric=true` stores int4 [-8, 7] or int8 [-127, 127] with zero point 0,
    `symmetric=false` uint4 or uint8 with a zero point per block. Codes, scales and zero
@@ -17,10 +16,8 @@ models (file size, memory traffic at batch 1). It needs no calibration data.
    MatMulNBits: codes unsigned (a symmetric code + 2^(bits-1), the op's default zero
    point), packed low bits first into uint8 [N, n_blocks, block_size * bits / 8]
    (a partial block padded with the code of 0), scales [N * n_blocks], zero points (only
-   when asymmetric) packed the same way per column. A Gather becomes GatherBlockQuantized
-   over the codes, 8-bit ones unsigned (the op takes int4, uint4, uint8). No opset
-   requirement. `format=qdq` puts a DequantizeLinear {axis, block_size} (opset 21) of the
-   codes in front of the op; the code initializer carries its QuantParams (q<...> in dumps).
+   when asymmetric) packed the same way per column. No opset requirement. `format=qdq`
+   puts a DequantizeLinear {axis, block_size} (opset 21) of the codes in front of the op; the code initializer carries its QuantParams (q<...> in dumps).
 4. Why matmulnbits by default, measured by tools/bench_weight_only.py (8 layers
    1024x1024, batch 1, one thread, ORT 1.32 on AVX2 without VNNI; latency over float's):
    ORT fuses DQ(int4 or int8, axis 0) + MatMul into MatMulNBits itself (at accuracy
@@ -28,10 +25,7 @@ models (file size, memory traffic at batch 1). It needs no calibration data.
    matmulnbits 0.21x). A DQ + Gemm mostly stays unfused (transB=1: never; transB=0:
    not once ORT has made a FusedGemm of Gemm + Relu) and dequantizes the whole weight on
    every run: int4 5.6x (transB=0) and 10x (transB=1) slower than float, where
-   MatMulNBits runs every form at 0.21-0.26x. A Gather behind a DequantizeLinear expands
-   the whole table on every run (32000x512: 45 ms against 0.01 ms), which is why `gather`
-   is off by default; GatherBlockQuantized looks 16 rows up in 0.2 ms (int4) or 0.014 ms
-   (uint8).
+   MatMulNBits runs every form at 0.21-0.26x.
 5. `accuracy_level=4` (default, ORT's own choice when it fuses) lets MatMulNBits quantize
    activations to int8 per block inside the kernel: int4 runs 0.21x float against 0.71x
    at level 0, at no measurable SQNR cost (14.8 dB after 8 layers either way); int8 has
@@ -67,13 +61,11 @@ import numpy as np
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, Value
 from qcompiler.ir.quant import quantize
 
-from ..infra.base import Pass, PassError, register_pass
-from .patterns import erase
 from ..analyses.rules import float_by_choice
-from .weight_quant import dequantized
+from ..infra.base import Pass, PassError, register_pass
+from .weight_quant import blocked_params, dequantized, replace_with_contrib_op, stored_bytes
 
 _BLOCKED_DQ_OPSET = 21
-_CONTRIB_DOMAIN = "com.microsoft"
 _DTYPES = {(4, True): DType.INT4, (4, False): DType.UINT4, (8, True): DType.INT8, (8, False): DType.UINT8}
 
 
@@ -87,7 +79,7 @@ class _Target(NamedTuple):
 
 @register_pass
 class WeightOnly(Pass):
-    """Quantize MatMul/Gemm weights (and optionally Gather tables) blockwise to int4 or int8; activations stay float."""
+    """Quantize MatMul/Gemm weights blockwise to int4 or int8; activations stay float."""
 
     name = "weight-only"
     reads = frozenset({"quantize", "precision", "group"})
@@ -97,15 +89,13 @@ class WeightOnly(Pass):
         """bits: 4 or 8; block_size: weights per scale along K (a power of two >= 16);
         symmetric: zero point 0 (else a zero point per block); format: matmulnbits (ORT's
         contrib op) or qdq (DequantizeLinear with block_size, opset 21); min_size: weights
-        with fewer elements stay float; gather: also quantize Gather embedding tables;
-        accuracy_level: MatMulNBits' compute type (0 float, 4 int8 activations; rule 5)."""
+        with fewer elements stay float; accuracy_level: MatMulNBits' compute type (0 float, 4 int8 activations; rule 5)."""
 
         bits: int = 4
         block_size: int = 128
         symmetric: bool = True
         format: Literal["matmulnbits", "qdq"] = "matmulnbits"
         min_size: int = 4096
-        gather: bool = False
         accuracy_level: int = 4
 
         def __post_init__(self) -> None:
@@ -133,8 +123,6 @@ class WeightOnly(Pass):
         for target in self._targets(model):
             if self.options.format == "qdq":
                 self._to_dequantize(graph, names, target, dtype, done)
-            elif target.node.op_type == "Gather":
-                self._to_gather_block_quantized(model, names, target, dtype, done)
             else:
                 self._to_matmulnbits(model, names, target, dtype, done)
         changed = self.stats["weights_quantized"] > before
@@ -147,7 +135,7 @@ class WeightOnly(Pass):
         kept = float_by_choice(model)
         targets = []
         for node in model.graph.nodes:
-            found = _weight_of(node, self.options.gather)
+            found = _weight_of(node)
             if found is None:
                 continue
             value = node.inputs[found.input]
@@ -162,7 +150,7 @@ class WeightOnly(Pass):
     def _count(self, data: np.ndarray, *stored: np.ndarray | None) -> None:
         self.stats["weights_quantized"] += 1
         self.stats["bytes_float"] += data.nbytes
-        self.stats["bytes_quantized"] += sum(_stored_bytes(a) for a in stored if a is not None)
+        self.stats["bytes_quantized"] += sum(stored_bytes(a) for a in stored if a is not None)
 
     def _to_dequantize(self, graph: Graph, names: NameAllocator, target: _Target, dtype: DType, done: dict) -> None:
         """Rule 3, qdq: the op reads the weight through a DequantizeLinear {block_size}, shared by its readers."""
@@ -201,24 +189,7 @@ class WeightOnly(Pass):
                       "block_size": self.options.block_size}
         if self.options.accuracy_level:
             attributes["accuracy_level"] = self.options.accuracy_level
-        self._replace(model, node, "MatMulNBits", inputs, attributes)
-
-    def _to_gather_block_quantized(self, model: Model, names: NameAllocator, target: _Target, dtype: DType,
-                                   done: dict) -> None:
-        """Rule 3: the Gather becomes GatherBlockQuantized over the table's codes (8-bit ones unsigned)."""
-        node, value = target.node, target.node.inputs[0]
-        key = (value, target.axis, "GatherBlockQuantized")
-        if key not in done:
-            dtype = DType.UINT8 if dtype == DType.INT8 else dtype  # the op takes int4, uint4 and uint8
-            params = blocked_params(value.const, target.axis, self.options.block_size, dtype, self.options.symmetric)
-            done[key] = self._store(model.graph, names, value, {
-                "quantized": quantize(value.const, params), "scale": params.scale,
-                "zp": None if dtype == DType.INT4 else params.zero_point,
-            }, params)
-        codes, scales, zero_point = done[key]
-        attributes = {"gather_axis": node.attr("axis", 0), "quantize_axis": target.axis,
-                      "block_size": self.options.block_size, "bits": self.options.bits}
-        self._replace(model, node, "GatherBlockQuantized", [codes, node.inputs[1], scales, zero_point], attributes)
+        replace_with_contrib_op(model, node, "MatMulNBits", inputs, attributes)
 
     def _store(self, graph: Graph, names: NameAllocator, value: Value, arrays: dict[str, np.ndarray | None],
                params: QuantParams | None = None) -> list[Value | None]:
@@ -228,16 +199,6 @@ class WeightOnly(Pass):
                   for i, (key, array) in enumerate(arrays.items())]
         self._count(value.const, *arrays.values())
         return stored
-
-    def _replace(self, model: Model, node: Node, op_type: str, inputs: list[Value | None], attributes: dict) -> None:
-        """`node` gives way to a com.microsoft `op_type` node making the same output; unread weights go."""
-        old = node.outputs[0]
-        new = Node(op_type, inputs, [Value(old.name, old.type)], attributes=attributes, domain=_CONTRIB_DOMAIN,
-                   name=node.name, meta=node.meta)
-        model.graph.insert_before(node, new)
-        old.replace_all_uses_with(new.outputs[0])
-        erase(model.graph, [node])
-        model.opset_imports.setdefault(_CONTRIB_DOMAIN, 1)
 
     def _report(self) -> dict:
         stats, options = self.stats, self.options
@@ -250,16 +211,14 @@ class WeightOnly(Pass):
         }
 
 
-def _weight_of(node: Node, gather: bool) -> _Target | None:
-    """Rule 1: where `node` reads a 2-D float initializer as a weight, and its K (or hidden) axis."""
+def _weight_of(node: Node) -> _Target | None:
+    """Rule 1: where `node` reads a 2-D float initializer as a weight, and its K axis."""
     if node.domain:
         return None
     if node.op_type == "MatMul":
         target = _Target(node, 1, 0)
     elif node.op_type == "Gemm":
         target = _Target(node, 1, 1 if node.attr("transB", 0) else 0)
-    elif node.op_type == "Gather" and gather and not node.inputs[1].is_const:
-        target = _Target(node, 0, 1)
     else:
         return None
     value = node.inputs[target.input]
@@ -273,23 +232,6 @@ def _nbits_gemm(node: Node) -> bool:
     c = node.inputs[2] if len(node.inputs) > 2 else None
     bias_ok = c is None or (node.attr("beta", 1.0) == 1.0 and c.shape is not None and len(c.shape) == 1)
     return node.attr("alpha", 1.0) == 1.0 and not node.attr("transA", 0) and bias_ok
-
-
-def blocked_params(data: np.ndarray, axis: int, block_size: int, dtype: DType, symmetric: bool) -> QuantParams:
-    """Parameters per block of `block_size` along `axis` of a 2-D tensor (rule 2).
-
-    A partial last block is padded with zeros to find its range: from_range widens every
-    range to include 0 anyway, so the padding changes nothing.
-    """
-    moved = np.moveaxis(data, axis, 0)
-    blocks = math.ceil(moved.shape[0] / block_size)
-    padded = np.pad(moved, ((0, blocks * block_size - moved.shape[0]), (0, 0)))
-    grouped = padded.reshape(blocks, block_size, -1)
-    flat = QuantParams.from_range(grouped.min(axis=1).reshape(-1), grouped.max(axis=1).reshape(-1), dtype,
-                                  symmetric=symmetric, axis=0)
-    shape = (blocks, moved.shape[1])
-    return QuantParams(dtype, np.moveaxis(flat.scale.reshape(shape), 0, axis),
-                       np.moveaxis(flat.zero_point.reshape(shape), 0, axis), axis=axis, block_size=block_size)
 
 
 def _blocks(rows: np.ndarray, block_size: int, pad: np.ndarray) -> np.ndarray:
@@ -307,8 +249,3 @@ def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     if codes.shape[-1] % 2:
         codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), codes.dtype)], axis=-1)
     return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
-
-
-def _stored_bytes(array: np.ndarray) -> int:
-    """Bytes an initializer takes in the file: ONNX packs 4-bit types two to a byte."""
-    return math.ceil(array.size * DType.from_numpy(array.dtype).bitwidth / 8)

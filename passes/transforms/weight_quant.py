@@ -1,14 +1,21 @@
 """Storing float weights as integer codes: their parameters, and the DequantizeLinear that reads them.
 
-Shared by the passes that quantize weights (fold-weights, weight-only, dynamic-quant) and by
-quantization-aware training, so every one of them stores a weight the same way.
+Shared by the passes that quantize weights (fold-weights, weight-only, dynamic-quant,
+quantize-embeddings) and by quantization-aware training, so every one of them stores a
+weight the same way.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from qcompiler.ir import DType, Graph, NameAllocator, Node, QuantParams, Value
+from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, Value
+
+from .patterns import erase
+
+CONTRIB_DOMAIN = "com.microsoft"
 
 
 def weight_params(data: np.ndarray, axis: int | None, dtype: DType, symmetric: bool,
@@ -36,3 +43,38 @@ def dequantized(graph: Graph, names: NameAllocator, node: Node, value: Value, co
     output = Value(names.fresh(f"{value.name}_dq"), value.type)
     graph.insert_before(node, Node("DequantizeLinear", [stored, scale, zero_point], [output], attributes=attributes))
     return output
+
+
+def blocked_params(data: np.ndarray, axis: int, block_size: int, dtype: DType, symmetric: bool) -> QuantParams:
+    """Parameters per block of `block_size` along `axis` of a 2-D tensor.
+
+    A partial last block is padded with zeros to find its range: from_range widens every
+    range to include 0 anyway, so the padding changes nothing.
+    """
+    moved = np.moveaxis(data, axis, 0)
+    blocks = math.ceil(moved.shape[0] / block_size)
+    padded = np.pad(moved, ((0, blocks * block_size - moved.shape[0]), (0, 0)))
+    grouped = padded.reshape(blocks, block_size, -1)
+    flat = QuantParams.from_range(grouped.min(axis=1).reshape(-1), grouped.max(axis=1).reshape(-1), dtype,
+                                  symmetric=symmetric, axis=0)
+    shape = (blocks, moved.shape[1])
+    return QuantParams(dtype, np.moveaxis(flat.scale.reshape(shape), 0, axis),
+                       np.moveaxis(flat.zero_point.reshape(shape), 0, axis), axis=axis, block_size=block_size)
+
+
+
+def stored_bytes(array: np.ndarray) -> int:
+    """Bytes an initializer takes in the file: ONNX packs 4-bit types two to a byte."""
+    return math.ceil(array.size * DType.from_numpy(array.dtype).bitwidth / 8)
+
+
+def replace_with_contrib_op(model: Model, node: Node, op_type: str, inputs: list[Value | None],
+                            attributes: dict) -> None:
+    """`node` gives way to a com.microsoft `op_type` node making the same output; unread weights go."""
+    old = node.outputs[0]
+    new = Node(op_type, inputs, [Value(old.name, old.type)], attributes=attributes, domain=CONTRIB_DOMAIN,
+               name=node.name, meta=node.meta)
+    model.graph.insert_before(node, new)
+    old.replace_all_uses_with(new.outputs[0])
+    erase(model.graph, [node])
+    model.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
