@@ -31,11 +31,20 @@
 4. When nothing meets the tolerance the float model is kept, said so, with the best rung
    reached and a pointer to quantization-aware training (`qcompiler.qat.prepare_qat`).
    `require=True` makes that an error (`AutoError`); the CLI exits 1 then, else 0.
+5. Time: the walk has a budget (`time_budget_s`, default 10 minutes, what a 2-core
+   machine gives a BERT-base). Before each rung after the first, its cost is estimated
+   from the rungs already run: a static or dynamic rung costs what the slowest of its
+   kind did; a mixed rung about one validation per sensitivity run, two per compute op
+   (sensitivity.py: each unit alone, then promotion and lowering). A rung whose estimate
+   does not fit in what is left is skipped, said so in its verdict, and the best rung so
+   far is kept; the summary says how much of the budget went.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +57,7 @@ from qcompiler.acceptance import floor, holds, measures
 from qcompiler.compiler import CompileResult, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
+from qcompiler.passes.analyses.cost import COMPUTE_OPS
 from qcompiler.passes.analyses.rules import NORMS
 from qcompiler.passes.transforms.assign_precision import BudgetUnreachable
 from qcompiler.passes.infra.plugins import load_function
@@ -57,6 +67,10 @@ _LATENCY_TIE = 0.05
 _MIN_INT8_WORK = 0.5
 _MIXED_SQNR_STEPS_DB = (6.0, 12.0)
 _OUT_OF_REACH = "rejected: out of reach: "
+_OVER_BUDGET = "skipped: over the time budget: "
+DEFAULT_TIME_BUDGET_S = 600.0
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s?)?")
+_RUNS_PER_COMPUTE_OP = 2  # rule 5: a mixed rung's sensitivity runs per Conv/MatMul/Gemm
 
 
 class AutoError(Exception):
@@ -83,6 +97,7 @@ class Attempt:
     latency_ratio: float | None = None
     size_ratio: float | None = None
     compile_seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the whole attempt: compile, validation and benchmark
     meets: bool = False
     verdict: str = ""
     result: CompileResult | None = None
@@ -96,6 +111,8 @@ class AutoResult:
     attempts: list[Attempt]
     chosen: Attempt | None
     float_model: ir.Model
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S
+    seconds: float = 0.0
 
     @property
     def model(self) -> ir.Model:
@@ -105,15 +122,17 @@ class AutoResult:
         """What `--report` writes: the tolerance, every attempt, and the chosen rung's compile report."""
         return {
             "tolerance": self.tolerance,
+            "time_budget_s": self.time_budget_s, "seconds": round(self.seconds, 2),
             "chosen": self.chosen.rung if self.chosen is not None else None,
             "attempts": [{key: getattr(a, key) for key in ("rung", "pipeline", "accuracy", "latency_ratio", "size_ratio",
-                                                          "compile_seconds", "meets", "verdict")}
+                                                          "compile_seconds", "seconds", "meets", "verdict")}
                          for a in self.attempts],
             "report": self.chosen.result.report.to_dict() if self.chosen is not None else None,
         }
 
     def summary(self) -> list[str]:
-        lines = [f"auto: tolerance {self.tolerance}"]
+        lines = [f"auto: tolerance {self.tolerance}; {duration_text(self.seconds)} of a "
+                 f"{duration_text(self.time_budget_s)} time budget"]
         width = max(len(a.rung) for a in self.attempts)
         for a in self.attempts:
             latency = f"{a.latency_ratio:.2f}x" if a.latency_ratio is not None else "-"
@@ -122,6 +141,8 @@ class AutoResult:
             inline = figures[0] if len(figures) == 1 else ""  # several outputs: one line each, below
             lines.append(f"  {a.rung:<{width}}  {inline:<34} latency {latency:>6}  size {size:>4}  {a.verdict}")
             lines.extend(f"  {'':<{width}}    {figure}" for figure in figures if not inline)
+        if any(a.verdict.startswith(_OVER_BUDGET) for a in self.attempts):
+            lines.append("  the time budget ran out: the best rung tried is kept (--time-budget gives more)")
         if self.chosen is None:
             lines.append("  kept the float model: no rung met the tolerance; quantization-aware training "
                          "(qcompiler.qat.prepare_qat) can recover accuracy post-training quantization loses")
@@ -145,23 +166,43 @@ def ladder(model: ir.Model) -> list[Rung]:
 
 def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: str | Callable | None = None,
          recipe: Recipe | None = None, require: bool = False, example_inputs: Any = None,
-         dynamic_shapes: Any = None, log: Callable[[str], None] | None = None) -> AutoResult:
-    """Rules 1-4 of the module: try each rung on `model`, keep the fastest within `tolerance`."""
+         dynamic_shapes: Any = None, log: Callable[[str], None] | None = None,
+         time_budget_s: float = DEFAULT_TIME_BUDGET_S) -> AutoResult:
+    """Rules 1-5 of the module: try each rung on `model`, keep the fastest within `tolerance`."""
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0, not {tolerance}")
+    if not time_budget_s > 0:
+        raise ValueError(f"the time budget must be > 0 seconds, not {time_budget_s}")
+    start = time.perf_counter()
     say = log or (lambda message: None)
     float_model = load_for_compile(model, example_inputs, dynamic_shapes)
     judge = _Judge(float_model, eval if eval is not None else calib, tolerance, metric)
-    attempts = []
+    compute_ops = sum(1 for node in float_model.graph.nodes if not node.domain and node.op_type in COMPUTE_OPS)
+    attempts: list[Attempt] = []
+
+    def walk(rung: Rung) -> Attempt:
+        left = time_budget_s - (time.perf_counter() - start)
+        estimate = estimate_seconds(rung, attempts, compute_ops)
+        if attempts and estimate is not None and estimate > left:
+            attempt = Attempt(rung.name, rung.pipeline, verdict=f"{_OVER_BUDGET}estimated {duration_text(estimate)}, "
+                              f"{duration_text(max(left, 0))} of the budget left")
+        else:
+            guess = "" if estimate is None else f", about {duration_text(estimate)}"
+            say(f"auto: trying {rung.name} ({duration_text(max(left, 0))} of the time budget left{guess})")
+            attempt = _attempt(rung, float_model, calib, eval, recipe, judge)
+        attempts.append(attempt)
+        return attempt
+
     for rung in ladder(float_model):
-        attempts.append(_attempt(rung, float_model, calib, eval, recipe, judge, say))
+        walk(rung)
     if not any(a.meets for a in attempts):
         for rung in _mixed_rungs(judge, attempts):
-            attempts.append(_attempt(rung, float_model, calib, eval, recipe, judge, say))
-            if attempts[-1].meets or attempts[-1].verdict.startswith(_OUT_OF_REACH):
-                break  # a higher budget is further out of reach
+            attempt = walk(rung)
+            if attempt.meets or attempt.verdict.startswith((_OUT_OF_REACH, _OVER_BUDGET)):
+                break  # a higher budget is further out of reach, and costs as much
     chosen = _choose(attempts)
-    result = AutoResult(judge.describe(), attempts, chosen, float_model)
+    result = AutoResult(judge.describe(), attempts, chosen, float_model, time_budget_s,
+                        time.perf_counter() - start)
     if chosen is None and require:
         raise AutoError("no rung met the tolerance (" + judge.describe() + "); " +
                         "; ".join(f"{a.rung}: {a.verdict}" for a in attempts))
@@ -169,23 +210,25 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
 
 
 def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: Recipe | None,
-             judge: _Judge, say: Callable[[str], None]) -> Attempt:
+             judge: _Judge) -> Attempt:
     attempt = Attempt(rung.name, rung.pipeline)
     if rung.needs_calibration and calib is None:
         attempt.verdict = "skipped: needs calibration data"
         return attempt
-    say(f"auto: trying {rung.name} ({rung.pipeline})")
+    start = time.perf_counter()
     try:
         result = compile(ir.clone_model(float_model), calib if rung.needs_calibration else None,
                          recipe=_with_passes(recipe, rung.passes), pipeline=rung.pipeline,
                          eval=eval if eval is not None else calib)
     except Exception as err:  # a rung that cannot compile this model is a finding, not the end of the walk
+        attempt.seconds = time.perf_counter() - start
         if isinstance(err.__cause__, BudgetUnreachable):
             attempt.verdict = f"{_OUT_OF_REACH}{err.__cause__}"
         else:
             attempt.verdict = f"failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
         return attempt
     report = result.report
+    attempt.seconds = time.perf_counter() - start
     attempt.result, attempt.pipeline = result, report.pipeline
     attempt.compile_seconds = report.compile_seconds
     attempt.latency_ratio = report.latency.ratio if report.latency is not None else None
@@ -197,6 +240,41 @@ def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: R
                                            "with extra steps")
     attempt.verdict = "meets the tolerance" if attempt.meets else f"rejected: {shortfall}"
     return attempt
+
+
+def estimate_seconds(rung: Rung, attempts: list[Attempt], compute_ops: int) -> float | None:
+    """Rule 5: the seconds `rung` should take, judged from the attempts so far (None: nothing to go by)."""
+    ran = [a for a in attempts if a.result is not None]
+    if rung.pipeline == "mixed":
+        static = [a for a in ran if a.rung.startswith("static")]
+        if not static:
+            return None
+        validation = max(a.seconds - a.compile_seconds for a in static)  # one evaluation of both models
+        return max(a.seconds for a in static) + _RUNS_PER_COMPUTE_OP * compute_ops * validation
+    alike = [a.seconds for a in ran if (a.rung.startswith("dynamic") == rung.name.startswith("dynamic"))]
+    return max(alike or [a.seconds for a in ran], default=None)
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as people read a duration: 42 s, 3m05s, 1h02m."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def parse_duration(text: str) -> float:
+    """`10m`, `90s`, `1h`, `1h30m` or plain seconds, as seconds; ValueError names what it could not read."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or not any(match.groups()):
+        raise ValueError(f"cannot read {text!r} as a duration: write e.g. 10m, 90s, 1h30m or a number of seconds")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise ValueError(f"a duration must be longer than 0, not {text!r}")
+    return total
 
 
 def _quantized_share(report) -> float:

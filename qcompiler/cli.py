@@ -19,7 +19,7 @@ from pathlib import Path
 from qcompiler import __version__, ir, passes
 from qcompiler.analyze import plot_table
 from qcompiler.analyze import sensitivity as sensitivity_table
-from qcompiler.auto import AutoError, auto, save_auto
+from qcompiler.auto import AutoError, auto, parse_duration, save_auto
 from qcompiler.bench import benchmark, file_bytes, quantized_kind, random_feeds
 from qcompiler.compiler import MODES
 from qcompiler.compiler import compile as compile_model
@@ -147,6 +147,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="with --auto: accuracy that may go per output, in percent of the measure that "
                           "fits it (top-1 or per-position argmax agreement, thresholded decisions, cosine "
                           "x 100; default 1.0), or in the --metric's units")
+    compile_.add_argument("--time-budget", metavar="DURATION", default="10m",
+                          help="with --auto: how long the walk may take, e.g. 10m, 90s, 1h (default 10m); rungs "
+                          "estimated not to fit are skipped and the best so far is kept")
     compile_.add_argument("--metric", metavar="FILE.py:fn",
                           help="with --auto: a function of the outputs over the evaluation rows, higher is better")
     compile_.add_argument("--require", action="store_true",
@@ -371,10 +374,15 @@ def _compile_auto(args: argparse.Namespace) -> int:
     if clashing:
         print(f"qc: error: --auto chooses the pipeline itself; drop {', '.join(clashing)}", file=sys.stderr)
         return 2
+    try:
+        budget = parse_duration(args.time_budget)
+    except ValueError as err:
+        print(f"qc: error: --time-budget: {err}", file=sys.stderr)
+        return 2
     recipe = Recipe.load(args.recipe) if args.recipe else None
     try:
         result = auto(args.model, args.calib, tolerance=args.tolerance, eval=args.eval, metric=args.metric,
-                      recipe=recipe, require=args.require, log=_log)
+                      recipe=recipe, require=args.require, log=_log, time_budget_s=budget)
     except AutoError as err:
         print(f"qc: error: {err}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from encoder_model import build_encoder, token_batches
 from helpers import run_onnx
 
 from qcompiler import ir
-from qcompiler.auto import AutoError, auto, save_auto
+from qcompiler.auto import AutoError, Attempt, Rung, estimate_seconds, auto, duration_text, parse_duration, save_auto
 from qcompiler.cli import main
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -82,3 +82,44 @@ def test_cli_auto_exit_codes_and_report(tmp_path):
     assert main([*common, "--tolerance", "1e-9", "--require"]) == 1
     assert not (tmp_path / "out.onnx").exists()
     assert main([*common, "--pipeline", "int8"]) == 2
+
+
+def test_a_spent_time_budget_skips_the_rungs_left_and_keeps_the_best_so_far():
+    mlp = GOLDEN / "mlp"
+    result = auto(mlp / "model.onnx", mlp / "calib.npz", eval=mlp / "inputs.npz", tolerance=5.0, time_budget_s=1e-3)
+    first, *rest = result.attempts
+    assert first.rung == "dynamic" and first.result is not None  # the first rung always runs
+    assert rest and all(a.verdict.startswith("skipped: over the time budget: estimated") for a in rest)
+    assert result.chosen is (first if first.meets else None)
+    text = "\n".join(result.summary())
+    assert "the time budget ran out: the best rung tried is kept" in text and "of a 0.0 s time budget" in text
+
+
+def test_rung_estimates_follow_what_the_rungs_before_them_took():
+    def ran(rung, seconds, compile_seconds):
+        return Attempt(rung, rung, seconds=seconds, compile_seconds=compile_seconds, result=object())
+
+    attempts = [ran("dynamic", 3.0, 1.0), ran("static", 5.0, 2.0), ran("static-percentile", 6.0, 2.5)]
+    assert estimate_seconds(Rung("static-smooth", "int8-smooth"), attempts, 10) == 6.0
+    assert estimate_seconds(Rung("dynamic-smooth", "dynamic-smooth"), attempts, 10) == 3.0
+    # a mixed rung: the slowest static attempt, then two validations per compute op
+    assert estimate_seconds(Rung("mixed", "mixed"), attempts, 10) == pytest.approx(6.0 + 2 * 10 * 3.5)
+    assert estimate_seconds(Rung("mixed", "mixed"), attempts[:1], 10) is None  # no static rung to go by
+
+
+def test_durations_read_and_print_as_people_write_them():
+    assert [parse_duration(t) for t in ("10m", "90s", "1h30m", "45", "2.5m")] == [600, 90, 5400, 45, 150]
+    assert [duration_text(s) for s in (0.25, 42, 185, 3720)] == ["0.2 s", "42 s", "3m05s", "1h02m"]
+    for bad in ("", "10x", "0", "-5"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+
+
+def test_cli_refuses_an_unreadable_time_budget(tmp_path, capsys):
+    mlp = GOLDEN / "mlp"
+    code = main(["compile", str(mlp / "model.onnx"), "--calib", str(mlp / "calib.npz"), "--auto",
+                 "--time-budget", "ten minutes", "-o", str(tmp_path / "out.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["qc: error: --time-budget: cannot read 'ten minutes' as a duration: write e.g. "
+                                 "10m, 90s, 1h30m or a number of seconds"]
+    assert not (tmp_path / "out.onnx").exists()
