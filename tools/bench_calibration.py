@@ -7,13 +7,14 @@ address-space cap, so each peak RSS is that configuration's alone and an out-of-
 run kills only itself:
 
     float            plain ONNX Runtime inference over the N samples (the floor)
-    ours-METHOD      PassManager("insert-observers{method=METHOD},calibrate") over the
-                     .npz opened with open_calibration_data
+    ours-METHOD      PassManager("canonicalize,fuse,insert-observers{method=METHOD},calibrate")
+                     over the .npz opened with open_calibration_data: what a compile runs
     ort-METHOD       onnxruntime.quantization's create_calibrator, collect_data, compute_data
 
-Each side keeps its own defaults: ours taps what insert-observers marks without a
-prior fuse (the input and every Conv/Relu/Add/GlobalAveragePool/Gemm output; MaxPool
-and Flatten follow their input), percentile 99.99 two-sided and entropy over 2048 bins;
+Each side keeps its own defaults: ours taps what insert-observers marks after fuse (the
+input, each Conv+Relu and Add+Relu group's output, the Conv outputs a residual Add reads,
+GlobalAveragePool and Gemm; MaxPool and Flatten follow their input: 72 values), percentile
+99.99 two-sided and entropy over 2048 bins;
 ORT taps every float tensor, percentile 99.999 symmetric over 2048 bins, entropy over
 128 bins. ORT's histogram calibrators keep every sample's activations until
 collect_data ends, so their memory grows with N.
@@ -175,7 +176,7 @@ def _ours(method: str) -> Callable[[Path, Path, Path], tuple[float, float, int]]
 
         model = ir.load_model(model_path)
         ctx = PassContext(calibration_data=open_calibration_data(data, input_specs(model)))
-        manager = PassManager(f"insert-observers{{method={method}}},calibrate{{progress=off}}")
+        manager = PassManager(f"canonicalize,fuse,insert-observers{{method={method}}},calibrate{{progress=off}}")
         setups = _time_value_taps()
         start = time.perf_counter()
         manager.run(model, ctx)

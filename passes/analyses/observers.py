@@ -61,6 +61,7 @@ class Observer:
     def __init__(self, **options: Any) -> None:
         self.options = _build_options(type(self), options)
         self.observed = 0
+        self._extremes: tuple[Any, Any] | None = None  # the last batch's min and max (update)
 
     @property
     def axis(self) -> int | None:
@@ -72,7 +73,9 @@ class Observer:
         x = np.asarray(array)
         if x.dtype.kind not in "fiu":
             raise TypeError(f"observer {self.name!r} takes numeric arrays, not {x.dtype}")
-        if x.size and x.dtype.kind == "f" and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        # the batch's extremes, reduced once: they show NaN/Inf, and per-tensor observers reuse them
+        self._extremes = (x.min(), x.max()) if x.size else None
+        if x.size and x.dtype.kind == "f" and not (np.isfinite(self._extremes[0]) and np.isfinite(self._extremes[1])):
             finite = np.isfinite(x)  # NaN and Inf always reach min or max: count only when present
             nans = int(np.isnan(x).sum())
             raise ValueError(f"observer {self.name!r}: the batch holds {nans} NaN and "
@@ -173,7 +176,8 @@ class _Extremes(Observer):
     def _batch_extremes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         axis = self.options.axis
         if axis is None:
-            return np.float64(x.min()), np.float64(x.max())
+            lo, hi = self._extremes  # update() reduced this batch already
+            return np.float64(lo), np.float64(hi)
         if not -x.ndim <= axis < x.ndim:
             raise ValueError(f"observer {self.name!r}: axis {axis} is out of range for a batch of shape {x.shape}")
         others = tuple(d for d in range(x.ndim) if d != axis % x.ndim)
