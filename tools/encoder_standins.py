@@ -40,19 +40,18 @@ export them, and seeded so their activations carry what trained encoders carry.
       the constant acts as the small bias it is in trained models. The last layer's output
       keeps only RESIDUAL_RATIO times the median (massive activations fade in the last
       layers; "rogue dimensions" of sentence embeddings stay).
-   b. Attention sink on the first token ([CLS]). A SINK channel is nonzero only at [CLS]:
-      its word embedding has 0.5 there, nothing else writes it but one FFN neuron per
-      layer that reads it (GELU(x - 2)) and writes it back x3, keeping it at a stable
-      level on [CLS] while it fades on other tokens; other readers weigh it x0.05. In
-      SINK_SHARE of each layer's heads the query bias is SINK_QUERY times a random unit
-      direction u (the query weights lose their component along u, so every query has
-      the same one) and the key weights map the sink channel onto u, scaled from the
-      measured [CLS] value so the first key's logit leads by U(SINK_LEAD): those heads put
-      most of their probability on [CLS], like trained BERTs' no-op heads (Clark et al.
-      2019).
+   b. Attention sink on the first token ([CLS]). In SINK_SHARE of each layer's heads the
+      query bias is SINK_QUERY times a random unit direction u (the query weights lose
+      their component along u, so every query has the same one), and the key weights get
+      a rank-1 update u z^T, z the unit direction from the other tokens' mean input to
+      [CLS]'s (measured layer by layer, the earlier layers' sinks in place), scaled so the
+      first key's logit leads by U(SINK_LEAD) on average: those heads put most of their
+      probability on [CLS], like trained BERTs' no-op heads (Clark et al. 2019). The
+      update is spread over a whole head's key weights, so no single weight stands out.
    c. Long-tailed GELU. In every FFN, TAIL_SHARE of the intermediate channels (at least
-      2) get their pre-activations x U(5, 10) plus half that as bias, and the output
-      dense divides their columns back: a few channels reach 10-25 where most stay below 3.
+      2) get their input weights and bias x U(TAIL_GAIN) plus TAIL_SHIFT x that gain as
+      bias, and the output dense divides their columns back: a few channels reach 10-20
+      where most stay below 3, their weight rows some 15 standard deviations at most.
    d. LayerNorm weights with outlier channels. The attention-output LayerNorm of every
       layer multiplies LN_OUTLIER_GAINS into three channels, the FFN input weights divide
       them back and the layer's output LayerNorm divides its gains there by the same
@@ -111,6 +110,8 @@ SINK_SHARE = 0.75
 SINK_LEAD = (5.0, 9.0)
 SINK_QUERY = 4.0
 TAIL_SHARE = 1 / 256
+TAIL_GAIN = (3.0, 4.0)
+TAIL_SHIFT = 1.5
 LN_OUTLIER_GAINS = (6.0, 10.0, 15.0)
 FIT_SENTENCES = 32
 
@@ -297,10 +298,8 @@ class Plan:
     """The channels and heads rule 4 plants into, drawn once per size."""
 
     massive: tuple[int, ...]
-    sink: int
     outliers: tuple[int, ...]
     tails: tuple[tuple[int, ...], ...]     # per layer: intermediate channels with the long tail
-    keepers: tuple[int, ...]               # per layer: the intermediate channel keeping the sink channel up
     sink_heads: tuple[tuple[int, ...], ...]  # per layer
     sink_lead: tuple[tuple[float, ...], ...]  # per layer and sink head: the first key's logit lead
 
@@ -309,17 +308,13 @@ class Plan:
         rng = np.random.default_rng(MODEL_SEED)
         massive = tuple(c % cfg.hidden for c in MASSIVE)
         free = [c for c in rng.permutation(cfg.hidden).tolist() if c not in massive]
-        sink, outliers = free[0], tuple(free[1:1 + len(LN_OUTLIER_GAINS)])
-        tails, keepers = [], []
+        outliers = tuple(free[:len(LN_OUTLIER_GAINS)])
         count = max(2, round(cfg.ffn * TAIL_SHARE))
-        for _ in range(cfg.layers):
-            channels = rng.permutation(cfg.ffn)[:count + 1].tolist()
-            keepers.append(channels[0])
-            tails.append(tuple(channels[1:]))
+        tails = [tuple(rng.permutation(cfg.ffn)[:count].tolist()) for _ in range(cfg.layers)]
         heads = max(1, round(cfg.heads * SINK_SHARE))
         sink_heads = tuple(tuple(sorted(rng.permutation(cfg.heads)[:heads].tolist())) for _ in range(cfg.layers))
         lead = tuple(tuple(rng.uniform(*SINK_LEAD, heads).tolist()) for _ in range(cfg.layers))
-        return cls(massive, sink, outliers, tuple(tails), tuple(keepers), sink_heads, lead)
+        return cls(massive, outliers, tuple(tails), sink_heads, lead)
 
 
 def build(cfg: Config) -> SentenceEncoder:
@@ -330,9 +325,9 @@ def build(cfg: Config) -> SentenceEncoder:
         _init(model)
         _plant(model, cfg, plan)
         fit = {k: torch.from_numpy(v) for k, v in sentences(FIT_SENTENCES, FIT_SEED, cfg).items()}
-        _fit_sink(model, plan, fit)
         _fit_massive(model, cfg, plan, fit)
-        _fit_sink(model, plan, fit)  # the massive constants leave the sink channel where it was, nearly
+        _fit_sink(model, plan, fit)
+        _fit_massive(model, cfg, plan, fit)  # the sink heads moved the medians a little
     return model
 
 
@@ -356,27 +351,17 @@ def _readers(layer: BertLayer) -> tuple[list[nn.Linear], list[nn.Linear]]:
 
 
 def _plant(model: SentenceEncoder, cfg: Config, plan: Plan) -> None:
-    """Rules 4a-4d's fixed parts: reader scales, the sink plumbing, GELU tails, LayerNorm outlier gains."""
-    massive, sink = list(plan.massive), plan.sink
-    words = model.embeddings.word_embeddings.weight
-    for table in (words, model.embeddings.position_embeddings.weight, model.embeddings.token_type_embeddings.weight):
-        table[:, sink] = 0.0
-    words[CLS, sink] = 0.5
+    """Rules 4a-4d's fixed parts: reader scales, the sink heads' queries, GELU tails, LayerNorm outlier gains."""
+    massive = list(plan.massive)
     for norm in model.norms():
-        norm.weight[sink], norm.bias[sink] = 1.0, 0.0
         norm.weight[massive], norm.bias[massive] = 1.0, 0.0
     for index, layer in enumerate(model.encoder.layer):
         of_input, of_middle = _readers(layer)
         for linear in of_input + of_middle:
             linear.weight[:, massive] *= 0.01
-            linear.weight[:, sink] *= 0.05
         for writer in (layer.attention.output.dense, layer.output.dense):
-            writer.weight[sink, :], writer.bias[sink] = 0.0, 0.0
             writer.bias[massive] = 0.0
-        # 4b: the neuron keeping the sink channel up on [CLS]
-        up, down, keeper = layer.intermediate.dense, layer.output.dense, plan.keepers[index]
-        up.weight[keeper, :], up.weight[keeper, sink], up.bias[keeper] = 0.0, 1.0, -2.0
-        down.weight[:, keeper], down.weight[sink, keeper] = 0.0, 3.0
+        up, down = layer.intermediate.dense, layer.output.dense
         # 4b: query biases pointing along each sink head's direction (the keys follow in _fit_sink)
         head_dim = cfg.hidden // cfg.heads
         query = layer.attention.self.query
@@ -385,10 +370,10 @@ def _plant(model: SentenceEncoder, cfg: Config, plan: Plan) -> None:
             query.weight[rows] -= torch.outer(u, u @ query.weight[rows])  # queries vary only across u
             query.bias[rows] = SINK_QUERY * u
         # 4c: long-tailed GELU channels
-        gains = torch.empty(len(plan.tails[index])).uniform_(5.0, 10.0)
+        gains = torch.empty(len(plan.tails[index])).uniform_(*TAIL_GAIN)
         for channel, gain in zip(plan.tails[index], gains.tolist()):
             up.weight[channel, :] *= gain
-            up.bias[channel] = up.bias[channel] * gain + 0.5 * gain
+            up.bias[channel] = up.bias[channel] * gain + TAIL_SHIFT * gain
             down.weight[:, channel] /= gain
         # 4d: LayerNorm gains with outlier channels, undone by the FFN's input and the layer's output LayerNorm
         for channel, gain in zip(plan.outliers, LN_OUTLIER_GAINS):
@@ -417,23 +402,29 @@ def _trace(model: SentenceEncoder, feed: dict[str, torch.Tensor]) -> list[torch.
 
 
 def _fit_sink(model: SentenceEncoder, plan: Plan, fit: dict[str, torch.Tensor]) -> None:
-    """4b: key weights on the sink channel such that each sink head's first-key logit leads by its planned lead."""
-    norms = _trace(model, fit)
+    """4b: per layer, in order, a rank-1 key update giving each sink head's first key its planned logit lead."""
+    later = fit["attention_mask"].bool()
+    later[:, 0] = False
     head_dim = model.config.hidden // model.config.heads
     for index, layer in enumerate(model.encoder.layer):
-        level = float(norms[2 * index][:, 0, plan.sink].mean())  # the layer's input at [CLS]
+        x = _trace(model, fit)[2 * index]  # the layer's input, with the earlier layers' sinks in place
+        first, rest = x[:, 0], x[later]
+        z = first.mean(0) - rest.mean(0)
+        z /= z.norm()
+        gap = float((first @ z).mean() - (rest @ z).mean())
+        key = layer.attention.self.key
         for head, lead in zip(plan.sink_heads[index], plan.sink_lead[index]):
             rows = slice(head * head_dim, (head + 1) * head_dim)
-            # logit lead = (query bias . key part) / sqrt(head_dim) = SINK_QUERY * weight * level / sqrt(head_dim)
-            layer.attention.self.key.weight[rows, plan.sink] = (lead * head_dim**0.5 / (SINK_QUERY * level)
-                                                                * _direction(index, head, head_dim))
+            # the lead = SINK_QUERY * (weight along u) * gap / sqrt(head_dim)
+            weight = lead * head_dim**0.5 / (SINK_QUERY * gap)
+            key.weight[rows] += weight * torch.outer(_direction(index, head, head_dim), z)
 
 
 def _fit_massive(model: SentenceEncoder, cfg: Config, plan: Plan, fit: dict[str, torch.Tensor]) -> None:
     """4a: each residual LayerNorm's shift writes +-ratio x its median |output|; the next sublayer takes it back."""
     norms = _trace(model, fit)
     real = fit["attention_mask"].bool()
-    skip = {*plan.massive, plan.sink, *plan.outliers}
+    skip = {*plan.massive, *plan.outliers}
     keep = [c for c in range(cfg.hidden) if c not in skip]
     signs = torch.tensor([-1.0, 1.0, -1.0][:len(plan.massive)])
     first = 2 * cfg.massive_from + 2  # the LayerNorm ending layer massive_from
