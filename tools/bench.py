@@ -216,9 +216,13 @@ def quantize(tool: str, model: Path, calib: Path, evaluate: Path, out: Path, tra
     """Run one tool in a fresh interpreter: its figures, or {"error": ...}."""
     if tool == "nncf" and not _importable("nncf"):
         return {"error": "nncf: not installed"}
-    command = [sys.executable, __file__, "--child", tool, "--model", str(model), "--calib", str(calib),
-               "--eval", str(evaluate), "--out", str(out)] + (["--transformer"] if transformer else [])
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    paths = [str(Path(p).resolve()) for p in (model, calib, evaluate, out)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", tool, *(
+        item for flag, path in zip(("--model", "--calib", "--eval", "--out"), paths) for item in (flag, path)
+    )] + (["--transformer"] if transformer else [])
+    # in a folder of its own: ORT's symbolic shape inference leaves the model it gave up on in the working directory
+    with tempfile.TemporaryDirectory(prefix="bench-child.") as scratch:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=scratch)
     if done.returncode == 0:
         return {**json.loads(done.stdout.strip().splitlines()[-1]), "model": str(out)}
     last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
