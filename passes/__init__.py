@@ -37,7 +37,7 @@ register_pipeline("int8", f"{_HEAD},insert-observers,calibrate,place-qdq,fold-we
 register_pipeline("int4", f"{_HEAD},weight-only,quantize-embeddings{{bits=4}},cleanup")
 register_pipeline("int8-weight-only", f"{_HEAD},weight-only{{bits=8}},quantize-embeddings,cleanup")
 register_pipeline("dynamic", f"{_HEAD},dynamic-quant,quantize-embeddings,cleanup")
-register_pipeline("dynamic-smooth", f"{_HEAD},smooth-quant,dynamic-quant,quantize-embeddings,cleanup")
+register_pipeline("dynamic-smooth", f"{_HEAD},smooth-quant{{insert_mul=true}},dynamic-quant{{per_channel=true}},quantize-embeddings,cleanup")
 register_pipeline("fp16", f"{_HEAD},convert-fp16,cleanup")
 register_pipeline("int8-smooth", f"{_HEAD},smooth-quant,insert-observers,calibrate,place-qdq,fold-weights,"
                                  "quantize-embeddings,cleanup")

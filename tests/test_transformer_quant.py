@@ -7,6 +7,7 @@ outputs over held-out data, the float reference being ONNX Runtime on the float 
 
 from __future__ import annotations
 
+import encoder_standins as standins
 import numpy as np
 import pytest
 import torch
@@ -92,7 +93,7 @@ def test_smooth_quant_lifts_the_dynamic_path_past_onnxruntimes_quantize_dynamic(
     print(f"dynamic {figures['dynamic']:.2f} dB, dynamic-smooth {figures['dynamic-smooth']:.2f} dB, "
           f"quantize_dynamic {theirs:.2f} dB")
     assert figures["dynamic"] == pytest.approx(theirs, abs=1.0)  # the same scheme as ONNX Runtime's
-    assert figures["dynamic-smooth"] >= theirs + 15  # measured: 46.6 against 21.6 dB
+    assert figures["dynamic-smooth"] >= theirs + 15  # measured: 42.6 against 21.7 dB
 
 
 def test_int4_weights_shrink_the_encoder_and_report_the_error(encoder):
@@ -111,3 +112,23 @@ def test_int4_weights_shrink_the_encoder_and_report_the_error(encoder):
                                        for name in kernels.float_nodes)
     assert kernels.integer_share > 0.8
     assert any(line.startswith("  weights: 36 stored int4 in blocks of 128") for line in result.report.summary())
+
+
+def test_dynamic_smooth_beats_quantize_dynamic_on_a_post_ln_encoder_with_massive_activations(tmp_path):
+    """The Hugging Face-style stand-in (tools/encoder_standins.py): each LayerNorm's output is also
+    read by the residual Add, so smooth-quant's division goes into an inserted Mul."""
+    case = standins.prepare("tiny", tmp_path, 16, 8)
+    calib, held_out = (_rows(path) for path in (case.calib, case.eval))
+    reference = [run_onnx(str(case.model), feed)[0] for feed in held_out]
+    quantize_dynamic(str(case.model), str(tmp_path / "ort.onnx"))
+    theirs = sqnr_db(reference, [run_onnx(str(tmp_path / "ort.onnx"), feed)[0] for feed in held_out])
+    result = qcompiler.compile(str(case.model), calib, eval=held_out, pipeline="dynamic-smooth")
+    ours = sqnr_db(reference, [run_onnx(ir.to_onnx(result.model), feed)[0] for feed in held_out])
+    print(f"dynamic-smooth {ours:.2f} dB, quantize_dynamic {theirs:.2f} dB")
+    assert result.report.passes[5].name == "smooth-quant" and result.report.passes[5].stats["muls_inserted"] > 0
+    assert ours >= theirs + 6
+
+
+def _rows(npz) -> list[dict[str, np.ndarray]]:
+    with np.load(npz) as data:
+        return [{k: data[k][i:i + 1] for k in data.files} for i in range(len(data[data.files[0]]))]

@@ -11,6 +11,9 @@ evaluation samples:
 
     qcompiler          qcompiler.compile(model, calib, eval=..., target="ort-cpu"), its defaults
     qcompiler-dynamic  the same with mode="dynamic" and no calibration data
+    qcompiler-dynamic-smooth  pipeline="dynamic-smooth": smooth-quant (a Mul where nothing
+                       absorbs it), then dynamic-quant with per-column weights; calibration
+                       data for the channel maxima
     ort                onnxruntime.quantization: quant_pre_process, then quantize_static with
                        QDQ format, per_channel=True, MinMax calibration, its other defaults;
                        when symbolic shape inference stops (the stand-ins' position ids, sliced
@@ -24,7 +27,8 @@ evaluation samples:
                        the calibration count
 
 By default the built models and digits run with qcompiler, ort, ort-rr and nncf, the
-stand-ins with qcompiler, qcompiler-dynamic, ort, ort-dynamic and nncf; --tools sets one
+stand-ins with qcompiler, qcompiler-dynamic, qcompiler-dynamic-smooth, ort, ort-dynamic and
+nncf; --tools sets one
 list for all.
 
 1. Each tool runs in its own fresh interpreter, which writes its quantized model and
@@ -93,9 +97,9 @@ STANDINS = {"minilm": "minilm", "bert-base": "bert-base", "encoder-tiny": "tiny"
 MODELS = ("resnet50", "mobilenetv2", "bert", "digits", *STANDINS)
 DEFAULT_MODELS = ("resnet50", "mobilenetv2", "bert", "digits")
 TRANSFORMERS = ("bert", *STANDINS)
-TOOLS = ("qcompiler", "qcompiler-dynamic", "ort", "ort-rr", "ort-dynamic", "nncf")
+TOOLS = ("qcompiler", "qcompiler-dynamic", "qcompiler-dynamic-smooth", "ort", "ort-rr", "ort-dynamic", "nncf")
 DEFAULT_TOOLS = ("qcompiler", "ort", "ort-rr", "nncf")
-ENCODER_TOOLS = ("qcompiler", "qcompiler-dynamic", "ort", "ort-dynamic", "nncf")
+ENCODER_TOOLS = ("qcompiler", "qcompiler-dynamic", "qcompiler-dynamic-smooth", "ort", "ort-dynamic", "nncf")
 THREADS = (1, 2)
 BLOCK_S = 0.25
 SQNR_CHECK_DB = 0.05
@@ -113,14 +117,14 @@ def _rows(npz: Path) -> list[dict[str, np.ndarray]]:
         return [{k: data[k][i:i + 1] for k in data.files} for i in range(len(data[data.files[0]]))]
 
 
-def _run_qcompiler(mode: str | None):
+def _run_qcompiler(pipeline: str | None):
     def run(model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> dict:
-        return _qcompiler(model, None if mode == "dynamic" else calib, evaluate, out, mode)
+        return _qcompiler(model, None if pipeline == "dynamic" else calib, evaluate, out, pipeline)
 
     return run
 
 
-def _qcompiler(model: Path, calib: Path | None, evaluate: Path, out: Path, mode: str | None) -> dict:
+def _qcompiler(model: Path, calib: Path | None, evaluate: Path, out: Path, pipeline: str | None) -> dict:
     import qcompiler
 
     compile_model = qcompiler.compile  # loads the driver, so the idle figure covers it
@@ -128,7 +132,7 @@ def _qcompiler(model: Path, calib: Path | None, evaluate: Path, out: Path, mode:
     peaks: dict[str, float] = {}  # VmHWM at each progress message: "validating ..." is where compiling ends
     start = time.perf_counter()
     result = compile_model(str(model), None if calib is None else str(calib), eval=str(evaluate), target="ort-cpu",
-                           mode=mode, log=lambda message: peaks.setdefault(message.split()[0], _peak_rss_mb()))
+                           pipeline=pipeline, log=lambda message: peaks.setdefault(message.split()[0], _peak_rss_mb()))
     call = time.perf_counter() - start
     result.save(out)
     report = result.report
@@ -199,7 +203,8 @@ def _run_nncf(model: Path, calib: Path, evaluate: Path, out: Path, transformer: 
     return {"compile_s": seconds, "idle_mb": idle}
 
 
-RUNNERS = {"qcompiler": _run_qcompiler(None), "qcompiler-dynamic": _run_qcompiler("dynamic"), "ort": _run_ort(False),
+RUNNERS = {"qcompiler": _run_qcompiler(None), "qcompiler-dynamic": _run_qcompiler("dynamic"),
+           "qcompiler-dynamic-smooth": _run_qcompiler("dynamic-smooth"), "ort": _run_ort(False),
            "ort-rr": _run_ort(True), "ort-dynamic": _run_ort_dynamic, "nncf": _run_nncf}
 
 
@@ -462,7 +467,9 @@ def targets(name: str, bench: dict) -> dict[str, tuple[bool, float, float]]:
     if name == "resnet50" and "latency_ratio" in ours:
         checks["qcompiler >= 2x faster than float (1T ratio)"] = (ours["latency_ratio"][1] <= 0.5,
                                                                   ours["latency_ratio"][1], 0.5)
-    for mine_tool, their_tool, prefix in (("qcompiler", "ort", ""), ("qcompiler-dynamic", "ort-dynamic", "dynamic ")):
+    for mine_tool, their_tool, prefix in (("qcompiler", "ort", ""), ("qcompiler-dynamic", "ort-dynamic", "dynamic "),
+                                          ("qcompiler-dynamic-smooth", "ort-dynamic", "dynamic-smooth "),
+                                          ("qcompiler-dynamic-smooth", "nncf", "dynamic-smooth ")):
         ours, theirs = bench["tools"].get(mine_tool, {}), bench["tools"].get(their_tool, {})
         if "error" in ours or "error" in theirs or not ours or not theirs:
             continue
