@@ -13,11 +13,16 @@ import pytest
 import torch
 from encoder_model import build_encoder, token_batches
 from helpers import run_onnx
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    quantize_dynamic,
+    quantize_static,
+)
+from qcompiler.ir.evaluate import sqnr_db
 
 import qcompiler
 from qcompiler import ir
-from qcompiler.ir.evaluate import sqnr_db
 from qcompiler.torch import export
 
 CALIBRATION = token_batches(64, 1, lengths=(16, 48))
