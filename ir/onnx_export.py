@@ -15,6 +15,12 @@
 4. Export reads mapped tensors once, then drops their pages from the resident set
    (fileio.release_pages): a model of many GB exported for shape inference does not
    keep its weights resident twice.
+5. Only graph inputs and outputs carry types; inner values get no value_info. ONNX
+   Runtime infers them again, and given them it fuses more than pays: on a MiniLM-sized
+   encoder it made every residual Add + LayerNormalization a SkipLayerNormalization,
+   whose CPU kernel took 85 us where the pair took 21 (1 thread, ORT 1.32, AVX-512):
+   the model ran 29% slower (int8 dynamic) and 6% (static); conv nets ran the same.
+   Reading a written model back infers the types (onnx_import).
 """
 
 from __future__ import annotations
@@ -262,7 +268,6 @@ class _Exporter:
 
     def graph(self, graph: Graph, proto: onnx.GraphProto | None = None) -> onnx.GraphProto:
         """`graph` as a GraphProto, filled into `proto` when given; initializers are added one at a time."""
-        boundary = {*graph.inputs, *graph.outputs, *graph.constants}
         proto = proto if proto is not None else onnx.GraphProto()
         proto.name = graph.name
         proto.node.extend(self.node(node) for node in graph.nodes)
@@ -272,10 +277,7 @@ class _Exporter:
             proto.initializer.append(self.initializer(value.const, self.names[value]))
         if graph.doc_string:
             proto.doc_string = graph.doc_string
-        proto.value_info.extend(
-            self.value_info(v) for node in graph.nodes for v in node.outputs if v.type is not None and v not in boundary
-        )
-        return proto
+        return proto  # no value_info for inner values: rule 5
 
     def node(self, node: Node) -> onnx.NodeProto:
         proto = helper.make_node(

@@ -67,7 +67,7 @@ def test_pass_options_fill_steps_but_pipeline_text_wins():
     merged = apply_pass_options(pipeline, options)
     assert str(merged) == ("canonicalize,legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse,"
                            "insert-observers{method=mse},calibrate,place-qdq,"
-                           "fold-weights{per_channel=false,reduce_range=true},cleanup,"
+                           "fold-weights{per_channel=false,reduce_range=true},quantize-embeddings,cleanup,"
                            "fold-weights{per_channel=true,reduce_range=true}")
     # the merged text is itself a valid pipeline that prints back the same
     assert str(passes.parse_pipeline(str(merged))) == str(merged)
