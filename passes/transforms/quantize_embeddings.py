@@ -39,7 +39,7 @@ from qcompiler.ir.quant import quantize
 
 from ..analyses.rules import float_by_choice
 from ..infra.base import Pass, register_pass
-from .weight_quant import blocked_params, replace_with_contrib_op, stored_bytes
+from .weight_quant import blocked_params, check_block_options, replace_with_contrib_op, stored_bytes
 
 
 @register_pass
@@ -60,12 +60,7 @@ class QuantizeEmbeddings(Pass):
         min_size: int = 4096
 
         def __post_init__(self) -> None:
-            if self.bits not in (4, 8):
-                raise ValueError(f"bits must be 4 or 8, not {self.bits}")
-            if self.block_size < 16 or self.block_size & (self.block_size - 1):
-                raise ValueError(f"block_size must be a power of two >= 16, not {self.block_size}")
-            if self.min_size < 0:
-                raise ValueError(f"min_size must be >= 0, not {self.min_size}")
+            check_block_options(self.bits, self.block_size, self.min_size)
 
     def run(self, model: Model, ctx) -> bool:
         names = NameAllocator(model.graph)

@@ -63,7 +63,7 @@ from qcompiler.ir.quant import quantize
 
 from ..analyses.rules import float_by_choice
 from ..infra.base import Pass, PassError, register_pass
-from .weight_quant import blocked_params, dequantized, replace_with_contrib_op, stored_bytes
+from .weight_quant import blocked_params, check_block_options, dequantized, replace_with_contrib_op, stored_bytes
 
 _BLOCKED_DQ_OPSET = 21
 _DTYPES = {(4, True): DType.INT4, (4, False): DType.UINT4, (8, True): DType.INT8, (8, False): DType.UINT8}
@@ -99,12 +99,7 @@ class WeightOnly(Pass):
         accuracy_level: int = 4
 
         def __post_init__(self) -> None:
-            if self.bits not in (4, 8):
-                raise ValueError(f"bits must be 4 or 8, not {self.bits}")
-            if self.block_size < 16 or self.block_size & (self.block_size - 1):
-                raise ValueError(f"block_size must be a power of two >= 16, not {self.block_size}")
-            if self.min_size < 0:
-                raise ValueError(f"min_size must be >= 0, not {self.min_size}")
+            check_block_options(self.bits, self.block_size, self.min_size)
             if self.accuracy_level not in range(5):
                 raise ValueError(f"accuracy_level must be 0..4, not {self.accuracy_level}")
 

@@ -45,6 +45,17 @@ def dequantized(graph: Graph, names: NameAllocator, node: Node, value: Value, co
     return output
 
 
+def check_block_options(bits: int, block_size: int, min_size: int) -> None:
+    """The options blockwise storage takes: 4 or 8 bits, blocks of a power of two >= 16 (what
+    ONNX Runtime's blocked kernels take), a non-negative minimum size."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, not {bits}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, not {block_size}")
+    if min_size < 0:
+        raise ValueError(f"min_size must be >= 0, not {min_size}")
+
+
 def blocked_params(data: np.ndarray, axis: int, block_size: int, dtype: DType, symmetric: bool) -> QuantParams:
     """Parameters per block of `block_size` along `axis` of a 2-D tensor.
 
