@@ -58,7 +58,7 @@ from qcompiler.compiler import CompileResult, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
 from qcompiler.passes.analyses.cost import COMPUTE_OPS
-from qcompiler.passes.analyses.rules import NORMS
+from qcompiler.passes.analyses.rules import norm_feeds_linear
 from qcompiler.passes.transforms.assign_precision import BudgetUnreachable
 from qcompiler.passes.infra.plugins import load_function
 from qcompiler.recipe import Recipe
@@ -153,7 +153,7 @@ class AutoResult:
 
 def ladder(model: ir.Model) -> list[Rung]:
     """Rule 2's cheap rungs for `model`; `mixed` is added by auto() only when they all fail."""
-    normalized = _has_normalized_linear(model)
+    normalized = norm_feeds_linear(model)
     rungs = [Rung("dynamic", "dynamic", needs_calibration=False)]
     if normalized:
         rungs.append(Rung("dynamic-smooth", "dynamic-smooth"))
@@ -356,11 +356,6 @@ class _Judge:
 
     def _outputs(self, model: ir.Model) -> dict[str, np.ndarray | list[np.ndarray]]:
         return joined(outputs_over(ValueTap(model, model.graph.outputs), list(self.data)))
-
-
-def _has_normalized_linear(model: ir.Model) -> bool:
-    return any(node.op_type in NORMS and any(user.op_type in ("MatMul", "Gemm") for user in node.outputs[0].consumers())
-               for node in model.graph.nodes)
 
 
 def _with_passes(recipe: Recipe | None, options: dict[str, dict[str, Any]]) -> Recipe:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcompiler.acceptance import measure_text
+from qcompiler.schemes import summary_line
 
 
 @dataclass
@@ -43,6 +44,8 @@ class CompileReport:
     precision: dict[str, Any] | None = None  # assign-precision's report, when it ran
     weight_only: dict[str, Any] | None = None  # weight-only's report, when it ran
     embeddings: dict[str, Any] | None = None  # quantize-embeddings' report, when it stored a table
+    smoothing: dict[str, Any] | None = None  # smooth-quant's report, when it ran: each value's outlier ratio
+    linears: list[dict[str, Any]] = field(default_factory=list)  # each Linear's scheme (qcompiler/schemes.py)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,10 +60,11 @@ class CompileReport:
     def summary(self) -> list[str]:
         """A few lines for a person: accuracy, integer share, size, speed, warnings."""
         lines = [f"compiled {self.source} for {self.target} in {self.compile_seconds:.1f} s"]
-        lines.extend(f"  {role}: {self.settings[role]}" for role in ("calibration data", "evaluation data")
+        lines.extend(f"  {role}: {self.settings[role]}" for role in ("pipeline", "calibration data", "evaluation data")
                      if role in self.settings)
         for metrics in self.outputs:
-            top1 = "" if metrics.top1_agreement is None else f", top-1 agreement {metrics.top1_agreement:.1%}"
+            shows_top1 = metrics.top1_agreement is not None and metrics.measure in (None, "top-1 agreement")
+            top1 = f", top-1 agreement {metrics.top1_agreement:.1%}" if shows_top1 else ""  # not for an embedding
             task = "" if metrics.measure in (None, "top-1 agreement") else f", {measure_text(metrics)}"
             lines.append(f"  output {metrics.name}: SQNR {metrics.sqnr_db:.1f} dB, cosine {metrics.cosine:.4f}, "
                          f"max abs error {metrics.max_abs_error:.3g}{top1}{task}  ({self.validation_data})")
@@ -80,6 +84,8 @@ class CompileReport:
             lines.append(_weight_only_line(self.weight_only))
         if self.embeddings is not None:
             lines.append(_embeddings_line(self.embeddings))
+        if self.linears:
+            lines.append(summary_line(self.linears))
         if self.bench is not None:
             lines.append(f"  speed, float vs {self.bench.quantized} in ONNX Runtime:")
             lines.extend(f"    {line}" for line in self.bench.lines())

@@ -134,9 +134,9 @@ def summary(metrics: Iterable[OutputMetrics]) -> str:
     lines = []
     for m in metrics:
         parts = [f"SQNR {m.sqnr_db:.1f} dB", f"cosine {m.cosine:.5f}", f"max |error| {m.max_abs_error:.4g}"]
-        if m.top1_agreement is not None:
+        if m.top1_agreement is not None and m.measure in (None, "top-1 agreement"):
             parts.append(f"top-1 agreement {100 * m.top1_agreement:.1f}%")
-        if m.measure is not None and m.measure != "top-1 agreement":
+        elif m.measure is not None:
             parts.append(measure_text(m))
         warning = f"{m.nonfinite} NaN/Inf value(s) in the quantized output; " if m.nonfinite else ""
         lines.append(f"{m.name}: {warning}{', '.join(parts)} ({m.samples} samples)")

@@ -99,6 +99,23 @@ def test_report_names_ops_without_rule_and_lists_passes(compiled):
     assert report.validation_data == "evaluation data"
 
 
+def test_the_default_pipeline_is_static_int8_but_for_a_transformer_on_ort_cpu():
+    folder = GOLDEN / "transformer_block"
+    conv = compile_case("resnet_like", recipe=None)
+    assert conv.report.settings["pipeline"] == "int8: static, the default" and "fold-weights" in conv.report.pipeline
+    encoder = qcompiler.compile(folder / "model.onnx", folder / "calib.npz", eval=folder / "inputs.npz")
+    assert encoder.report.settings["pipeline"].startswith("dynamic-smooth")
+    assert "smooth-quant{insert_mul=true},dynamic-quant{per_channel=true}" in encoder.report.pipeline
+    assert any(line.startswith("  pipeline: dynamic-smooth") for line in encoder.report.summary())
+    tensorrt = qcompiler.compile(folder / "model.onnx", folder / "calib.npz", target="tensorrt")  # no dynamic kernels
+    assert tensorrt.report.settings["pipeline"] == "int8: static, the default"
+    schemes = {row["node"]: row["scheme"] for row in tensorrt.report.linears}
+    assert schemes["/features/features.0/attn/q/MatMul"] == "static int8 (per-channel weights)"
+    assert schemes["/features/features.0/attn/MatMul"] == "static int8 (two activations)"
+    assert "  linears: 13 static int8 (per-channel weights), 4 static int8 (two activations)" in \
+        tensorrt.report.summary()
+
+
 def test_validating_on_calibration_data_is_flagged():
     folder = GOLDEN / "mlp"
     result = qcompiler.compile(folder / "model.onnx", folder / "calib.npz")

@@ -16,8 +16,11 @@ from qcompiler.cli import main
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "model.onnx").exists())
-# pass options, an override per op type, and a target whose CPU makes fold-weights keep 7-bit weights
+# the static pipeline (a transformer's default is dynamic-smooth), pass options, an override per op type,
+# and a target whose CPU makes fold-weights keep 7-bit weights
 RECIPE = """\
+pipeline = "int8"
+
 [passes.insert-observers]
 method = "percentile"
 percentile = 99.9

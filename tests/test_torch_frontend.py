@@ -70,7 +70,7 @@ def test_module_paths_in_dump_report_and_recipe(small_encoder):
     module, example, dims = small_encoder
     calib = token_batches(8, 1, lengths=(8, 24))
     recipe = Recipe.from_dict({"overrides": {"module": {"layer.1.attention": {"precision": "fp32"}}}})
-    result = qcompiler.compile(module, calib, example_inputs=example, dynamic_shapes=dims, recipe=recipe)
+    result = qcompiler.compile(module, calib, example_inputs=example, dynamic_shapes=dims, recipe=recipe, mode="static")
 
     text = ir.print_model(result.model)
     assert 'name="layer.0.attention.query/MatMul"' in text

@@ -51,6 +51,12 @@ from qcompiler.ir import DType, Model, Node, Value
 NORMS = frozenset({"LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"})
 
 
+def norm_feeds_linear(model: Model) -> bool:
+    """Whether a normalization feeds a MatMul or Gemm: a transformer's layers, where activation outliers live."""
+    return any(node.op_type in NORMS and any(user.op_type in ("MatMul", "Gemm") for user in node.outputs[0].consumers())
+               for node in model.graph.nodes)
+
+
 class Weight(NamedTuple):
     """A constant input quantized as a weight: per channel along `axis`, per tensor when None."""
 

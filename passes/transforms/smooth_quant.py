@@ -38,7 +38,9 @@ output channel and take a rescaling of their rows easily. Xiao et al., 2022.
    and activations, so it runs after fuse and before insert-observers (refused once
    values carry observers or calibrated ranges).
 6. Stats: values_smoothed, folded, muls_inserted, weights_scaled, not_foldable.
-   ctx.report["smooth-quant"] holds them with alpha, the batches read and the time.
+   ctx.report["smooth-quant"] holds them with alpha, the batches read, the time and, per
+   value smoothed, its readers, how the division went in and its outlier ratio (largest
+   channel maximum over the median one, measured before smoothing).
 
     %x = LayerNormalization(%h, %g, %b)          %x = LayerNormalization(%h, %g_smoothed, %b_smoothed)   g/s, b/s
     %q = MatMul(%x, %wq)                   =>    %q = MatMul(%x, %wq_smoothed)                           diag(s) wq
@@ -51,6 +53,7 @@ output channel and take a rescaling of their rows easily. Xiao et al., 2022.
 
 from __future__ import annotations
 
+import math
 import operator
 import time
 from dataclasses import dataclass
@@ -119,10 +122,15 @@ class SmoothQuant(Pass):
         targets = [t for t in found if t.absorbers is not None or self.options.insert_mul]
         self.stats["not_foldable"] += len(found) - len(targets)
         batches = 0
+        smoothed = []
         if targets:
             maxima, batches = self._activation_maxima(model, [t.value for t in targets], ctx.calibration_data)
             names = NameAllocator(model.graph)
             for target, act_max in zip(targets, maxima):
+                smoothed.append({"value": target.value.name, "readers": [n.name for n in target.readers],
+                                 "how": "Mul inserted" if target.absorbers is None else
+                                 f"folded into {target.value.producer.op_type}",
+                                 "outlier_ratio": outlier_ratio(act_max)})
                 self._smooth(model.graph, names, target, smoothing_scales(act_max, _weight_maxima(target),
                                                                            self.options.alpha))
         ctx.report[self.name] = {
@@ -131,6 +139,7 @@ class SmoothQuant(Pass):
                                                 "not_foldable")},
             "batches": batches,
             "seconds": round(time.perf_counter() - start, 3),
+            "values": smoothed,
         }
         return bool(targets)
 
@@ -163,6 +172,12 @@ class SmoothQuant(Pass):
                 _replace_constant(graph, names, node, index, node.inputs[index].const_array / s)
             self.stats["folded"] += 1
         self.stats["values_smoothed"] += 1
+
+
+def outlier_ratio(act_max: np.ndarray) -> float:
+    """The largest channel maximum over the median one: how far outliers stretch a per-tensor scale."""
+    median = float(np.median(act_max))
+    return round(float(np.max(act_max)) / median, 1) if median > 0 else math.inf
 
 
 def smoothing_scales(act_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
