@@ -12,6 +12,7 @@ from .transforms import canonicalize as _canonicalize  # noqa: F401  (registers 
 from .transforms import cleanup as _cleanup  # noqa: F401  (registers the pass)
 from .transforms import convert_fp16 as _convert_fp16  # noqa: F401  (registers the pass)
 from .transforms import dynamic_quant as _dynamic_quant  # noqa: F401  (registers the pass)
+from .transforms import equalize as _equalize  # noqa: F401  (registers the pass)
 from .transforms import fold_weights as _fold_weights  # noqa: F401  (registers the pass)
 from .transforms import freeze_weight_inputs as _freeze_weight_inputs  # noqa: F401  (registers the pass)
 from .transforms import fuse as _fuse  # noqa: F401  (registers the pass)
