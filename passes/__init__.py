@@ -7,6 +7,7 @@ Importing it registers the built-in passes and names the built-in pipelines.
 
 from .transforms import apply_overrides as _apply_overrides  # noqa: F401  (registers the pass)
 from .transforms import assign_precision as _assign_precision  # noqa: F401  (registers the pass)
+from .transforms import bias_correct as _bias_correct  # noqa: F401  (registers the pass)
 from .transforms import calibrate as _calibrate  # noqa: F401  (registers the pass)
 from .transforms import canonicalize as _canonicalize  # noqa: F401  (registers the pass)
 from .transforms import cleanup as _cleanup  # noqa: F401  (registers the pass)
