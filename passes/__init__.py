@@ -7,11 +7,13 @@ Importing it registers the built-in passes and names the built-in pipelines.
 
 from .transforms import apply_overrides as _apply_overrides  # noqa: F401  (registers the pass)
 from .transforms import assign_precision as _assign_precision  # noqa: F401  (registers the pass)
+from .transforms import bias_correct as _bias_correct  # noqa: F401  (registers the pass)
 from .transforms import calibrate as _calibrate  # noqa: F401  (registers the pass)
 from .transforms import canonicalize as _canonicalize  # noqa: F401  (registers the pass)
 from .transforms import cleanup as _cleanup  # noqa: F401  (registers the pass)
 from .transforms import convert_fp16 as _convert_fp16  # noqa: F401  (registers the pass)
 from .transforms import dynamic_quant as _dynamic_quant  # noqa: F401  (registers the pass)
+from .transforms import equalize as _equalize  # noqa: F401  (registers the pass)
 from .transforms import fold_weights as _fold_weights  # noqa: F401  (registers the pass)
 from .transforms import freeze_weight_inputs as _freeze_weight_inputs  # noqa: F401  (registers the pass)
 from .transforms import fuse as _fuse  # noqa: F401  (registers the pass)

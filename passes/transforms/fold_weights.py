@@ -59,7 +59,7 @@ from qcompiler.ir.quant import dtype_range, quantize
 
 from ..infra.base import Pass, PassError, register_pass
 from .fake_quant import fold_quantized_constants
-from ..analyses.rules import Bias, is_qdq, plans
+from ..analyses.rules import Bias, Weight, is_qdq, plans
 from ..infra.target import weight_reduce_range
 from .weight_quant import dequantized, weight_params
 
@@ -100,10 +100,8 @@ class FoldWeights(Pass):
         names = NameAllocator(graph)
         folded: dict[tuple[Value, int | None], Value] = {}  # (float weight, axis) -> its DQ output
         for node, plan in ctx.analysis("plans", lambda: plans(model)).items():
-            scheme = node.meta.get("weight_scheme")
-            per_channel = self.options.per_channel if scheme is None else scheme == "per-channel"
             for weight in plan.weights:
-                self._fold_weight(graph, names, node, weight.input, weight.axis if per_channel else None, folded)
+                self._fold_weight(graph, names, node, weight.input, weight_axis(node, weight, self.options), folded)
             if plan.bias is not None:
                 self._fold_bias(graph, names, node, plan.bias)
         for node in [n for n in graph.nodes if n.meta.get("precision") == "fp16"]:
@@ -134,8 +132,7 @@ class FoldWeights(Pass):
             self.stats["weights_skipped"] += 1
             return
         if (value, axis) not in folded:
-            params = weight_params(data, axis, _WEIGHT_DTYPES[self.options.weight_dtype], self.options.symmetric,
-                                    self.reduce_range)
+            params = folded_params(data, axis, self.options, self.reduce_range)
             folded[value, axis] = dequantized(graph, names, node, value, quantize(data, params), params)
             self.stats["weights_folded"] += 1
         node.set_input(index, folded[value, axis])
@@ -156,6 +153,19 @@ class FoldWeights(Pass):
         node.set_input(bias.input, dequantized(graph, names, node, value, quantize(data, params), params))
         graph.drop_unread_constants([value])
         self.stats["biases_folded"] += 1
+
+
+def weight_axis(node: Node, weight: Weight, options: FoldWeights.Options) -> int | None:
+    """The axis a planned weight is quantized along, None per tensor: the node's `weight_scheme`
+    mark, else the `per_channel` option (rule 1)."""
+    scheme = node.meta.get("weight_scheme")
+    per_channel = options.per_channel if scheme is None else scheme == "per-channel"
+    return weight.axis if per_channel else None
+
+
+def folded_params(data: np.ndarray, axis: int | None, options: FoldWeights.Options, reduce_range: bool) -> QuantParams:
+    """The parameters fold-weights stores a weight with; bias-correct computes the same codes from them."""
+    return weight_params(data, axis, _WEIGHT_DTYPES[options.weight_dtype], options.symmetric, reduce_range)
 
 
 def _dq_scale(value: Value | None) -> np.ndarray | None:
