@@ -43,6 +43,8 @@ register_pipeline("dynamic-smooth", f"{_HEAD},smooth-quant{{insert_mul=true}},dy
 register_pipeline("fp16", f"{_HEAD},convert-fp16,cleanup")
 register_pipeline("int8-smooth", f"{_HEAD},smooth-quant,insert-observers,calibrate,place-qdq,fold-weights,"
                                  "quantize-embeddings,cleanup")
+register_pipeline("int8-equalized", f"{_HEAD},equalize,insert-observers,calibrate,bias-correct,place-qdq,fold-weights,"
+                                    "quantize-embeddings,cleanup")
 register_pipeline("mixed", f"{_HEAD},insert-observers,calibrate,assign-precision,place-qdq,fold-weights,"
                            "quantize-embeddings,cleanup")
 

@@ -14,7 +14,8 @@
    quantized at run time, no calibration), `dynamic-smooth` (smooth-quant, then dynamic),
    `static` (int8, min-max observers), `static-percentile` (percentile 99.99 observers:
    the observer choice), `static-smooth` (smooth-quant first; the smooth rungs only when
-   a LayerNorm feeds a MatMul or Gemm, where activation outliers live), and, only when none of those meets the tolerance, `mixed`
+   a LayerNorm feeds a MatMul or Gemm, where activation outliers live), `static-equalized`
+   (equalize and bias-correct, on nets with a Conv), and, only when none of those meets the tolerance, `mixed`
    (assign-precision promotes the most sensitive layers until the budget holds: the
    metric's budget of rule 1, else SQNR budgets 6 and 12 dB above the best rung so far
    that quantizes most of the compute, each checked by the task measures). A rung that leaves less than half of the
@@ -161,6 +162,8 @@ def ladder(model: ir.Model) -> list[Rung]:
               Rung("static-percentile", "int8", {"insert-observers": {"method": "percentile", "percentile": 99.99}})]
     if normalized:
         rungs.append(Rung("static-smooth", "int8-smooth"))
+    if any(node.op_type == "Conv" for node in model.graph.nodes):
+        rungs.append(Rung("static-equalized", "int8-equalized"))
     return rungs
 
 
