@@ -127,7 +127,7 @@ def test_cli_refuses_an_unreadable_time_budget(tmp_path, capsys):
 
 def test_a_conv_net_with_spread_channels_is_rescued_by_the_equalized_rung():
     case = GOLDEN / "outlier_convnet"
-    result = auto(case / "model.onnx", case / "calib.npz", eval=case / "inputs.npz", tolerance=10.0)
+    result = auto(case / "model.onnx", case / "calib.npz", eval=case / "inputs.npz", tolerance=20.0)
     by_rung = {a.rung: a for a in result.attempts}
     assert not by_rung["static"].meets and not by_rung["static-percentile"].meets
     assert result.chosen is by_rung["static-equalized"]  # measured: top-1 agreement 90.6% against 37.5% static
