@@ -48,6 +48,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tests use the tools' helpers
+from helpers import VNNI_CPU
 from torch_models import MODEL_NAMES, export_model
 
 from qcompiler import ir, passes
@@ -60,7 +61,7 @@ def pass_context(target: str | None, calibration_data: list[dict[str, np.ndarray
     target (ort-cpu when it names none) on a fixed x86 CPU with VNNI, since expected output must
     not depend on the machine running the tests (fold-weights' reduce_range follows the CPU),
     the file's DATA batches and its recipe's overrides."""
-    machine = passes.Target.named(target or "ort-cpu", flags=frozenset({"avx2", "avx512_vnni"}), machine="x86_64")
+    machine = passes.Target.named(target or "ort-cpu", flags=VNNI_CPU.flags, machine=VNNI_CPU.machine)
     return passes.PassContext(target=machine, overrides=recipe.overrides, instruments=[passes.Verifier()],
                               calibration_data=calibration_data)
 

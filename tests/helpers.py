@@ -6,8 +6,12 @@ import numpy as np
 import onnx
 from make_golden import KERNEL_NOISE, within_kernel_noise
 
-from qcompiler import ir
+from qcompiler import ir, passes
 from qcompiler.ir.evaluate import open_session
+
+# An x86 CPU with VNNI, for tests whose expected codes must not follow the machine running them
+# (fold-weights' and dynamic-quant's reduce_range follow the target's CPU flags).
+VNNI_CPU = passes.Target.named("ort-cpu", flags=frozenset({"avx2", "avx512_vnni"}), machine="x86_64")
 
 
 def run_onnx(model: onnx.ModelProto | bytes | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
