@@ -99,7 +99,8 @@ def test_kmeans_nearest_and_no_worse_than_uniform(kind, levels):
 
 
 def test_kmeans_edge_rows_and_determinism():
-    """Constant rows, rows with fewer distinct values than levels (empty clusters re-seeded), one level's worth."""
+    """Constant rows, rows with fewer distinct values than levels and rows with fewer values than levels (empty
+    clusters re-seeded) are reproduced exactly, the same on every run."""
     rows = np.zeros((3, 40), np.float32)
     rows[1] = 1.5
     rows[2, :10], rows[2, 10:] = -1.0, 2.0
@@ -107,6 +108,9 @@ def test_kmeans_edge_rows_and_determinism():
     assert np.array_equal(np.take_along_axis(book, indices.astype(np.int64), axis=1), rows)
     again = kmeans(rows, 16, 20)
     assert np.array_equal(again[0], book) and np.array_equal(again[1], indices)
+    filters = np.random.default_rng(4).standard_normal((8, 9)).astype(np.float32)  # 3x3: fewer values than levels
+    book, indices = kmeans(filters, 16, 20)
+    assert np.array_equal(np.take_along_axis(book, indices.astype(np.int64), axis=1), filters)
 
 
 def test_skips_report_and_sharing():

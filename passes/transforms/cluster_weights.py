@@ -30,9 +30,10 @@ speed one: ONNX Runtime rebuilds the float weight (rule 4).
    to Conv's shape) rebuilds exactly codebook[index] per element, feeding the original
    op. ONNX Runtime constant-folds that chain when the session is created (the default
    optimization level), so runs cost nothing more but the session holds the float
-   weight; without folding, a 1024x1024 MatMul at batch 1 on one thread takes ~1.5 ms
-   more per run than float's ~0.2 ms (tools/bench_weight_only.py). canonicalize folds
-   the chain back to float: run this pass after it.
+   weight; without folding (disabled_optimizers=["ConstantFolding"]) a 1024x1024 MatMul
+   at batch 1 on one thread takes 1.9 ms more per run than float's 0.2 ms (10x;
+   tools/bench_weight_only.py --compare). canonicalize folds the chain back to float:
+   run this pass after it.
 5. Stats: weights_clustered, weights_skipped, bytes_float, bytes_stored (indices at
    their stored width, the codebook); ctx.report["cluster-weights"] states them with
    the ratio, the index type and the mean squared error of the rebuilt weights over
@@ -244,7 +245,9 @@ def _means(rows: _Sorted, edges: np.ndarray, centroids: np.ndarray) -> np.ndarra
         error = np.abs(data - np.take_along_axis(means[starved], labels, axis=1))
         worst = np.take_along_axis(data, np.argsort(-error, axis=1, kind="stable"), axis=1)
         empty = counts[starved] == 0
-        rank = np.cumsum(empty, axis=1) - 1  # the k-th empty centroid of a row takes its k-th worst value
+        # The k-th empty centroid of a row takes its k-th worst value (cycling when a row has fewer values
+        # than levels, e.g. a 3x3 filter at 16 levels).
+        rank = (np.cumsum(empty, axis=1) - 1) % data.shape[1]
         picked, slots = np.nonzero(empty)
         means[starved[picked], slots] = worst[picked, rank[picked, slots]]
     return np.sort(means.astype(np.float32), axis=1)
