@@ -11,6 +11,7 @@ from .transforms import bias_correct as _bias_correct  # noqa: F401  (registers 
 from .transforms import calibrate as _calibrate  # noqa: F401  (registers the pass)
 from .transforms import canonicalize as _canonicalize  # noqa: F401  (registers the pass)
 from .transforms import cleanup as _cleanup  # noqa: F401  (registers the pass)
+from .transforms import cluster_weights as _cluster_weights  # noqa: F401  (registers the pass)
 from .transforms import convert_fp16 as _convert_fp16  # noqa: F401  (registers the pass)
 from .transforms import dynamic_quant as _dynamic_quant  # noqa: F401  (registers the pass)
 from .transforms import equalize as _equalize  # noqa: F401  (registers the pass)
