@@ -39,6 +39,7 @@ import math
 import numbers
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any, ClassVar, Union
 
 import numpy as np
@@ -138,24 +139,40 @@ def observe(model: Model, values: list[Value], specs: list[tuple], data, progres
     Raises PassError when `data` holds no batch, unless `empty_ok` (a worker's shard may be empty).
     """
     observers = [get_observer(name)(**dict(options)) for name, options in specs]
+    counted: list[int] = []
+    for batch, arrays in enumerate(tapped_batches(model, values, data, progress, threads=threads,
+                                                  empty_ok=empty_ok, count=counted)):
+        for value, observer, array in zip(values, observers, arrays):
+            try:
+                observer.update(array)
+            except ValueError as err:
+                raise PassError(f"calibration batch {batch}: value %{value.name}: {err}") from None
+        del arrays  # before the next batch is run: one batch of activations at a time
+    return observers, counted[0]
+
+
+def tapped_batches(model: Model, values: list[Value], data, progress: Progress, *, threads: int = 0,
+                   empty_ok: bool = False, count: list[int] | None = None) -> Iterator[list[np.ndarray]]:
+    """The arrays of `values` for each batch of `data`, from one session over the float model;
+    `progress` advances per batch. The generator keeps no batch: a reader that drops each one
+    before asking for the next holds one batch of activations, as a memory budget assumes.
+
+    Once exhausted, appends the number of batches to `count` when given; raises PassError when
+    `data` held no batch, unless `empty_ok`.
+    """
     tap = ValueTap(model, values, threads=threads)
     batches = 0
     try:
-        for batch, feeds in enumerate(data):
-            arrays = tap.run(feeds)
-            for value, observer, array in zip(values, observers, arrays):
-                try:
-                    observer.update(array)
-                except ValueError as err:
-                    raise PassError(f"calibration batch {batch}: value %{value.name}: {err}") from None
-            del arrays  # one batch of activations at a time, as a memory budget assumes
+        for feeds in data:
+            yield tap.run(feeds)
             batches += 1
             progress.advance()
     finally:
         progress.close()
     if batches == 0 and not empty_ok:
         raise PassError("the calibration data holds no samples")
-    return observers, batches
+    if count is not None:
+        count.append(batches)
 
 
 # -- min-max ----------------------------------------------------------------------------

@@ -70,9 +70,10 @@ from typing import Literal
 import numpy as np
 
 from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, TensorType, Value, evaluate
-from qcompiler.ir.evaluate import ValueTap, first_rows, tap_groups
+from qcompiler.ir.evaluate import first_rows, tap_groups
 from qcompiler.ir.quant import dequantize, quantize
 
+from ..analyses.observers import tapped_batches
 from ..analyses.rules import QuantPlan, plans
 from ..infra.base import Pass, PassError, register_pass
 from ..infra.pipeline import PassStep, parse_pipeline
@@ -184,25 +185,17 @@ class BiasCorrect(Pass):
 
         inputs = list(dict.fromkeys(layer.node.inputs[0] for layer in layers))
         readers = {value: [layer for layer in layers if layer.node.inputs[0] is value] for value in inputs}
-        batches = 0
+        counted: list[int] = []
         for group in tap_groups(model, inputs, feeds(), self.options.memory_budget_mb << 20):
             tapped = [inputs[i] for i in group]
-            tap = ValueTap(model, tapped)
             progress = Progress(self.name, operator.length_hint(data) or None, "batches",
                                 enabled=SWITCH[self.options.progress])
-            batches = 0
-            try:
-                for feed in feeds():
-                    for value, array in zip(tapped, tap.run(feed)):
-                        for layer in readers[value]:
-                            layer.add(np.asarray(array))
-                    batches += 1
-                    progress.advance()
-            finally:
-                progress.close()
-        if batches == 0:
-            raise PassError("the calibration data holds no samples")
-        return batches
+            for arrays in tapped_batches(model, tapped, feeds(), progress, count=counted):
+                for value, array in zip(tapped, arrays):
+                    for layer in readers[value]:
+                        layer.add(np.asarray(array))
+                del arrays, array  # before the next batch is run: one batch of activations at a time
+        return counted[-1]
 
     def _correct(self, graph: Graph, names: NameAllocator, node: Node, shift: np.ndarray) -> None:
         """Rule 4: the bias (created where absent) less the shift."""
