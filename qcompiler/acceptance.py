@@ -160,6 +160,14 @@ class TaskSums:
         self.compared += finite.size
 
 
+def task_text(metrics: ir.evaluate.OutputMetrics) -> str | None:
+    """The figure a reader of this output looks at: top-1 agreement for a classifier (or where no
+    measure was recorded), else the task measure; None when there is neither."""
+    if metrics.top1_agreement is not None and metrics.measure in (None, "top-1 agreement"):
+        return f"top-1 agreement {100 * metrics.top1_agreement:.1f}%"
+    return measure_text(metrics) if metrics.measure is not None else None
+
+
 def measure_text(metrics: ir.evaluate.OutputMetrics) -> str:
     """The task figure compare_models recorded on `metrics`, as Measure.text writes it."""
     return f"{metrics.measure} {_figure(metrics.measure, metrics.measure_value)}"

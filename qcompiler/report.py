@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from qcompiler.acceptance import measure_text
+from qcompiler.acceptance import task_text
 from qcompiler.schemes import summary_line
 
 
@@ -63,11 +63,10 @@ class CompileReport:
         lines.extend(f"  {role}: {self.settings[role]}" for role in ("pipeline", "calibration data", "evaluation data")
                      if role in self.settings)
         for metrics in self.outputs:
-            shows_top1 = metrics.top1_agreement is not None and metrics.measure in (None, "top-1 agreement")
-            top1 = f", top-1 agreement {metrics.top1_agreement:.1%}" if shows_top1 else ""  # not for an embedding
-            task = "" if metrics.measure in (None, "top-1 agreement") else f", {measure_text(metrics)}"
+            task = task_text(metrics)
             lines.append(f"  output {metrics.name}: SQNR {metrics.sqnr_db:.1f} dB, cosine {metrics.cosine:.4f}, "
-                         f"max abs error {metrics.max_abs_error:.3g}{top1}{task}  ({self.validation_data})")
+                         f"max abs error {metrics.max_abs_error:.3g}{f', {task}' if task else ''}  "
+                         f"({self.validation_data})")
         if self.kernels is not None:
             lines.append(f"  integer kernels: {self.kernels.integer_share:.0%} of Conv/MatMul/Gemm MACs")
         if self.size_bytes:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qcompiler import ir
-from qcompiler.acceptance import Measure, TaskSums, measure_text
+from qcompiler.acceptance import Measure, TaskSums, task_text
 from qcompiler.ir.evaluate import (
     ErrorSums, Latency, ModelSource, OutputMetrics, open_session, rows_of, run, time_runs,
 )
@@ -134,10 +134,9 @@ def summary(metrics: Iterable[OutputMetrics]) -> str:
     lines = []
     for m in metrics:
         parts = [f"SQNR {m.sqnr_db:.1f} dB", f"cosine {m.cosine:.5f}", f"max |error| {m.max_abs_error:.4g}"]
-        if m.top1_agreement is not None and m.measure in (None, "top-1 agreement"):
-            parts.append(f"top-1 agreement {100 * m.top1_agreement:.1f}%")
-        elif m.measure is not None:
-            parts.append(measure_text(m))
+        task = task_text(m)
+        if task is not None:
+            parts.append(task)
         warning = f"{m.nonfinite} NaN/Inf value(s) in the quantized output; " if m.nonfinite else ""
         lines.append(f"{m.name}: {warning}{', '.join(parts)} ({m.samples} samples)")
     return "\n".join(lines)
