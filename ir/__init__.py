@@ -30,10 +30,10 @@ __all__ = [
 ]
 
 from .parser import parse_file, parse_model  # noqa: E402
-from .printer import print_model  # noqa: E402
+from .printer import computation_digest, print_model  # noqa: E402
 from .weights import load_weights, save_weights  # noqa: E402
 
-__all__ += ["load_weights", "parse_file", "parse_model", "print_model", "save_weights"]
+__all__ += ["computation_digest", "load_weights", "parse_file", "parse_model", "print_model", "save_weights"]
 
 
 def _pickle_model(model: Model):

@@ -160,8 +160,9 @@ class ModelFile:
         try:
             with _ExternalData(folder, "model.onnx.data", min_bytes, link=True) as external:
                 proto = _model_proto(model, outputs, external)
-            self.size = proto.ByteSize() + external.bytes
-            self.path.write_bytes(proto.SerializeToString())
+            serialized = proto.SerializeToString()
+            self.size = len(serialized) + external.bytes
+            self.path.write_bytes(serialized)
         except BaseException:
             self.close()
             raise

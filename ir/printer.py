@@ -10,6 +10,8 @@ print the same once parsed back.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import math
 import re
@@ -44,21 +46,30 @@ def print_model(
     weights: WeightsMode | MutableMapping[str, np.ndarray] = "summary",
     max_inline: int = DEFAULT_MAX_INLINE,
     weights_file: str | None = None,
+    annotations: bool = True,
 ) -> str:
     """The text of `model`.
 
     weights: "inline" prints every constant in full; "summary" elides constants of
     more than `max_inline` elements; a dict elides them too and receives their data,
     keyed as the blobs name them. `weights_file` adds a `weights "..."` line telling the
-    parser where that data was saved.
+    parser where that data was saved. `annotations=False` leaves out what passes noted
+    on values and nodes (meta, observed ranges, errors): the computation alone.
     """
-    printer = _Printer(unique_names(model.graph), weights, max_inline)
+    printer = _Printer(unique_names(model.graph), weights, max_inline, annotations)
     lines = []
     if weights_file is not None:
         lines.append(f"weights {quote(weights_file)}")
     lines.append(_model_header(model))
     printer.graph(model.graph, 0, lines)
     return "\n".join(lines) + "\n"
+
+
+def computation_digest(model: Model) -> str:
+    """A hash of what `model` computes (its text without annotations, large constants by content
+    hash): two models with equal digests give the same values for the same feeds, whatever
+    passes noted on them."""
+    return hashlib.sha256(print_model(model, weights="summary", annotations=False).encode()).hexdigest()
 
 
 def quote(text: str) -> str:
@@ -205,8 +216,10 @@ class _Printer:
         names: dict[Value, str],
         weights: WeightsMode | MutableMapping[str, np.ndarray],
         max_inline: int,
+        annotations: bool = True,
     ) -> None:
         self.names = names
+        self.annotations = annotations
         self.weights = weights
         self.max_inline = max_inline
         self.blob_keys: set[str] = set()
@@ -237,6 +250,8 @@ class _Printer:
             text += f": {format_type(value.type)}"
         if value.quant is not None:
             text += f" {self.quant(value.quant)}"
+        if not self.annotations:
+            return text
         if value.observed_range is not None:
             text += f" range=[{', '.join(format_float(b) for b in value.observed_range)}]"
         if value.error is not None:
@@ -250,7 +265,7 @@ class _Printer:
             op = f"{_domain(node.domain)}::{op}"
         operands = ", ".join(self.ref(v) for v in node.inputs)
         head = f"{'  ' * depth}{results} = {op}({operands})"
-        tail = (f" name={quote(node.name)}" if node.name else "") + _annotations(node.meta)
+        tail = (f" name={quote(node.name)}" if node.name else "") + (_annotations(node.meta) if self.annotations else "")
         if not node.attributes:
             lines.append(head + tail)
         elif not any(True for _ in node.subgraphs()):

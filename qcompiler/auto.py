@@ -39,6 +39,10 @@
    (sensitivity.py: each unit alone, then promotion and lowering). A rung whose estimate
    does not fit in what is left is skipped, said so in its verdict, and the best rung so
    far is kept; the summary says how much of the budget went.
+6. The rungs share one `Observations` store (passes/analyses/observers.py): the fused
+   model is calibrated once, its min-max pass also feeding the percentile rung's
+   observers, smooth-quant's channel maxima are measured once for both smooth rungs,
+   and the mixed rungs reuse the static rung's observers.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from qcompiler.compiler import CompileResult, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
 from qcompiler.passes.analyses.cost import COMPUTE_OPS
+from qcompiler.passes.analyses.observers import ObserverOptions, Observations
 from qcompiler.passes.analyses.rules import norm_feeds_linear
 from qcompiler.passes.transforms.assign_precision import BudgetUnreachable
 from qcompiler.passes.infra.plugins import load_function
@@ -181,6 +186,8 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
     float_model = load_for_compile(model, example_inputs, dynamic_shapes)
     judge = _Judge(float_model, eval if eval is not None else calib, tolerance, metric)
     compute_ops = sum(1 for node in float_model.graph.nodes if not node.domain and node.op_type in COMPUTE_OPS)
+    rungs = ladder(float_model)
+    observations = shared_observations(rungs)
     attempts: list[Attempt] = []
 
     def walk(rung: Rung) -> Attempt:
@@ -192,11 +199,11 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
         else:
             guess = "" if estimate is None else f", about {duration_text(estimate)}"
             say(f"auto: trying {rung.name} ({duration_text(max(left, 0))} of the time budget left{guess})")
-            attempt = _attempt(rung, float_model, calib, eval, recipe, judge)
+            attempt = _attempt(rung, float_model, calib, eval, recipe, judge, observations)
         attempts.append(attempt)
         return attempt
 
-    for rung in ladder(float_model):
+    for rung in rungs:
         walk(rung)
     if not any(a.meets for a in attempts):
         for rung in _mixed_rungs(judge, attempts):
@@ -212,8 +219,16 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
     return result
 
 
+def shared_observations(rungs: list[Rung]) -> Observations:
+    """Rule 6's store: the rungs' observers other than the default fed beside it, in its pass over the data."""
+    default = ObserverOptions().spec()
+    others = {ObserverOptions(**rung.passes["insert-observers"]).spec() for rung in rungs
+              if "insert-observers" in rung.passes}
+    return Observations({default: tuple(sorted(others - {default}))})
+
+
 def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: Recipe | None,
-             judge: _Judge) -> Attempt:
+             judge: _Judge, observations: Observations) -> Attempt:
     attempt = Attempt(rung.name, rung.pipeline)
     if rung.needs_calibration and calib is None:
         attempt.verdict = "skipped: needs calibration data"
@@ -222,7 +237,7 @@ def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: R
     try:
         result = compile(ir.clone_model(float_model), calib if rung.needs_calibration else None,
                          recipe=_with_passes(recipe, rung.passes), pipeline=rung.pipeline,
-                         eval=eval if eval is not None else calib)
+                         eval=eval if eval is not None else calib, observations=observations)
     except Exception as err:  # a rung that cannot compile this model is a finding, not the end of the walk
         attempt.seconds = time.perf_counter() - start
         if isinstance(err.__cause__, BudgetUnreachable):

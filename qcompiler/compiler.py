@@ -40,6 +40,9 @@
 6. `reference` (any model compile takes) replaces the input as the float side of
    validation: a model that arrives quantized (on_quantized="keep", from QAT or another
    tool) is re-validated against its float original instead of against itself.
+7. `observations` (passes/analyses/observers.py) is shared by compiles of one model on
+   one data set, as auto's rungs are: what one compile's calibrate or smooth-quant
+   measured is not measured again by the next.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from qcompiler.ir.naming import unique_names
 from qcompiler.ir.onnx_export import ModelFile
 from qcompiler.kernels import kernel_report
 from qcompiler.modelio import read_model
+from qcompiler.passes.analyses.observers import Observations
 from qcompiler.passes.infra.pipeline import Pipeline
 from qcompiler.passes.infra.progress import Progress
 from qcompiler.passes.analyses.rules import has_rule, is_float
@@ -102,7 +106,7 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
             dump_dir: str | Path | None = None, on_quantized: str = "error",
             example_inputs: Any = None, dynamic_shapes: Any = None, mode: str | None = None,
             reference: Any = None, log: Callable[[str], None] | None = None,
-            crash_dir: str | Path | None = None) -> CompileResult:
+            crash_dir: str | Path | None = None, observations: Observations | None = None) -> CompileResult:
     """Quantize `model` with calibration data `calib`; see the module docstring for each argument's role."""
     say = log or (lambda message: None)
     pipeline = _mode_pipeline(mode, pipeline)
@@ -118,6 +122,7 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     if crash_dir is not None:
         instruments.append(passes.CrashReproducer(Path(crash_dir)))
     context = job.context(instruments)
+    context.observations = observations
     say(f"running {report.pipeline}")
     result = passes.PassManager(job.steps).run(model, context)
     report.settings.update(context.report.get("settings", {}))

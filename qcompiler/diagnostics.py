@@ -29,8 +29,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from qcompiler import ir, passes
-from qcompiler.ir.evaluate import OutputMetrics, first_rows, main_values, tap_groups
-from qcompiler.passes.analyses.observers import observe
+from qcompiler.ir.evaluate import OutputMetrics, main_values, tap_groups
+from qcompiler.passes.analyses.observers import Observations, observe
 from qcompiler.passes.infra.progress import Progress
 from qcompiler.passes.transforms.calibrate import Calibrate
 
@@ -70,11 +70,13 @@ class DataChecks(passes.Instrument):
 
     def after_pass(self, model: ir.Model, event, ctx: passes.PassContext, changed: bool) -> None:
         if event.pass_.name == "calibrate" and ctx.evaluation_data is not None:
-            self.warnings.extend(shift_warnings(model, ctx.evaluation_data))
+            self.warnings.extend(shift_warnings(model, ctx.evaluation_data, ctx.observations))
 
 
-def shift_warnings(model: ir.Model, data: Iterable[dict[str, np.ndarray]]) -> list[str]:
-    """Rule 3 on a calibrated float model: the values whose range on `data` passes their calibrated range."""
+def shift_warnings(model: ir.Model, data: Iterable[dict[str, np.ndarray]],
+                   observations: Observations | None = None) -> list[str]:
+    """Rule 3 on a calibrated float model: the values whose range on `data` passes their calibrated range
+    (measured once per model and data when `observations` keeps them)."""
     values = [v for v in main_values(model) if "observer" in v.meta and v.observed_range is not None]
     if not values:
         return []
@@ -82,8 +84,8 @@ def shift_warnings(model: ir.Model, data: Iterable[dict[str, np.ndarray]]) -> li
         return [("distribution shift not checked: the activations of one evaluation batch pass calibrate's "
                  "memory budget; evaluate on smaller batches to have it checked")]
     try:
-        observers, _ = observe(model, values, [("minmax", ())] * len(values), first_rows(data, SHIFT_ROWS),
-                               Progress("", None, enabled=False))
+        observers, _ = observe(model, values, [("minmax", ())] * len(values), data, Progress("", None, enabled=False),
+                               rows=SHIFT_ROWS, store=observations)
     except passes.PassError as err:
         return [f"distribution shift not checked: {err}"]
     shifted = []

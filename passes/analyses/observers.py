@@ -34,6 +34,7 @@ power-of-two widths: the data spans between bins/2 and bins cells.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -44,10 +45,12 @@ from typing import Any, ClassVar, Union
 
 import numpy as np
 
-from qcompiler.ir import DType, Model, QuantParams, Value
-from qcompiler.ir.evaluate import ValueTap
+from qcompiler.ir import DType, Model, QuantParams, Value, computation_digest
+from qcompiler.ir.naming import unique_names
+from qcompiler.ir.evaluate import ValueTap, first_rows
 
 from ..infra.base import PassError
+from ..infra.pipeline import build_options
 from ..infra.progress import Progress
 from ..infra.registry import Registry
 
@@ -132,23 +135,89 @@ def registered_observers() -> dict[str, type[Observer]]:
 
 
 def observe(model: Model, values: list[Value], specs: list[tuple], data, progress: Progress, *,
-            threads: int = 0, empty_ok: bool = False) -> tuple[list[Observer], int]:
-    """Fresh observers of `values` (specs: (observer name, options) pairs) fed every batch of
-    `data` by one session over the float model; (observers, batches seen).
+            rows: int = 0, store: Observations | None = None, threads: int = 0,
+            empty_ok: bool = False) -> tuple[list[Observer], int]:
+    """Observers of `values` (specs: (observer name, options) pairs; a value may come several
+    times, with several specs) fed every batch of `data` (its first `rows` rows when > 0) by
+    one session over the float model; (observers, batches seen). With a `store`, what an
+    earlier compile measured the same way is reused (`Observations`).
 
     Raises PassError when `data` holds no batch, unless `empty_ok` (a worker's shard may be empty).
     """
+    if store is not None:
+        return store.observe(model, values, specs, data, progress, rows=rows, threads=threads, empty_ok=empty_ok)
+    return _fed(model, values, specs, first_rows(data, rows) if rows else data, progress, threads=threads,
+                empty_ok=empty_ok)
+
+
+def _fed(model: Model, values: list[Value], specs: list[tuple], data, progress: Progress, *,
+         threads: int, empty_ok: bool) -> tuple[list[Observer], int]:
     observers = [get_observer(name)(**dict(options)) for name, options in specs]
+    tapped = list(dict.fromkeys(values))
+    place = {value: i for i, value in enumerate(tapped)}
     counted: list[int] = []
-    for batch, arrays in enumerate(tapped_batches(model, values, data, progress, threads=threads,
+    for batch, arrays in enumerate(tapped_batches(model, tapped, data, progress, threads=threads,
                                                   empty_ok=empty_ok, count=counted)):
-        for value, observer, array in zip(values, observers, arrays):
+        for value, observer in zip(values, observers):
             try:
-                observer.update(array)
+                observer.update(arrays[place[value]])
             except ValueError as err:
                 raise PassError(f"calibration batch {batch}: value %{value.name}: {err}") from None
         del arrays  # before the next batch is run: one batch of activations at a time
     return observers, counted[0]
+
+
+class Observations:
+    """Observers already fed, kept for compiles that repeat a measurement (the rungs of auto's
+    ladder all calibrate the same fused model on the same data).
+
+    1. An entry is keyed by the computation (`ir.computation_digest`: the model without the
+       marks passes leave on it), the data (its fingerprint), the value (its printed name)
+       and the observer spec. Data without a fingerprint is measured afresh every time.
+    2. `companions` maps a spec to specs fed beside it, in the same pass over the data, for
+       compiles to come: observing min-max now can answer a percentile rung's ask later.
+    3. What is handed out is a copy: a compile may keep and change the observers it got.
+    4. `passes` counts the passes over data made, `reused` the asks answered from the store.
+    """
+
+    def __init__(self, companions: dict[tuple, tuple[tuple, ...]] | None = None) -> None:
+        self.companions = dict(companions or {})
+        self._found: dict[tuple, Observer] = {}
+        self._batches: dict[tuple[str, str], int] = {}
+        self.passes = self.reused = 0
+
+    def observe(self, model: Model, values: list[Value], specs: list[tuple], data, progress: Progress, *,
+                rows: int, threads: int, empty_ok: bool) -> tuple[list[Observer], int]:
+        """`observe(...)`'s answer over `data` (its first `rows` rows when > 0), from the store where
+        all of it is there."""
+        feeds, options = (first_rows(data, rows) if rows else data), {"threads": threads, "empty_ok": empty_ok}
+        source = _fingerprint(data)
+        if source is None:
+            return _fed(model, values, specs, feeds, progress, **options)
+        where = (computation_digest(model), f"{source}|rows={rows}")
+        names = unique_names(model.graph)
+        asked = [(*where, names[v], tuple(spec)) for v, spec in zip(values, specs)]
+        if where not in self._batches or any(key not in self._found for key in asked):
+            wanted = list(dict.fromkeys([*zip(values, map(tuple, specs)),
+                                         *((v, extra) for v, spec in zip(values, specs)
+                                           for extra in self.companions.get(tuple(spec), ()))]))
+            fed, batches = _fed(model, [v for v, _ in wanted], [spec for _, spec in wanted], feeds, progress,
+                                **options)
+            self.passes += 1
+            self._batches[where] = batches
+            for (value, spec), observer in zip(wanted, fed):
+                self._found[(*where, names[value], spec)] = observer
+        else:
+            self.reused += 1
+            progress.close()
+        return [copy.deepcopy(self._found[key]) for key in asked], self._batches[where]
+
+
+def _fingerprint(data) -> str | None:
+    try:
+        return data.fingerprint()
+    except (AttributeError, NotImplementedError):
+        return None
 
 
 def tapped_batches(model: Model, values: list[Value], data, progress: Progress, *, threads: int = 0,
@@ -564,3 +633,16 @@ class ObserverOptions:
         options = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in taken}
         cls(**options)
         return self.method, ",".join(f"{key}={value}" for key, value in options.items())
+
+    def spec(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        """The (observer name, options) pair calibrate reads from the marks these options write."""
+        return marked_spec(*self.marks())
+
+
+def marked_spec(name: str, text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """(observer name, options) from insert-observers' marks: the `k=v,...` text read as pipeline
+    options are, against the observer's typed Options. KeyError for an unknown observer,
+    PipelineError for options it does not take."""
+    raw = [(key.strip(), [word.strip()]) for key, _, word in (item.partition("=") for item in text.split(",") if item)]
+    options = build_options(get_observer(name), raw, kind="observer")
+    return name, tuple((key, getattr(options, key)) for key, _ in raw)

@@ -15,6 +15,7 @@ from .overrides import Overrides
 from .target import Target
 
 if TYPE_CHECKING:
+    from ..analyses.observers import Observations
     from .instruments import Instrument
 
 
@@ -25,7 +26,8 @@ class PassContext:
     `evaluation_data` is held-out data for passes that measure the quantized model (the
     calibration data serves when it is None); `report` collects what passes want the
     user to read, `report["settings"]` one line per setting a pass resolved (see
-    `note_setting`). The pass manager sets `following` to the pipeline text of the steps
+    `note_setting`). `observations`, when given, keeps what passes measured on data for
+    later compiles of the same model (analyses/observers.py); None measures afresh. The pass manager sets `following` to the pipeline text of the steps
     after the running pass (a pass that tries variants of the model emits them with
     exactly those passes) and drops the cached analyses whenever a pass reports a change.
     """
@@ -34,6 +36,7 @@ class PassContext:
     overrides: Overrides = field(default_factory=Overrides)
     calibration_data: Any = None
     evaluation_data: Any = None
+    observations: Observations | None = None
     report: dict[str, Any] = field(default_factory=dict)
     instruments: list[Instrument] = field(default_factory=list)
     following: str = ""

@@ -40,8 +40,7 @@ from qcompiler.ir.evaluate import main_values, tap_groups
 from qcompiler.ir.fileio import atomic_output
 
 from ..infra.base import Pass, PassError, PipelineError, register_pass
-from ..analyses.observers import Observer, get_observer, observe
-from ..infra.pipeline import build_options
+from ..analyses.observers import Observations, Observer, marked_spec, observe
 from ..infra.progress import SWITCH, Progress
 from ..analyses.rules import quantized_values
 
@@ -83,7 +82,7 @@ class Calibrate(Pass):
         key = _cache_key(model, ctx.calibration_data, specs) if self.options.cache else None
         observers = _load_cache(Path(self.options.cache), key) if key else None
         if observers is None:
-            observers = self._observe(model, values, specs, ctx.calibration_data)
+            observers = self._observe(model, values, specs, ctx.calibration_data, ctx.observations)
             if key:
                 _save_cache(Path(self.options.cache), key, observers)
         else:
@@ -104,7 +103,8 @@ class Calibrate(Pass):
         }
         return True
 
-    def _observe(self, model: ir.Model, values: list[ir.Value], specs: list[tuple], data) -> list[Observer]:
+    def _observe(self, model: ir.Model, values: list[ir.Value], specs: list[tuple], data,
+                 observations: Observations | None) -> list[Observer]:
         groups = tap_groups(model, values, data, self.options.memory_budget_mb << 20)
         self.stats["groups"] += len(groups)
         observers: list[Observer | None] = [None] * len(values)
@@ -112,7 +112,10 @@ class Calibrate(Pass):
             tapped = [values[i] for i in group]
             group_specs = [specs[i] for i in group]
             if self.options.jobs == 1:
-                found, samples = observe(model, tapped, group_specs, data, self._progress(data))
+                measured = observations.passes if observations is not None else None
+                found, samples = observe(model, tapped, group_specs, data, self._progress(data), store=observations)
+                if measured is not None and observations.passes == measured:
+                    self.stats["reused"] += 1
             else:
                 found, samples = self._observe_parallel(model, tapped, group_specs, data)
             for i, observer in zip(group, found):
@@ -150,17 +153,14 @@ def _observed_values(model: ir.Model) -> list[ir.Value]:
 
 
 def _observer_spec(value: ir.Value) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """(observer name, options) from the marks insert-observers left (or a hand edit): the `k=v,...`
-    text read as pipeline options are, against the observer's typed Options."""
-    name, text = value.meta["observer"], str(value.meta.get("observer_options", ""))
-    raw = [(key.strip(), [word.strip()]) for key, _, word in (item.partition("=") for item in text.split(",") if item)]
+    """(observer name, options) from the marks insert-observers left (or a hand edit)."""
+    text = str(value.meta.get("observer_options", ""))
     try:
-        options = build_options(get_observer(name), raw, kind="observer")
+        return marked_spec(value.meta["observer"], text)
     except KeyError as err:  # an unknown observer
         raise PassError(f"value {value.name!r}: {err.args[0]}") from None
     except PipelineError as err:
         raise PassError(f"value {value.name!r}: observer_options={text!r}: {err.message}") from None
-    return name, tuple((key, getattr(options, key)) for key, _ in raw)
 
 
 def _observe_shard_in_worker(work) -> tuple[list[Observer], int]:

@@ -62,10 +62,10 @@ from typing import Literal
 import numpy as np
 
 from qcompiler.ir import Graph, Model, NameAllocator, Node, Use, Value
-from qcompiler.ir.evaluate import first_rows, main_values
+from qcompiler.ir.evaluate import main_values
 
 from ..infra.base import Pass, PassError, register_pass
-from ..analyses.observers import observe
+from ..analyses.observers import Observations, observe
 from ..infra.progress import SWITCH, Progress
 from ..analyses.rules import NORMS, is_float
 
@@ -124,7 +124,8 @@ class SmoothQuant(Pass):
         batches = 0
         smoothed = []
         if targets:
-            maxima, batches = self._activation_maxima(model, [t.value for t in targets], ctx.calibration_data)
+            maxima, batches = self._activation_maxima(model, [t.value for t in targets], ctx.calibration_data,
+                                                      ctx.observations)
             names = NameAllocator(model.graph)
             for target, act_max in zip(targets, maxima):
                 smoothed.append({"value": target.value.name, "readers": [n.name for n in target.readers],
@@ -143,12 +144,15 @@ class SmoothQuant(Pass):
         }
         return bool(targets)
 
-    def _activation_maxima(self, model: Model, values: list[Value], data) -> tuple[list[np.ndarray], int]:
-        """max |x| per last-dim channel of each value, and the batches read (rule 2)."""
-        feeds = first_rows(data, self.options.samples) if self.options.samples else data
-        progress = Progress(self.name, operator.length_hint(feeds) or None, "batches",
+    def _activation_maxima(self, model: Model, values: list[Value], data,
+                           observations: Observations | None) -> tuple[list[np.ndarray], int]:
+        """max |x| per last-dim channel of each value, and the batches read (rule 2); from `observations`
+        when an earlier compile measured them."""
+        rows = self.options.samples
+        progress = Progress(self.name, operator.length_hint(data) if not rows else None, "batches",
                             enabled=SWITCH[self.options.progress])
-        observers, batches = observe(model, values, [_CHANNEL_MINMAX] * len(values), feeds, progress)
+        observers, batches = observe(model, values, [_CHANNEL_MINMAX] * len(values), data, progress, rows=rows,
+                                     store=observations)
         ranges = [observer.range() for observer in observers]
         return [np.maximum(np.abs(lo), np.abs(hi)) for lo, hi in ranges], batches
 
