@@ -10,6 +10,12 @@ run kills only itself:
     ours-METHOD      PassManager("canonicalize,fuse,insert-observers{method=METHOD},calibrate")
                      over the .npz opened with open_calibration_data: what a compile runs
     ort-METHOD       onnxruntime.quantization's create_calibrator, collect_data, compute_data
+    compile-ours     a whole `qcompiler.compile(model, data)` with its defaults and no
+                     evaluation data: calibration, the passes, the export, the validation
+                     on the first 64 calibration rows and the benchmark of float against
+                     quantized
+    compile-ort      a whole ONNX Runtime quantization: quant_pre_process, then
+                     quantize_static (QDQ, per-channel, MinMax), the model written
 
 Each side keeps its own defaults: ours taps what insert-observers marks after fuse (the
 input, each Conv+Relu and Add+Relu group's output, the Conv outputs a residual Add reads,
@@ -22,8 +28,9 @@ collect_data ends, so their memory grows with N.
 All feed one sample per run (batch 1). Columns: `setup` is session creation (float),
 IR -> ONNX export of the tapped model plus its session (ours), create_calibrator:
 shape-inferred load, augmentation, writing and loading the augmented model (ort).
-`run` is the rest: reading the data, inference, observers and the ranges; `x float` is
-run / float's run at the same N. Loading the model into the IR and opening the data
+`run` is the rest: reading the data, inference, observers and the ranges (for the
+compile-* configurations: everything, setup 0); `x float` is run / float's run at the same N;
+`values` the values tapped (for compile-*: the QuantizeLinear nodes written). Loading the model into the IR and opening the data
 are left out. Peak RSS is the child's VmHWM, everything included. On a shared machine
 one run's speed can vary severalfold; `--repeat` interleaves rounds and keeps each
 configuration's fastest run.
@@ -60,7 +67,7 @@ INPUT = "input"
 SAMPLE_SHAPE = (3, 224, 224)
 STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (width, blocks, stride of the first)
 METHODS = ("minmax", "percentile", "entropy")
-CONFIGS = ("float", *(f"ours-{m}" for m in METHODS), *(f"ort-{m}" for m in METHODS))
+CONFIGS = ("float", *(f"ours-{m}" for m in METHODS), *(f"ort-{m}" for m in METHODS), "compile-ours", "compile-ort")
 _OOM_SIGNS = ("MemoryError", "bad_alloc", "Failed to allocate", "Cannot allocate", "out of memory")
 
 
@@ -227,7 +234,35 @@ def _ort(method: str) -> Callable[[Path, Path, Path], tuple[float, float, int]]:
     return run
 
 
-RUNNERS = {"float": _float, **{f"ours-{m}": _ours(m) for m in METHODS}, **{f"ort-{m}": _ort(m) for m in METHODS}}
+def _compile_ours(model: Path, data: Path, scratch: Path) -> tuple[float, float, int]:
+    from qcompiler import compile
+
+    start = time.perf_counter()
+    result = compile(model, data)
+    result.save(scratch / "quantized.onnx")
+    return 0.0, time.perf_counter() - start, result.report.qdq_nodes["QuantizeLinear"]
+
+
+def _compile_ort(model: Path, data: Path, scratch: Path) -> tuple[float, float, int]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = stream_rows(data)
+
+        def get_next(self) -> dict | None:
+            return next(self.rows, None)
+
+    start = time.perf_counter()
+    prepared, quantized = scratch / "prepared.onnx", scratch / "quantized.onnx"
+    quant_pre_process(str(model), str(prepared))
+    quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    seconds = time.perf_counter() - start
+    return 0.0, seconds, sum(n.op_type == "QuantizeLinear" for n in onnx.load(quantized).graph.node)
+
+
+RUNNERS = {"float": _float, "compile-ours": _compile_ours, "compile-ort": _compile_ort, **{f"ours-{m}": _ours(m) for m in METHODS}, **{f"ort-{m}": _ort(m) for m in METHODS}}
 
 
 def _peak_rss_mb() -> float:
