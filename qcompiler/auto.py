@@ -26,7 +26,9 @@
 3. Every rung is a full `compile()`: its accuracy comes from the validation on the
    evaluation data, its speed from the latency ratio quantized / float that compile
    measured interleaved with the float model (a ratio, so machine noise between rungs
-   cancels), its size from the written bytes. Among the rungs that meet the tolerance
+   cancels), its size from the written bytes. Rungs run one after another, never side by
+   side on an executor: each measures latency, which rungs sharing the cores would skew;
+   `executor` is where each rung's passes run the work they split. Among the rungs that meet the tolerance
    the lowest latency ratio wins; within 5% of it the smaller model. A winner slower
    than float is kept for its size, with that said in its verdict.
 4. When nothing meets the tolerance the float model is kept, said so, with the best rung
@@ -53,9 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from qcompiler import ir
+from qcompiler import ir, passes
 from qcompiler.acceptance import floor, holds, measures
-from qcompiler.compiler import CompileResult, compile, load_for_compile
+from qcompiler.compiler import CompileResult, as_executor, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
 from qcompiler.passes.analyses.cost import COMPUTE_OPS
@@ -170,14 +172,16 @@ def ladder(model: ir.Model) -> list[Rung]:
 def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: str | Callable | None = None,
          recipe: Recipe | None = None, require: bool = False, example_inputs: Any = None,
          dynamic_shapes: Any = None, log: Callable[[str], None] | None = None,
-         time_budget_s: float = DEFAULT_TIME_BUDGET_S) -> AutoResult:
-    """Rules 1-5 of the module: try each rung on `model`, keep the fastest within `tolerance`."""
+         time_budget_s: float = DEFAULT_TIME_BUDGET_S, executor: str | passes.Executor | None = None) -> AutoResult:
+    """Rules 1-5 of the module: try each rung on `model`, keep the fastest within `tolerance`; `executor`
+    is compile()'s, where the passes of each rung run split work."""
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0, not {tolerance}")
     if not time_budget_s > 0:
         raise ValueError(f"the time budget must be > 0 seconds, not {time_budget_s}")
     start = time.perf_counter()
     say = log or (lambda message: None)
+    executor = as_executor(executor)  # a missing ray is one error, not a failure in every rung
     float_model = load_for_compile(model, example_inputs, dynamic_shapes)
     judge = _Judge(float_model, eval if eval is not None else calib, tolerance, metric)
     compute_ops = sum(1 for node in float_model.graph.nodes if not node.domain and node.op_type in COMPUTE_OPS)
@@ -192,7 +196,7 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
         else:
             guess = "" if estimate is None else f", about {duration_text(estimate)}"
             say(f"auto: trying {rung.name} ({duration_text(max(left, 0))} of the time budget left{guess})")
-            attempt = _attempt(rung, float_model, calib, eval, recipe, judge)
+            attempt = _attempt(rung, float_model, calib, eval, recipe, judge, executor)
         attempts.append(attempt)
         return attempt
 
@@ -213,7 +217,7 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
 
 
 def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: Recipe | None,
-             judge: _Judge) -> Attempt:
+             judge: _Judge, executor: str | passes.Executor | None) -> Attempt:
     attempt = Attempt(rung.name, rung.pipeline)
     if rung.needs_calibration and calib is None:
         attempt.verdict = "skipped: needs calibration data"
@@ -222,7 +226,7 @@ def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: R
     try:
         result = compile(ir.clone_model(float_model), calib if rung.needs_calibration else None,
                          recipe=_with_passes(recipe, rung.passes), pipeline=rung.pipeline,
-                         eval=eval if eval is not None else calib)
+                         eval=eval if eval is not None else calib, executor=executor)
     except Exception as err:  # a rung that cannot compile this model is a finding, not the end of the walk
         attempt.seconds = time.perf_counter() - start
         if isinstance(err.__cause__, BudgetUnreachable):

@@ -155,6 +155,7 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--require", action="store_true",
                           help="with --auto: exit 1 when no rung meets the tolerance (default: keep the float "
                           "model and exit 0)")
+    _add_executor_option(compile_, "work passes split: calibrate{jobs=N} shards, assign-precision{jobs=N} variants")
     _add_plugin_option(compile_)
     compile_.set_defaults(run=_compile)
 
@@ -171,7 +172,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--pipeline", help=f"the compile pipeline (default: the recipe's, else {DEFAULT_PIPELINE!r})")
     _add_target_options(sensitivity)
     sensitivity.add_argument("--samples", type=int, default=256, metavar="N", help="evaluation rows used (default 256)")
-    sensitivity.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    sensitivity.add_argument("--jobs", type=int, default=1, metavar="N",
+                             help="shares of the variants, run in parallel by --executor (default 1)")
+    _add_executor_option(sensitivity, "the --jobs shares")
     sensitivity.add_argument("--cache", metavar="FILE.json", help="reuse the table stored here when nothing changed")
     sensitivity.add_argument("--top", type=int, default=0, metavar="N", help="rows to print (default: all)")
     sensitivity.add_argument("--json", metavar="OUT.json", help="write the table as JSON")
@@ -296,6 +299,12 @@ def _load_plugins(args: argparse.Namespace) -> None:
         passes.load_plugin_file(path)
 
 
+def _add_executor_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--executor", metavar="local|ray|ray://ADDRESS", default="local",
+                        help=f"where {what} run: local processes (default), Ray tasks on the cluster RAY_ADDRESS "
+                        "names or a new local one (ray), or on the cluster at ADDRESS (needs qcompiler[ray])")
+
+
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=TARGET_NAMES,
                         help="the runtime to quantize for (default: the recipe's, else ort-cpu)")
@@ -353,7 +362,7 @@ def _compile(args: argparse.Namespace) -> int:
         pipeline = pipeline or "mixed"
     result = compile_model(args.model, args.calib, recipe=recipe, pipeline=pipeline, target=_target(args, recipe),
                            eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized, mode=args.mode,
-                           reference=args.reference, log=_log, crash_dir=args.crash_dir)
+                           reference=args.reference, log=_log, crash_dir=args.crash_dir, executor=args.executor)
     result.save(args.output)
     if args.report:
         write_text(args.report, result.report.to_json())
@@ -382,7 +391,7 @@ def _compile_auto(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe) if args.recipe else None
     try:
         result = auto(args.model, args.calib, tolerance=args.tolerance, eval=args.eval, metric=args.metric,
-                      recipe=recipe, require=args.require, log=_log, time_budget_s=budget)
+                      recipe=recipe, require=args.require, log=_log, time_budget_s=budget, executor=args.executor)
     except AutoError as err:
         print(f"qc: error: {err}", file=sys.stderr)
         return 1
@@ -419,7 +428,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
         _require_matplotlib()
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
     table = sensitivity_table(args.model, args.calib, eval=args.eval, recipe=recipe, pipeline=args.pipeline,
-                              target=_target(args, recipe), samples=args.samples, jobs=args.jobs, cache=args.cache)
+                              target=_target(args, recipe), samples=args.samples, jobs=args.jobs, cache=args.cache,
+                              executor=args.executor)
     lines = table.lines()
     print("\n".join(lines[:2 + args.top] if args.top else lines))
     for note in table.notes:
