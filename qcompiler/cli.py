@@ -30,6 +30,7 @@ from qcompiler.ir.naming import unique_names
 from qcompiler.modelio import check_writable, read_model, write_dump, write_text
 from qcompiler.passes.infra.target import TARGET_NAMES
 from qcompiler.recipe import DEFAULT_PIPELINE, Recipe, overrides_toml
+from qcompiler.tracking import AutoTracker
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +153,9 @@ def _build_parser() -> argparse.ArgumentParser:
                           "estimated not to fit are skipped and the best so far is kept")
     compile_.add_argument("--metric", metavar="FILE.py:fn",
                           help="with --auto: a function of the outputs over the evaluation rows, higher is better")
+    compile_.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                          help="with --auto: log each rung as an MLflow run under one run for the walk, to the "
+                          "tracking store URI (default: sqlite:///mlflow.db here; needs qcompiler[mlflow])")
     compile_.add_argument("--require", action="store_true",
                           help="with --auto: exit 1 when no rung meets the tolerance (default: keep the float "
                           "model and exit 0)")
@@ -351,6 +355,9 @@ def _compile(args: argparse.Namespace) -> int:
             check_writable(path)
     if args.auto:
         return _compile_auto(args)
+    if args.mlflow is not None:
+        print("qc: error: --mlflow logs the rungs of --auto: add --auto or drop --mlflow", file=sys.stderr)
+        return 2
     if args.mode and args.pipeline:
         print(f"qc: error: give --mode or --pipeline, not both (--mode {args.mode} is the pipeline "
               f"{MODES[args.mode]!r})", file=sys.stderr)
@@ -389,6 +396,7 @@ def _compile_auto(args: argparse.Namespace) -> int:
         print(f"qc: error: --time-budget: {err}", file=sys.stderr)
         return 2
     recipe = Recipe.load(args.recipe) if args.recipe else None
+    tracker = AutoTracker(args.mlflow or None) if args.mlflow is not None else None
     try:
         result = auto(args.model, args.calib, tolerance=args.tolerance, eval=args.eval, metric=args.metric,
                       recipe=recipe, require=args.require, log=_log, time_budget_s=budget, executor=args.executor)
@@ -401,6 +409,9 @@ def _compile_auto(args: argparse.Namespace) -> int:
     print("\n".join(result.summary()))
     if result.chosen is not None:
         print("\n".join(result.chosen.result.report.summary()))
+    if tracker is not None:
+        parent = tracker.log(result, args.model)
+        print(f"logged {len(result.attempts)} rungs to MLflow at {tracker.uri}, under run {parent}")
     print(f"wrote {args.output}" + ("" if result.chosen is not None else " (the float model, unchanged)"))
     return 0
 
