@@ -102,6 +102,7 @@ class Attempt:
     compile_seconds: float = 0.0
     seconds: float = 0.0  # wall time of the whole attempt: compile, validation and benchmark
     meets: bool = False
+    metric: float | None = None  # the --metric function's value, when one judges
     verdict: str = ""
     result: CompileResult | None = None
 
@@ -128,7 +129,7 @@ class AutoResult:
             "time_budget_s": self.time_budget_s, "seconds": round(self.seconds, 2),
             "chosen": self.chosen.rung if self.chosen is not None else None,
             "attempts": [{key: getattr(a, key) for key in ("rung", "pipeline", "accuracy", "latency_ratio", "size_ratio",
-                                                          "compile_seconds", "seconds", "meets", "verdict")}
+                                                          "compile_seconds", "seconds", "meets", "metric", "verdict")}
                          for a in self.attempts],
             "report": self.chosen.result.report.to_dict() if self.chosen is not None else None,
         }
@@ -240,7 +241,7 @@ def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: R
     attempt.compile_seconds = report.compile_seconds
     attempt.latency_ratio = report.latency.ratio if report.latency is not None else None
     attempt.size_ratio = report.size_bytes["quantized"] / max(report.size_bytes["float"], 1)
-    attempt.meets, attempt.accuracy, shortfall = judge.judge(result)
+    attempt.meets, attempt.accuracy, shortfall, attempt.metric = judge.judge(result)
     share = _quantized_share(report)
     if attempt.meets and share < _MIN_INT8_WORK:
         attempt.meets, shortfall = False, (f"only {share:.0%} of the compute is quantized: the float model "
@@ -340,13 +341,13 @@ class _Judge:
                               f"{m.describe()} >= {100 * bound:g}%" for m in self.measures.values())
         return f"{self.tolerance:g}% ({', '.join(parts)})"
 
-    def judge(self, result: CompileResult) -> tuple[bool, str, str]:
-        """(meets, the accuracy figure per output, what fell short)."""
+    def judge(self, result: CompileResult) -> tuple[bool, str, str, float | None]:
+        """(meets, the accuracy figure per output, what fell short, the metric function's value if any)."""
         if self.metric is not None:
             value = self.metric(self._outputs(result.model))
             drop = self.float_metric - value
             figure = f"metric {value:.4g} (drop {drop:.3g})"
-            return drop <= self.tolerance, figure, f"metric drop {drop:.3g} > {self.tolerance:g}"
+            return drop <= self.tolerance, figure, f"metric drop {drop:.3g} > {self.tolerance:g}", value
         figures, short = [], []
         for m in result.report.outputs:
             if m.measure_value is None:
@@ -359,7 +360,7 @@ class _Judge:
                 short.append(f"{m.name}: {why}")
             if m.nonfinite:
                 short.append(f"{m.name}: {m.nonfinite} NaN/Inf values")
-        return not short, "; ".join(figures), "; ".join(short)
+        return not short, "; ".join(figures), "; ".join(short), None
 
     def _outputs(self, model: ir.Model) -> dict[str, np.ndarray | list[np.ndarray]]:
         return joined(outputs_over(ValueTap(model, model.graph.outputs), list(self.data)))

@@ -11,8 +11,9 @@
 3. Each attempt, in the order tried, is a run nested under it (tag mlflow.parentRunId):
    parameters rung, pipeline, tolerance; metrics `accuracy/OUTPUT` (the task measure's
    value, named by the parameter `measure/OUTPUT`) and `sqnr_db/OUTPUT` per output,
-   latency_ratio, size_ratio, size_bytes, compile_seconds, seconds, for the attempts
-   that compiled; tags `qc.status` (accepted: the one kept; rejected, skipped, failed)
+   `metric` (the --metric function's value, when one judges), latency_ratio,
+   size_ratio, size_bytes, compile_seconds, for the attempts that compiled, and
+   seconds for all; tags `qc.status` (accepted: the one kept; rejected, skipped, failed)
    and `qc.reason` (the verdict); artifact `compile_report.json`, and the chosen run
    also its model, `model.onnx`.
 4. Runs are logged after the walk, from the AutoResult: what MLflow holds is what the
@@ -86,6 +87,8 @@ class AutoTracker:
                             "compile_seconds": attempt.compile_seconds})
             if attempt.latency_ratio is not None:
                 metrics["latency_ratio"] = attempt.latency_ratio
+            if attempt.metric is not None:
+                metrics["metric"] = attempt.metric
         metrics["seconds"] = attempt.seconds
         run = self._run(attempt.rung, {_PARENT: parent}, params, metrics,
                         {"qc.status": status(attempt, result), "qc.reason": attempt.verdict})

@@ -105,3 +105,28 @@ def test_mlflow_without_auto_and_an_unknown_store_are_one_line_each(tmp_path, ca
     assert main([*common, "--auto", "--mlflow", "bogus://store"]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("qc: error: --mlflow bogus://store: ") and "unsupported URI 'bogus://store'" in line
+
+
+def test_a_metric_function_is_logged_per_rung_as_its_value(logged, tmp_path):
+    uri, _, _ = logged
+    with np.load(MLP / "outputs.npz") as outputs:
+        np.save(tmp_path / "float_top1.npy", outputs[next(iter(outputs))].argmax(1))
+    metric = tmp_path / "agreement.py"
+    metric.write_text("import numpy as np\n"
+                      f"TOP1 = np.load({str(tmp_path / 'float_top1.npy')!r})\n"
+                      "def top1(outputs):\n"
+                      "    (scores,) = outputs.values()\n"
+                      "    return float(np.mean(scores.argmax(1) == TOP1))\n")
+    walk = auto(MLP / "model.onnx", MLP / "calib.npz", eval=MLP / "inputs.npz", tolerance=0.05,
+                metric=f"{metric}:top1")
+    parent = AutoTracker(uri, experiment="metric").log(walk, "mlp")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("metric")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get(PARENT) == parent}
+    with np.load(MLP / "inputs.npz") as inputs:
+        feeds = dict(inputs)
+    for attempt in walk.attempts:
+        (scores,) = run_onnx(ir.to_onnx(attempt.result.model), feeds)
+        agreement = float(np.mean(scores.argmax(1) == np.load(tmp_path / "float_top1.npy")))
+        assert runs[attempt.rung].data.metrics["metric"] == pytest.approx(agreement, abs=1e-12), attempt.rung

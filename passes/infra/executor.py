@@ -1,7 +1,7 @@
 """Executors: where the independent pieces of a pass's work run (sensitivity variants, calibration shards).
 
 1. `map(fn, items)` is `[fn(item) for item in items]`, in order, each item in a worker of
-   its own; `fn` is a module-level function and the items pickle (a model travels as text).
+   its own; `fn` is a module-level function of an installed module and the items pickle.
 2. `LocalProcesses`, the default, runs the items in a pool of processes on this machine,
    one per item, started with `spawn`: a worker inherits no state of the caller (ONNX
    Runtime sessions, threads), so what it computes depends on its item alone.
@@ -32,6 +32,8 @@ _RAY_LOGGERS = ("ray", "ray.client_builder", "ray._private.worker")  # ray.init 
 
 
 class Executor(Protocol):
+    """Rule 1; `name` is how `--executor` spells it."""
+
     name: str
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
