@@ -9,7 +9,10 @@
    (`ray://host:port` through Ray Client, or `host:port` of a head node); without one it
    uses the Ray session this process already holds, else the cluster `RAY_ADDRESS` names,
    else starts one on this machine. It connects on the first `map`, so a compile that
-   spreads nothing starts nothing. The cluster's workers must import qcompiler.
+   spreads nothing starts nothing. The cluster's workers must import qcompiler, and
+   read what an item names: sensitivity variants carry their feeds, but a calibration
+   shard of a file or folder source names its path, which other machines see only on a
+   shared file system.
 4. ray is imported only by `RayTasks`; without it, or with an address that answers no
    Ray head, the error is one line that says so.
 5. `executor_named` reads the `--executor` text: `local`, `ray` or `ray://ADDRESS`.
