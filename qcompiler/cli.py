@@ -159,7 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--require", action="store_true",
                           help="with --auto: exit 1 when no rung meets the tolerance (default: keep the float "
                           "model and exit 0)")
-    _add_executor_option(compile_, "work passes split: calibrate{jobs=N} shards, assign-precision{jobs=N} variants")
+    _add_executor_option(compile_, "the shares of work that passes split (calibrate{jobs=N}, assign-precision{jobs=N})")
     _add_plugin_option(compile_)
     compile_.set_defaults(run=_compile)
 

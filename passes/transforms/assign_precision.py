@@ -74,7 +74,8 @@ class AssignPrecision(Pass):
     class Options:
         """min_sqnr_db: lowest output SQNR allowed; or metric (FILE.py:function) with max_drop.
         levels: what units may be promoted to; samples: evaluation rows used; jobs: shares
-        of the sensitivity runs, each run by the context's executor; progress: auto (on a terminal), on or off."""
+        of the sensitivity runs, each run by the context's executor; progress: auto (on a
+        terminal), on or off."""
 
         min_sqnr_db: float | None = None
         metric: str = ""

@@ -61,8 +61,9 @@ class Calibrate(Pass):
     @dataclass
     class Options:
         """memory_budget_mb: activations held per batch before values are split into groups;
-        jobs: shards run by the context's executor (the data must support sharding); cache: a file to reuse
-        results from; progress: a progress line (auto = on a terminal only)."""
+        jobs: shards run by the context's executor (the data must support sharding);
+        cache: a file to reuse results from; progress: a progress line (auto = on a
+        terminal only)."""
 
         memory_budget_mb: int = 1024
         jobs: int = 1
