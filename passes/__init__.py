@@ -26,6 +26,7 @@ from .transforms import smooth_quant as _smooth_quant  # noqa: F401  (registers 
 from .transforms import weight_only as _weight_only  # noqa: F401  (registers the pass)
 from .infra.base import Pass, PassCrash, PassError, PipelineError, get_pass, register_pass, registered_passes
 from .infra.context import PassContext
+from .infra.executor import Executor, LocalProcesses, RayTasks, executor_named
 from .infra.overrides import Overrides
 from .infra.instruments import CrashReproducer, DumpDir, Instrument, PrintIR, Timing, Verifier
 from .infra.manager import PassManager, PassResult
@@ -50,8 +51,8 @@ register_pipeline("mixed", f"{_HEAD},insert-observers,calibrate,assign-precision
                            "quantize-embeddings,cleanup")
 
 __all__ = [
-    "CrashReproducer", "DumpDir", "Instrument", "Overrides", "Pass", "PassContext", "PassCrash", "PassError", "PassManager",
-    "PassResult", "PipelineError", "PluginError", "PrintIR", "Timing", "Verifier", "get_pass",
+    "CrashReproducer", "DumpDir", "Executor", "Instrument", "LocalProcesses", "Overrides", "Pass", "PassContext", "PassCrash", "PassError", "PassManager",
+    "PassResult", "PipelineError", "PluginError", "PrintIR", "RayTasks", "Timing", "Verifier", "executor_named", "get_pass",
     "load_entry_point_plugins", "load_plugin_file", "parse_pipeline", "register_pass",
     "register_pipeline", "registered_passes", "registered_pipelines", "Target",
 ]

@@ -5,9 +5,11 @@
 2. The effective pipeline splits at its first place-qdq: the passes before it (without
    assign-precision, which would decide on its own) calibrate the model; place-qdq and
    what follows emit every variant (passes/analyses/sensitivity.py).
-3. Evaluation data is the held-out data, else the calibration data (flagged in the
+3. `jobs` > 1 splits the variants into that many shares, run where `executor` says
+   (as compile's: local processes by default, or Ray tasks).
+4. Evaluation data is the held-out data, else the calibration data (flagged in the
    notes); `samples` bounds the rows used.
-4. With `cache`, the table is stored in that JSON file keyed by a hash of the
+5. With `cache`, the table is stored in that JSON file keyed by a hash of the
    calibrated model, the emission pipeline, the feeds and the target; a later run
    with the same key reads it instead of measuring.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompiler import ir, passes
-from qcompiler.compiler import prepare
+from qcompiler.compiler import as_executor, prepare
 from qcompiler.ir.evaluate import first_rows, rows_of
 from qcompiler.ir.fileio import atomic_output
 from qcompiler.passes.infra.pipeline import PassStep
@@ -36,7 +38,8 @@ _CACHE_VERSION = 1
 
 def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | str | Path | dict | None = None,
                 pipeline: str | None = None, target: str | passes.Target | None = None, samples: int = 256, jobs: int = 1,
-                cache: str | Path | None = None, progress: bool | None = None) -> SensitivityTable:
+                cache: str | Path | None = None, progress: bool | None = None,
+                executor: str | passes.Executor | None = None) -> SensitivityTable:
     """The sensitivity table of `model` (passes/analyses/sensitivity.py rule 5), most sensitive unit first in `.ranked()`."""
     start = time.perf_counter()
     job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval)
@@ -48,7 +51,7 @@ def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | st
     key = _cache_key(evaluator, found) if cache is not None else None
     table = _load(Path(cache), key, found) if key else None
     if table is None:
-        table = measure(evaluator, found, jobs=jobs,
+        table = measure(evaluator, found, jobs=jobs, executor=as_executor(executor),
                         progress=Progress("sensitivity", 1 + 2 * len(found), "variants", enabled=progress))
         if key:
             _save(Path(cache), key, table)

@@ -26,7 +26,9 @@
 3. Every rung is a full `compile()`: its accuracy comes from the validation on the
    evaluation data, its speed from the latency ratio quantized / float that compile
    measured interleaved with the float model (a ratio, so machine noise between rungs
-   cancels), its size from the written bytes. Among the rungs that meet the tolerance
+   cancels), its size from the written bytes. Rungs run one after another, never side by
+   side on an executor: each measures latency, which rungs sharing the cores would skew;
+   `executor` is where each rung's passes run the work they split. Among the rungs that meet the tolerance
    the lowest latency ratio wins; within 5% of it the smaller model. A winner slower
    than float is kept for its size, with that said in its verdict.
 4. When nothing meets the tolerance the float model is kept, said so, with the best rung
@@ -57,9 +59,9 @@ from typing import Any
 
 import numpy as np
 
-from qcompiler import ir
+from qcompiler import ir, passes
 from qcompiler.acceptance import floor, holds, measures
-from qcompiler.compiler import CompileResult, compile, load_for_compile
+from qcompiler.compiler import CompileResult, as_executor, compile, load_for_compile
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
 from qcompiler.passes.analyses.cost import COMPUTE_OPS
@@ -105,6 +107,7 @@ class Attempt:
     compile_seconds: float = 0.0
     seconds: float = 0.0  # wall time of the whole attempt: compile, validation and benchmark
     meets: bool = False
+    metric: float | None = None  # the --metric function's value, when one judges
     verdict: str = ""
     result: CompileResult | None = None
 
@@ -131,7 +134,7 @@ class AutoResult:
             "time_budget_s": self.time_budget_s, "seconds": round(self.seconds, 2),
             "chosen": self.chosen.rung if self.chosen is not None else None,
             "attempts": [{key: getattr(a, key) for key in ("rung", "pipeline", "accuracy", "latency_ratio", "size_ratio",
-                                                          "compile_seconds", "seconds", "meets", "verdict")}
+                                                          "compile_seconds", "seconds", "meets", "metric", "verdict")}
                          for a in self.attempts],
             "report": self.chosen.result.report.to_dict() if self.chosen is not None else None,
         }
@@ -175,14 +178,16 @@ def ladder(model: ir.Model) -> list[Rung]:
 def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: str | Callable | None = None,
          recipe: Recipe | None = None, require: bool = False, example_inputs: Any = None,
          dynamic_shapes: Any = None, log: Callable[[str], None] | None = None,
-         time_budget_s: float = DEFAULT_TIME_BUDGET_S) -> AutoResult:
-    """Rules 1-5 of the module: try each rung on `model`, keep the fastest within `tolerance`."""
+         time_budget_s: float = DEFAULT_TIME_BUDGET_S, executor: str | passes.Executor | None = None) -> AutoResult:
+    """Rules 1-5 of the module: try each rung on `model`, keep the fastest within `tolerance`; `executor`
+    is compile()'s, where the passes of each rung run split work."""
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0, not {tolerance}")
     if not time_budget_s > 0:
         raise ValueError(f"the time budget must be > 0 seconds, not {time_budget_s}")
     start = time.perf_counter()
     say = log or (lambda message: None)
+    executor = as_executor(executor)  # a missing ray is one error, not a failure in every rung
     float_model = load_for_compile(model, example_inputs, dynamic_shapes)
     judge = _Judge(float_model, eval if eval is not None else calib, tolerance, metric)
     compute_ops = sum(1 for node in float_model.graph.nodes if not node.domain and node.op_type in COMPUTE_OPS)
@@ -199,7 +204,7 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
         else:
             guess = "" if estimate is None else f", about {duration_text(estimate)}"
             say(f"auto: trying {rung.name} ({duration_text(max(left, 0))} of the time budget left{guess})")
-            attempt = _attempt(rung, float_model, calib, eval, recipe, judge, observations)
+            attempt = _attempt(rung, float_model, calib, eval, recipe, judge, observations, executor)
         attempts.append(attempt)
         return attempt
 
@@ -228,7 +233,7 @@ def shared_observations(rungs: list[Rung]) -> Observations:
 
 
 def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: Recipe | None,
-             judge: _Judge, observations: Observations) -> Attempt:
+             judge: _Judge, observations: Observations, executor: str | passes.Executor | None) -> Attempt:
     attempt = Attempt(rung.name, rung.pipeline)
     if rung.needs_calibration and calib is None:
         attempt.verdict = "skipped: needs calibration data"
@@ -237,7 +242,8 @@ def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: R
     try:
         result = compile(ir.clone_model(float_model), calib if rung.needs_calibration else None,
                          recipe=_with_passes(recipe, rung.passes), pipeline=rung.pipeline,
-                         eval=eval if eval is not None else calib, observations=observations)
+                         eval=eval if eval is not None else calib, observations=observations,
+                         executor=executor)
     except Exception as err:  # a rung that cannot compile this model is a finding, not the end of the walk
         attempt.seconds = time.perf_counter() - start
         if isinstance(err.__cause__, BudgetUnreachable):
@@ -251,7 +257,7 @@ def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: R
     attempt.compile_seconds = report.compile_seconds
     attempt.latency_ratio = report.latency.ratio if report.latency is not None else None
     attempt.size_ratio = report.size_bytes["quantized"] / max(report.size_bytes["float"], 1)
-    attempt.meets, attempt.accuracy, shortfall = judge.judge(result)
+    attempt.meets, attempt.accuracy, shortfall, attempt.metric = judge.judge(result)
     share = _quantized_share(report)
     if attempt.meets and share < _MIN_INT8_WORK:
         attempt.meets, shortfall = False, (f"only {share:.0%} of the compute is quantized: the float model "
@@ -351,13 +357,13 @@ class _Judge:
                               f"{m.describe()} >= {100 * bound:g}%" for m in self.measures.values())
         return f"{self.tolerance:g}% ({', '.join(parts)})"
 
-    def judge(self, result: CompileResult) -> tuple[bool, str, str]:
-        """(meets, the accuracy figure per output, what fell short)."""
+    def judge(self, result: CompileResult) -> tuple[bool, str, str, float | None]:
+        """(meets, the accuracy figure per output, what fell short, the metric function's value if any)."""
         if self.metric is not None:
             value = self.metric(self._outputs(result.model))
             drop = self.float_metric - value
             figure = f"metric {value:.4g} (drop {drop:.3g})"
-            return drop <= self.tolerance, figure, f"metric drop {drop:.3g} > {self.tolerance:g}"
+            return drop <= self.tolerance, figure, f"metric drop {drop:.3g} > {self.tolerance:g}", value
         figures, short = [], []
         for m in result.report.outputs:
             if m.measure_value is None:
@@ -370,7 +376,7 @@ class _Judge:
                 short.append(f"{m.name}: {why}")
             if m.nonfinite:
                 short.append(f"{m.name}: {m.nonfinite} NaN/Inf values")
-        return not short, "; ".join(figures), "; ".join(short)
+        return not short, "; ".join(figures), "; ".join(short), None
 
     def _outputs(self, model: ir.Model) -> dict[str, np.ndarray | list[np.ndarray]]:
         return joined(outputs_over(ValueTap(model, model.graph.outputs), list(self.data)))

@@ -30,6 +30,7 @@ from qcompiler.ir.naming import unique_names
 from qcompiler.modelio import check_writable, read_model, write_dump, write_text
 from qcompiler.passes.infra.target import TARGET_NAMES
 from qcompiler.recipe import DEFAULT_PIPELINE, Recipe, overrides_toml
+from qcompiler.tracking import AutoTracker
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,9 +153,13 @@ def _build_parser() -> argparse.ArgumentParser:
                           "estimated not to fit are skipped and the best so far is kept")
     compile_.add_argument("--metric", metavar="FILE.py:fn",
                           help="with --auto: a function of the outputs over the evaluation rows, higher is better")
+    compile_.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                          help="with --auto: log each rung as an MLflow run under one run for the walk, to the "
+                          "tracking store URI (default: sqlite:///mlflow.db here; needs qcompiler[mlflow])")
     compile_.add_argument("--require", action="store_true",
                           help="with --auto: exit 1 when no rung meets the tolerance (default: keep the float "
                           "model and exit 0)")
+    _add_executor_option(compile_, "the shares of work that passes split (calibrate{jobs=N}, assign-precision{jobs=N})")
     _add_plugin_option(compile_)
     compile_.set_defaults(run=_compile)
 
@@ -171,7 +176,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--pipeline", help=f"the compile pipeline (default: the recipe's, else {DEFAULT_PIPELINE!r})")
     _add_target_options(sensitivity)
     sensitivity.add_argument("--samples", type=int, default=256, metavar="N", help="evaluation rows used (default 256)")
-    sensitivity.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    sensitivity.add_argument("--jobs", type=int, default=1, metavar="N",
+                             help="shares of the variants, run in parallel by --executor (default 1)")
+    _add_executor_option(sensitivity, "the --jobs shares")
     sensitivity.add_argument("--cache", metavar="FILE.json", help="reuse the table stored here when nothing changed")
     sensitivity.add_argument("--top", type=int, default=0, metavar="N", help="rows to print (default: all)")
     sensitivity.add_argument("--json", metavar="OUT.json", help="write the table as JSON")
@@ -296,6 +303,12 @@ def _load_plugins(args: argparse.Namespace) -> None:
         passes.load_plugin_file(path)
 
 
+def _add_executor_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--executor", metavar="local|ray|ray://ADDRESS", default="local",
+                        help=f"where {what} run: local processes (default), Ray tasks on the cluster RAY_ADDRESS "
+                        "names or a new local one (ray), or on the cluster at ADDRESS (needs qcompiler[ray])")
+
+
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=TARGET_NAMES,
                         help="the runtime to quantize for (default: the recipe's, else ort-cpu)")
@@ -342,6 +355,9 @@ def _compile(args: argparse.Namespace) -> int:
             check_writable(path)
     if args.auto:
         return _compile_auto(args)
+    if args.mlflow is not None:
+        print("qc: error: --mlflow logs the rungs of --auto: add --auto or drop --mlflow", file=sys.stderr)
+        return 2
     if args.mode and args.pipeline:
         print(f"qc: error: give --mode or --pipeline, not both (--mode {args.mode} is the pipeline "
               f"{MODES[args.mode]!r})", file=sys.stderr)
@@ -353,7 +369,7 @@ def _compile(args: argparse.Namespace) -> int:
         pipeline = pipeline or "mixed"
     result = compile_model(args.model, args.calib, recipe=recipe, pipeline=pipeline, target=_target(args, recipe),
                            eval=args.eval, dump_dir=args.dump_dir, on_quantized=args.on_quantized, mode=args.mode,
-                           reference=args.reference, log=_log, crash_dir=args.crash_dir)
+                           reference=args.reference, log=_log, crash_dir=args.crash_dir, executor=args.executor)
     result.save(args.output)
     if args.report:
         write_text(args.report, result.report.to_json())
@@ -380,9 +396,10 @@ def _compile_auto(args: argparse.Namespace) -> int:
         print(f"qc: error: --time-budget: {err}", file=sys.stderr)
         return 2
     recipe = Recipe.load(args.recipe) if args.recipe else None
+    tracker = AutoTracker(args.mlflow or None) if args.mlflow is not None else None
     try:
         result = auto(args.model, args.calib, tolerance=args.tolerance, eval=args.eval, metric=args.metric,
-                      recipe=recipe, require=args.require, log=_log, time_budget_s=budget)
+                      recipe=recipe, require=args.require, log=_log, time_budget_s=budget, executor=args.executor)
     except AutoError as err:
         print(f"qc: error: {err}", file=sys.stderr)
         return 1
@@ -392,6 +409,9 @@ def _compile_auto(args: argparse.Namespace) -> int:
     print("\n".join(result.summary()))
     if result.chosen is not None:
         print("\n".join(result.chosen.result.report.summary()))
+    if tracker is not None:
+        parent = tracker.log(result, args.model)
+        print(f"logged {len(result.attempts)} rungs to MLflow at {tracker.uri}, under run {parent}")
     print(f"wrote {args.output}" + ("" if result.chosen is not None else " (the float model, unchanged)"))
     return 0
 
@@ -419,7 +439,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
         _require_matplotlib()
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
     table = sensitivity_table(args.model, args.calib, eval=args.eval, recipe=recipe, pipeline=args.pipeline,
-                              target=_target(args, recipe), samples=args.samples, jobs=args.jobs, cache=args.cache)
+                              target=_target(args, recipe), samples=args.samples, jobs=args.jobs, cache=args.cache,
+                              executor=args.executor)
     lines = table.lines()
     print("\n".join(lines[:2 + args.top] if args.top else lines))
     for note in table.notes:

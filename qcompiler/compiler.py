@@ -15,7 +15,9 @@
    target (a name, or a `passes.Target` for another machine's CPU flags) and the
    recipe's overrides go on the pass context; the recipe's pass options fill the
    pipeline's steps (`Recipe.steps`). `qc opt --pipeline P --recipe R --target T` runs
-   exactly this.
+   exactly this. `executor` ("local", the default, "ray", "ray://ADDRESS" or a
+   `passes.Executor`) goes on the context too: where passes run the work they were
+   asked to split (`calibrate{jobs=N}`, `assign-precision{jobs=N}`).
 3. Every step is a pass of the pipeline: the named pipelines start with legalize-opset
    (models below opset 13 converted, checked on the first data feed),
    freeze-weight-inputs (initializers listed as graph inputs become constants) and
@@ -106,7 +108,8 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
             dump_dir: str | Path | None = None, on_quantized: str = "error",
             example_inputs: Any = None, dynamic_shapes: Any = None, mode: str | None = None,
             reference: Any = None, log: Callable[[str], None] | None = None,
-            crash_dir: str | Path | None = None, observations: Observations | None = None) -> CompileResult:
+            crash_dir: str | Path | None = None, executor: str | passes.Executor | None = None,
+            observations: Observations | None = None) -> CompileResult:
     """Quantize `model` with calibration data `calib`; see the module docstring for each argument's role."""
     say = log or (lambda message: None)
     pipeline = _mode_pipeline(mode, pipeline)
@@ -121,8 +124,7 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
         instruments.append(passes.DumpDir(Path(dump_dir)))
     if crash_dir is not None:
         instruments.append(passes.CrashReproducer(Path(crash_dir)))
-    context = job.context(instruments)
-    context.observations = observations
+    context = job.context(instruments, executor, observations)
     say(f"running {report.pipeline}")
     result = passes.PassManager(job.steps).run(model, context)
     report.settings.update(context.report.get("settings", {}))
@@ -163,10 +165,12 @@ class Job:
         """What validation runs on: the held-out data, else the calibration data."""
         return self.held_out if self.held_out is not None else self.calibration
 
-    def context(self, instruments: list[passes.Instrument]) -> passes.PassContext:
+    def context(self, instruments: list[passes.Instrument], executor: str | passes.Executor | None = None,
+                observations: Observations | None = None) -> passes.PassContext:
         return passes.PassContext(target=self.target, overrides=self.recipe.overrides,
                                   calibration_data=self.calibration, evaluation_data=self.held_out,
-                                  instruments=instruments)
+                                  instruments=instruments, executor=as_executor(executor),
+                                  observations=observations)
 
 
 def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict | None = None,
@@ -202,6 +206,11 @@ def prepare(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
 def as_target(target: str | passes.Target | None) -> passes.Target:
     """A target name (ort-cpu by default) as the Target for this machine; a Target as it is."""
     return target if isinstance(target, passes.Target) else passes.Target.named(target or "ort-cpu")
+
+
+def as_executor(executor: str | passes.Executor | None) -> passes.Executor:
+    """An executor's text ("local", "ray", "ray://ADDRESS"; local processes by default) as the Executor; one as it is."""
+    return passes.executor_named(executor or "local") if executor is None or isinstance(executor, str) else executor
 
 
 def _recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:

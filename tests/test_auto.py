@@ -68,6 +68,7 @@ def test_a_metric_function_judges_by_its_own_units(tmp_path):
     accuracy = float(np.mean(logits.argmax(1) == np.load(DIGITS / "labels.npz")["labels"]))
     assert accuracy >= 0.97 - 0.01
     assert result.chosen.accuracy.startswith(f"metric {accuracy:.4g}")
+    assert result.chosen.metric == pytest.approx(accuracy, abs=1e-12)
 
 
 def test_cli_auto_exit_codes_and_report(tmp_path):

@@ -19,14 +19,14 @@
 5. Per unit: `alone` is the figure with only it quantized (every other unit fp32);
    `without` is all int8 but it at fp32; `gain` = without - all-int8 (dB), what keeping
    it float buys back. `sensitivity()` measures both for every unit.
-6. `jobs` > 1 spreads variants over worker processes (spawn start method); each gets the
-   calibrated model, the feeds and the reference once.
+6. `jobs` > 1 splits the variants into `jobs` shares run by an executor (infra/executor.py:
+   local processes by default, or Ray tasks); each share gets the calibrated model, the
+   feeds and the reference once.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +38,7 @@ from qcompiler.ir.evaluate import ErrorSums, ValueTap, joined, outputs_over
 
 from ..infra.base import PassError
 from ..infra.context import PassContext
+from ..infra.executor import Executor, LocalProcesses
 from .cost import COMPUTE_OPS, emitted_cost, work
 from ..infra.manager import PassManager
 from ..infra.progress import Progress
@@ -163,12 +164,12 @@ class Evaluator:
                       emitted_cost(variant, self.target))
 
 
-def sensitivity(evaluator: Evaluator, all_units: Sequence[Unit], *, jobs: int = 1,
+def sensitivity(evaluator: Evaluator, all_units: Sequence[Unit], *, jobs: int = 1, executor: Executor | None = None,
                 progress: Progress | None = None) -> SensitivityTable:
     """Rule 5 for every unit: 2 variants each, plus the all-int8 one."""
     start = time.perf_counter()
     variants = [({}, None)] + [v for unit in all_units for v in ((_only(unit, all_units), unit), ({unit: "fp32"}, None))]
-    figures = measure_all(evaluator, variants, jobs=jobs, progress=progress)
+    figures = measure_all(evaluator, variants, jobs=jobs, executor=executor, progress=progress)
     all_int8 = figures[0]
     rows = [UnitSensitivity(unit, figures[1 + 2 * i], figures[2 + 2 * i],
                             _gain(figures[2 + 2 * i], all_int8)) for i, unit in enumerate(all_units)]
@@ -176,9 +177,9 @@ def sensitivity(evaluator: Evaluator, all_units: Sequence[Unit], *, jobs: int = 
 
 
 def measure_all(evaluator: Evaluator, variants: list[tuple[dict[Unit, str], Unit | None]], *, jobs: int = 1,
-                progress: Progress | None = None) -> list[Figure]:
-    """The figure of each (levels, forced unit) variant, in order; in `jobs` worker processes when
-    more than one (rule 6)."""
+                executor: Executor | None = None, progress: Progress | None = None) -> list[Figure]:
+    """The figure of each (levels, forced unit) variant, in order; in `jobs` shares on `executor`
+    (local processes when None) when more than one (rule 6)."""
     try:
         if jobs <= 1 or len(variants) < 2:
             figures = []
@@ -188,8 +189,7 @@ def measure_all(evaluator: Evaluator, variants: list[tuple[dict[Unit, str], Unit
                     progress.advance()
             return figures
         shares = [variants[i::jobs] for i in range(jobs)]
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            results = pool.map(_measure_in_worker, [(evaluator, share) for share in shares])
+        results = (executor or LocalProcesses()).map(_measure_in_worker, [(evaluator, share) for share in shares])
         evaluator.runs += len(variants)
         if progress is not None:
             progress.advance(len(variants))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .executor import Executor, LocalProcesses
 from .overrides import Overrides
 from .target import Target
 
@@ -30,6 +31,7 @@ class PassContext:
     later compiles of the same model (analyses/observers.py); None measures afresh. The pass manager sets `following` to the pipeline text of the steps
     after the running pass (a pass that tries variants of the model emits them with
     exactly those passes) and drops the cached analyses whenever a pass reports a change.
+    `executor` is where a pass spreads independent work it was asked to split (`jobs > 1`).
     """
 
     target: Target = field(default_factory=lambda: Target.named("ort-cpu"))
@@ -41,6 +43,7 @@ class PassContext:
     instruments: list[Instrument] = field(default_factory=list)
     following: str = ""
     analyses: dict[str, Any] = field(default_factory=dict)
+    executor: Executor = field(default_factory=LocalProcesses)
 
     def analysis(self, name: str, compute: Callable[[], Any]) -> Any:
         """`compute()` once until the model changes: a result several passes read (plans) is worked out once."""

@@ -48,6 +48,7 @@ from qcompiler import ir
 from qcompiler.ir.evaluate import first_rows, rows_of
 
 from ..infra.base import Pass, PassError, register_pass
+from ..infra.executor import Executor
 from ..infra.pipeline import parse_pipeline
 from ..infra.plugins import load_function
 from ..infra.progress import SWITCH, Progress
@@ -72,8 +73,9 @@ class AssignPrecision(Pass):
     @dataclass
     class Options:
         """min_sqnr_db: lowest output SQNR allowed; or metric (FILE.py:function) with max_drop.
-        levels: what units may be promoted to; samples: evaluation rows used; jobs: worker
-        processes for the sensitivity runs; progress: auto (on a terminal), on or off."""
+        levels: what units may be promoted to; samples: evaluation rows used; jobs: shares
+        of the sensitivity runs, each run by the context's executor; progress: auto (on a
+        terminal), on or off."""
 
         min_sqnr_db: float | None = None
         metric: str = ""
@@ -117,7 +119,7 @@ class AssignPrecision(Pass):
         levels = self._levels(ctx.target, parse_pipeline(ctx.following).pass_names())
         if not levels:
             raise PassError(f"assign-precision: target {ctx.target} takes none of levels={','.join(self.options.levels)}")
-        search = _Search(evaluator, budget, free, levels, SWITCH[self.options.progress], self.options.jobs)
+        search = _Search(evaluator, budget, free, levels, SWITCH[self.options.progress], self.options.jobs, ctx.executor)
         chosen = search.run()
         for unit, level in chosen.items():
             for position in unit.positions:
@@ -169,8 +171,9 @@ class _Search:
     """Rules 3-7 over the free units; every step a measured variant."""
 
     def __init__(self, evaluator: Evaluator, budget: _Budget, free: list[Unit], levels: list[str],
-                 progress: bool | None, jobs: int) -> None:
-        self.evaluator, self.budget, self.free, self.progress, self.jobs = evaluator, budget, free, progress, jobs
+                 progress: bool | None, jobs: int, executor: Executor) -> None:
+        self.evaluator, self.budget, self.free, self.progress = evaluator, budget, free, progress
+        self.jobs, self.executor = jobs, executor
         self.levels, self.top = levels, levels[-1]  # promotion goes to the widest allowed level
         self.all_int8 = self.final = evaluator.measure({})
         self.gains: dict[Unit, float] = {}
@@ -185,7 +188,7 @@ class _Search:
     def _ranked(self) -> list[Unit]:
         progress = Progress("sensitivity", len(self.free), "variants", enabled=self.progress)
         figures = measure_all(self.evaluator, [({unit: self.top}, None) for unit in self.free], jobs=self.jobs,
-                              progress=progress)
+                              executor=self.executor, progress=progress)
         base = self.budget.score(self.all_int8)
         self.gains = {unit: self.budget.score(f) - base for unit, f in zip(self.free, figures)}
         return sorted(self.free, key=lambda u: (-self.gains[u], u.work))

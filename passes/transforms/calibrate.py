@@ -7,7 +7,8 @@
 3. When tapping every value at once would hold more than `memory_budget_mb` of
    activations per batch, the values are split into groups and the data is read once
    per group.
-4. With `jobs > 1` the data is sharded over worker processes whose observers merge;
+4. With `jobs > 1` the data is sharded over the context's executor (local processes by
+   default, or Ray tasks: infra/executor.py), and the shards' observers merge;
    min-max results equal the single-process ones, histogram observers match within
    their stated tolerance.
 5. Each observed value gets `observed_range` (printed as `range=[lo, hi]`) and keeps its
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import multiprocessing
 import operator
 import pickle
 import time
@@ -41,6 +41,7 @@ from qcompiler.ir.fileio import atomic_output
 
 from ..infra.base import Pass, PassError, PipelineError, register_pass
 from ..analyses.observers import Observations, Observer, marked_spec, observe
+from ..infra.executor import Executor
 from ..infra.progress import SWITCH, Progress
 from ..analyses.rules import quantized_values
 
@@ -59,8 +60,9 @@ class Calibrate(Pass):
     @dataclass
     class Options:
         """memory_budget_mb: activations held per batch before values are split into groups;
-        jobs: worker processes (the data must support sharding); cache: a file to reuse
-        results from; progress: a progress line (auto = on a terminal only)."""
+        jobs: shards run by the context's executor (the data must support sharding);
+        cache: a file to reuse results from; progress: a progress line (auto = on a
+        terminal only)."""
 
         memory_budget_mb: int = 1024
         jobs: int = 1
@@ -82,7 +84,7 @@ class Calibrate(Pass):
         key = _cache_key(model, ctx.calibration_data, specs) if self.options.cache else None
         observers = _load_cache(Path(self.options.cache), key) if key else None
         if observers is None:
-            observers = self._observe(model, values, specs, ctx.calibration_data, ctx.observations)
+            observers = self._observe(model, values, specs, ctx.calibration_data, ctx.observations, ctx.executor)
             if key:
                 _save_cache(Path(self.options.cache), key, observers)
         else:
@@ -104,7 +106,7 @@ class Calibrate(Pass):
         return True
 
     def _observe(self, model: ir.Model, values: list[ir.Value], specs: list[tuple], data,
-                 observations: Observations | None) -> list[Observer]:
+                 observations: Observations | None, executor: Executor) -> list[Observer]:
         groups = tap_groups(model, values, data, self.options.memory_budget_mb << 20)
         self.stats["groups"] += len(groups)
         observers: list[Observer | None] = [None] * len(values)
@@ -117,21 +119,20 @@ class Calibrate(Pass):
                 if measured is not None and observations.passes == measured:
                     self.stats["reused"] += 1
             else:
-                found, samples = self._observe_parallel(model, tapped, group_specs, data)
+                found, samples = self._observe_parallel(model, tapped, group_specs, data, executor)
             for i, observer in zip(group, found):
                 observers[i] = observer
             self.stats["samples"] = samples
         return observers
 
-    def _observe_parallel(self, model, tapped, specs, data) -> tuple[list[Observer], int]:
+    def _observe_parallel(self, model, tapped, specs, data, executor: Executor) -> tuple[list[Observer], int]:
         if not hasattr(data, "shard"):
             raise PassError(f"calibrate{{jobs={self.options.jobs}}}: this calibration data cannot be sharded "
                             "(use a file or folder source, or jobs=1)")
         jobs = self.options.jobs
         positions = {v: i for i, v in enumerate(main_values(model))}  # the model travels as text: values by place
         work = [(model, [positions[v] for v in tapped], specs, data.shard(i, jobs)) for i in range(jobs)]
-        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-            results = pool.map(_observe_shard_in_worker, work)
+        results = executor.map(_observe_shard_in_worker, work)
         seen = [(observers, samples) for observers, samples in results if samples]  # shards may be empty
         if not seen:
             raise PassError("the calibration data holds no samples")
