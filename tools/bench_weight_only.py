@@ -63,8 +63,8 @@ VARIANTS = {  # matmulnbits runs at accuracy_level=4 unless the label says acc0
 MODELS = ("matmul", "gemm", "gemm-t")
 
 
-def build(kind: str, layers: int, dim: int, seed: int = 0) -> onnx.ModelProto:
-    """`layers` of x @ W + b -> Relu (no Relu after the last), opset 21."""
+def build(kind: str, layers: int, dim: int, seed: int = 0, batch: int | str = 1) -> onnx.ModelProto:
+    """`layers` of x @ W + b -> Relu (no Relu after the last), opset 21; `batch` rows per feed."""
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "x"
     for i in range(layers):
@@ -79,10 +79,20 @@ def build(kind: str, layers: int, dim: int, seed: int = 0) -> onnx.ModelProto:
                       helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
         nodes.append(helper.make_node("Relu" if i < layers - 1 else "Identity", [f"a{i}"], [y]))
         x = y
-    shape = [1, 1, dim] if kind == "matmul" else [1, dim]
+    shape = [batch, 1, dim] if kind == "matmul" else [batch, dim]
     graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def correlated_inputs(rows: int, dim: int, seed: int) -> np.ndarray:
+    """Rows [rows, 1, dim] whose channels move together, as a transformer's hidden states do:
+    z @ (0.3 I + G / sqrt(dim)) for gaussian z and one fixed gaussian G, with three outlier
+    channels 20x larger than the rest. Inputs like these are where GPTQ and AWQ beat round to nearest."""
+    mixing = 0.3 * np.eye(dim) + np.random.default_rng(1234).standard_normal((dim, dim)) / np.sqrt(dim)
+    x = np.random.default_rng(seed).standard_normal((rows, dim)) @ mixing
+    x[:, [3, dim // 3, 2 * dim // 3]] *= 20.0
+    return x.astype(np.float32)[:, None, :]
 
 
 def compile_variant(proto: onnx.ModelProto, options: str) -> ir.Model:
