@@ -110,11 +110,10 @@ class _Target(NamedTuple):
         data = self.node.inputs[self.input].const
         return data if self.axis == 0 else data.T
 
-    def input_rows(self, array: np.ndarray) -> np.ndarray:
-        """The op's input A as rows [m, K] (Gemm with transA reads A [K, m])."""
-        if self.node.op_type == "Gemm" and self.node.attr("transA", 0):
-            return array.T
-        return array.reshape(-1, array.shape[-1])
+    @property
+    def source(self) -> tuple[Value, bool]:
+        """The op's input A, and whether it is read transposed (Gemm with transA: A is [K, m])."""
+        return self.node.inputs[0], bool(self.node.op_type == "Gemm" and self.node.attr("transA", 0))
 
 
 @register_pass
@@ -204,21 +203,24 @@ class WeightOnly(Pass):
         self.stats["bytes_quantized"] += sum(stored_bytes(a) for a in stored if a is not None)
 
     def _input_statistics(self, model: Model, targets: list[_Target], data) -> dict[tuple[Value, int], InputStatistics]:
-        """Rule 9: each weight's input rows summed into its statistics, one pass of the data per tap group."""
-        statistics = {target.key: InputStatistics(target.weight().shape[0]) for target in targets}
-        readers: dict[Value, list[_Target]] = {}
-        for target in targets:
-            readers.setdefault(target.node.inputs[0], []).append(target)
-        inputs = list(readers)
+        """Rule 9: each weight's input rows summed into its statistics, one pass of the data per tap group.
+        An input read by several weights (a transformer's Q, K and V) is summed once."""
+        measured = {target.source: InputStatistics(target.weight().shape[0]) for target in targets}
+        inputs = list(dict.fromkeys(value for value, _ in measured))
         for group in tap_groups(model, inputs, data, _TAP_BUDGET):
             tapped = [inputs[i] for i in group]
             progress = Progress(self.name, operator.length_hint(data) or None, "batches")
             for arrays in tapped_batches(model, tapped, data, progress):
                 for value, array in zip(tapped, arrays):
-                    for target in readers[value]:
-                        statistics[target.key].add(target.input_rows(np.asarray(array)))
+                    for transposed in (False, True):
+                        if (value, transposed) in measured:
+                            rows = array.T if transposed else array.reshape(-1, array.shape[-1])
+                            measured[value, transposed].add(rows)
                 del arrays, array  # before the next batch is run: one batch of activations at a time
-        return statistics
+        sources: dict[tuple[Value, int], dict[tuple[Value, bool], None]] = {}
+        for target in targets:
+            sources.setdefault(target.key, {})[target.source] = None
+        return {key: InputStatistics.total([measured[source] for source in found]) for key, found in sources.items()}
 
     def _round(self, target: _Target, statistics: InputStatistics | None, dtype: DType,
                errors: list[dict]) -> Rounded:
@@ -238,8 +240,8 @@ class WeightOnly(Pass):
 
     def _scale_input(self, graph: Graph, names: NameAllocator, target: _Target, input_scale: np.ndarray) -> None:
         """Rule 9, awq: the op reads its input times c, the factor folded out of its weight."""
-        transposed = target.node.op_type == "Gemm" and target.node.attr("transA", 0)
-        scale_input(graph, names, target.node.inputs[0], [target.node],
+        value, transposed = target.source
+        scale_input(graph, names, value, [target.node],
                     input_scale[:, None] if transposed else input_scale, "awq_scale", "awq_scaled")
         self.stats["inputs_scaled"] += 1
 

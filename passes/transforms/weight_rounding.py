@@ -63,6 +63,18 @@ class InputStatistics:
         self.abs_sum += np.abs(x).sum(axis=0)
         self.rows += x.shape[0]
 
+    @classmethod
+    def total(cls, parts: list[InputStatistics]) -> InputStatistics:
+        """The statistics of all the parts' rows (a weight read by several ops pools their inputs)."""
+        if len(parts) == 1:
+            return parts[0]
+        total = cls(parts[0].channels)
+        for part in parts:
+            total.gram += part.gram
+            total.abs_sum += part.abs_sum
+            total.rows += part.rows
+        return total
+
 
 @dataclass
 class Rounded:
