@@ -47,10 +47,11 @@ calibration data; GPTQ and AWQ (rule 9) read it to choose codes that err less on
 9. `method` picks the codes (weight_rounding.py has the rules): `rtn` rounds each block
    to nearest; `gptq` rounds the rows of K in order and spreads each row's error over the
    rows not yet rounded, weighed by the inverse Hessian of the op's input (Frantar et al.);
-   `awq` scales each input channel by mean|x|^alpha into the weight before rounding and
-   divides the input by it through a Mul in front of the op (Lin et al.). Every block's
-   parameters are blocked_params of its rows, so the stored form is rule 2's whatever the
-   method. Both read the inputs of the float model, one ONNX Runtime pass over the
+   `awq` scales each input channel by mean|x|^alpha into the weight before rounding, shrinks
+   each block's range where clipping errs less, and divides the input by the scale through
+   a Mul in front of the op (Lin et al.). Every block's parameters are blocked_params of
+   its rows (awq's range times its clip factor), so the stored form is rule 2's whatever
+   the method. Both read the inputs of the float model, one ONNX Runtime pass over the
    calibration data (split into groups past 1 GiB of inputs per batch), kept as X^T X and
    sum |x| per weight in float64: memory K x K per weight, whatever the rows. They need
    calibration data and are refused without it. Readers of one weight pool their inputs.
