@@ -193,3 +193,17 @@ def test_needs_calibration_data(method, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("qc: error: ") and "needs calibration data" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_compile_summary_says_how_gptq_did_against_rtn():
+    """Through qcompiler.compile with a recipe: the summary's weights line ends with the method's figures."""
+    import qcompiler
+
+    proto = stack()
+    result = qcompiler.compile(proto, batches(512, seed=1), eval=batches(128, seed=2), pipeline="int4",
+                               recipe={"passes": {"weight-only": {"method": "gptq"}}})
+    found = result.report.weight_only
+    assert found["method"] == "gptq" and found["output_sqnr_db"] > found["rtn_output_sqnr_db"] + 3
+    (line,) = [line for line in result.report.summary() if line.startswith("  weights: 2 stored int4")]
+    assert line.endswith(f"; codes by gptq: mean layer output SQNR {found['output_sqnr_db']:.1f} dB on the "
+                         f"calibration data, {found['rtn_output_sqnr_db']:.1f} dB rounding to nearest")
