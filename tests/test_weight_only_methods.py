@@ -207,3 +207,16 @@ def test_compile_summary_says_how_gptq_did_against_rtn():
     (line,) = [line for line in result.report.summary() if line.startswith("  weights: 2 stored int4")]
     assert line.endswith(f"; codes by gptq: mean layer output SQNR {found['output_sqnr_db']:.1f} dB on the "
                          f"calibration data, {found['rtn_output_sqnr_db']:.1f} dB rounding to nearest")
+
+
+def test_awq_matmulnbits_computes_what_its_qdq_form_does():
+    """The Mul goes in front of MatMulNBits as it does in front of the DequantizeLinear form: the same
+    codes, factor and output (both at float compute), on a Gemm with transB and a bias."""
+    proto, _, _ = linear(256, 64, op="Gemm", trans_b=True, bias=True, rows=32)
+    calib = [{"x": correlated_inputs(32, 256, seed)[:, 0]} for seed in range(4)]
+    options = "block_size=32,min_size=0,accuracy_level=0,method=awq"
+    qdq, nbits = compiled(proto, f"format=qdq,{options}", calib), compiled(proto, options, calib)
+    assert [n.op_type for n in nbits.graph.nodes] == ["Mul", "MatMulNBits"]
+    x = calib[0]["x"]
+    want = run_float_compute(qdq, {"x": x})
+    np.testing.assert_allclose(run_float_compute(nbits, {"x": x}), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
