@@ -220,3 +220,11 @@ def test_awq_matmulnbits_computes_what_its_qdq_form_does():
     x = calib[0]["x"]
     want = run_float_compute(qdq, {"x": x})
     np.testing.assert_allclose(run_float_compute(nbits, {"x": x}), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_calibration_inputs_holding_nan_name_the_node():
+    proto, _, _ = linear(64, 64, rows=4)
+    x = np.ones((4, 64), np.float32)
+    x[1, 5] = np.nan
+    with pytest.raises(PassError, match="node 'fc': its input holds NaN or Inf on the calibration data"):
+        compiled(proto, "min_size=0,method=gptq", [{"x": x}])

@@ -175,13 +175,13 @@ class WeightOnly(Pass):
         for target in targets:
             if target.key not in rounded:
                 rounded[target.key] = self._round(target, statistics.get(target.key), dtype, errors)
-            codes = rounded[target.key]
-            if codes.input_scale is not None:
-                self._scale_input(graph, names, target, codes.input_scale)
+            chosen = rounded[target.key]
+            if chosen.input_scale is not None:
+                self._scale_input(graph, names, target, chosen.input_scale)
             if self.options.format == "qdq":
-                self._to_dequantize(graph, names, target, codes, done)
+                self._to_dequantize(graph, names, target, chosen, done)
             else:
-                self._to_matmulnbits(model, names, target, codes, done)
+                self._to_matmulnbits(model, names, target, chosen, done)
         changed = self.stats["weights_quantized"] > before
         if changed:
             ctx.report[self.name] = self._report(errors)
