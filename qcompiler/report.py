@@ -96,7 +96,15 @@ def _weight_only_line(found: dict[str, Any]) -> str:
     kind = f"{'' if found['symmetric'] else 'u'}int{found['bits']}"
     return (f"  weights: {found['weights']} stored {kind} in blocks of {found['block_size']} ({found['format']}), "
             f"{megabytes(found['float_bytes'])} -> {megabytes(found['quantized_bytes'])} "
-            f"({found['ratio']:.1f}x smaller); {found['skipped']} left float")
+            f"({found['ratio']:.1f}x smaller); {found['skipped']} left float" + _rounding_note(found))
+
+
+def _rounding_note(found: dict[str, Any]) -> str:
+    """How gptq or awq did against rounding to nearest, on the calibration data (nothing for rtn)."""
+    if "output_sqnr_db" not in found:
+        return ""
+    return (f"; codes by {found['method']}: mean layer output SQNR {found['output_sqnr_db']:.1f} dB on the "
+            f"calibration data, {found['rtn_output_sqnr_db']:.1f} dB rounding to nearest")
 
 
 def _embeddings_line(found: dict[str, Any]) -> str:

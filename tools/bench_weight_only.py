@@ -28,7 +28,21 @@ and with constant folding disabled (the rebuild on every run).
 
     python tools/bench_weight_only.py                    # 8 layers 1024x1024
     python tools/bench_weight_only.py --layers 4 --dim 512 --models matmul
+`--methods rtn,gptq,awq` prints instead how weight-only chooses its int4 codes, side by side:
+per model, method and block size (32 and 128), the file size and the output SQNR against
+the float model in ONNX Runtime (MatMulNBits at its default accuracy level 4, and at 0,
+float compute, so the weight error alone shows), on data held out from calibration; with
+the pass's own figure, the mean SQNR of each weight's output on the calibration rows, and
+its time. Models: a stack of 4 MatMuls 512x512 whose inputs are correlated with outlier
+channels (`correlated_inputs`; 2048 calibration rows, 512 held out: GPTQ needs rows well
+beyond K, or X^T X is of low rank and it fits the calibration rows alone), the seeded
+encoder of tests/encoder_model.py (64 calibration sentences of 32 tokens, 16 held out) and, with
+`--standin`, the MiniLM-sized stand-in of tools/encoder_standins.py (64 and 32 sentences).
+
+    python tools/bench_weight_only.py                    # 8 layers 1024x1024
+    python tools/bench_weight_only.py --layers 4 --dim 512 --models matmul
     python tools/bench_weight_only.py --compare
+    python tools/bench_weight_only.py --methods rtn,gptq,awq [--standin]
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -63,8 +78,8 @@ VARIANTS = {  # matmulnbits runs at accuracy_level=4 unless the label says acc0
 MODELS = ("matmul", "gemm", "gemm-t")
 
 
-def build(kind: str, layers: int, dim: int, seed: int = 0) -> onnx.ModelProto:
-    """`layers` of x @ W + b -> Relu (no Relu after the last), opset 21."""
+def build(kind: str, layers: int, dim: int, seed: int = 0, batch: int | str = 1) -> onnx.ModelProto:
+    """`layers` of x @ W + b -> Relu (no Relu after the last), opset 21; `batch` rows per feed."""
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "x"
     for i in range(layers):
@@ -79,10 +94,20 @@ def build(kind: str, layers: int, dim: int, seed: int = 0) -> onnx.ModelProto:
                       helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
         nodes.append(helper.make_node("Relu" if i < layers - 1 else "Identity", [f"a{i}"], [y]))
         x = y
-    shape = [1, 1, dim] if kind == "matmul" else [1, dim]
+    shape = [batch, 1, dim] if kind == "matmul" else [batch, dim]
     graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def correlated_inputs(rows: int, dim: int, seed: int) -> np.ndarray:
+    """Rows [rows, 1, dim] whose channels move together, as a transformer's hidden states do:
+    z @ (0.3 I + G / sqrt(dim)) for gaussian z and one fixed gaussian G, with three outlier
+    channels 20x larger than the rest. Inputs like these are where GPTQ and AWQ beat round to nearest."""
+    mixing = 0.3 * np.eye(dim) + np.random.default_rng(1234).standard_normal((dim, dim)) / np.sqrt(dim)
+    x = np.random.default_rng(seed).standard_normal((rows, dim)) @ mixing
+    x[:, [3, dim // 3, 2 * dim // 3]] *= 20.0
+    return x.astype(np.float32)[:, None, :]
 
 
 def compile_variant(proto: onnx.ModelProto, options: str) -> ir.Model:
@@ -214,6 +239,62 @@ def compare(rows: int, budget_s: float, scratch: Path) -> None:
               f"({pair.ratio:.2f}x, +{pair.quant_model.median_ms - pair.float_model.median_ms:.3f} ms per run)")
 
 
+METHOD_BLOCKS = (32, 128)
+
+
+def method_cases(scratch: Path, standin: bool) -> list[tuple[str, onnx.ModelProto, list[dict], list[dict]]]:
+    """(name, float model, calibration feeds, held-out feeds) for --methods."""
+    cases = [("correlated 4x512", build("matmul", 4, 512, batch="N"),
+              [{"x": correlated_inputs(512, 512, seed)} for seed in range(4)],
+              [{"x": correlated_inputs(128, 512, seed)} for seed in range(100, 104)])]
+    found = encoder(scratch)
+    if found is not None:
+        from encoder_model import token_batches
+
+        cases.append(("encoder 6x128", found[0], token_batches(64, 1), token_batches(16, 2)))
+    if standin:
+        import encoder_standins
+
+        from qcompiler.data import input_specs, open_calibration_data
+
+        case = encoder_standins.prepare("minilm", scratch, 64, 32)
+        proto = onnx.load(case.model)
+        specs = input_specs(ir.load_model(proto))
+        cases.append(("minilm stand-in", proto, list(open_calibration_data(case.calib, specs)),
+                      list(open_calibration_data(case.eval, specs))))
+    return cases
+
+
+def methods(names: list[str], scratch: Path, standin: bool) -> None:
+    """The --methods table (module docstring)."""
+    print(f"{'model':18} {'method':6} {'block':>5} {'size KB':>9} {'ratio':>6} {'SQNR dB':>8} {'acc0 dB':>8} "
+          f"{'calib dB':>8} {'pass s':>7}")
+    for name, proto, calib, held_out in method_cases(scratch, standin):
+        float_path = scratch / "methods-float.onnx"
+        onnx.save(proto, float_path)
+        size = float_path.stat().st_size
+        for block in METHOD_BLOCKS:
+            for method in names:
+                model, ctx = ir.load_model(proto), PassContext(calibration_data=calib)
+                started = time.perf_counter()
+                PassManager(f"canonicalize,fuse,weight-only{{block_size={block},method={method}}},cleanup").run(
+                    model, ctx)
+                seconds = time.perf_counter() - started
+                path = scratch / f"methods-{method}.onnx"
+                ir.save_model(model, path)
+                sqnr = np.mean([m.sqnr_db for m in compare_models(float_path, path, held_out, threads=1)])
+                float_compute = scratch / f"methods-{method}-acc0.onnx"
+                for node in model.graph.nodes:  # MatMulNBits at float compute: x @ dequant(W), the weight error alone
+                    if node.op_type == "MatMulNBits":
+                        node.attributes.pop("accuracy_level", None)
+                ir.save_model(model, float_compute)
+                exact = np.mean([m.sqnr_db for m in compare_models(float_path, float_compute, held_out, threads=1)])
+                calib_db = ctx.report["weight-only"].get("output_sqnr_db")
+                print(f"{name:18} {method:6} {block:5} {path.stat().st_size / 1024:9.1f} "
+                      f"{size / path.stat().st_size:6.2f} {sqnr:8.2f} {exact:8.2f} "
+                      f"{'-' if calib_db is None else f'{calib_db:.2f}':>8} {seconds:7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=8)
@@ -222,7 +303,14 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timed runs per variant")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--compare", action="store_true", help="uniform against k-means codes (cluster-weights)")
+    parser.add_argument("--methods", help="comma-separated weight-only methods to compare (rtn,gptq,awq)")
+    parser.add_argument("--standin", action="store_true", help="--methods also on the MiniLM-sized stand-in")
     args = parser.parse_args()
+    if args.methods:
+        print(f"int4 symmetric weight-only, output SQNR against float on held-out data, onnxruntime {ort.__version__}")
+        with tempfile.TemporaryDirectory() as scratch:
+            methods(args.methods.split(","), Path(scratch), args.standin)
+        return
     if args.compare:
         print(f"output SQNR over {args.rows} rows against float, onnxruntime {ort.__version__}")
         with tempfile.TemporaryDirectory() as scratch:

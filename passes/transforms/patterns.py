@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qcompiler.ir import Graph, Node, Use, Value
+from qcompiler.ir import Graph, NameAllocator, Node, Use, Value
 
 from ..infra.registry import KEBAB_NAME
 
@@ -296,3 +296,19 @@ def erase(graph: Graph, nodes: Sequence[Node]) -> None:
         if value.graph is not None:
             value.graph.drop_unread_constants([value])
 
+
+
+def scale_input(graph: Graph, names: NameAllocator, value: Value, readers: list[Node], factor: np.ndarray,
+                scale_label: str, output_label: str) -> None:
+    """The readers read Mul(value, factor) at input 0 instead of `value`, the Mul placed right after
+    `value` is made (before the first reader, for a graph input); new values `<value>_<label>`."""
+    factor = factor.astype(value.dtype.numpy)
+    scale = graph.add_constant(Value(names.fresh(f"{value.name}_{scale_label}"), const=factor))
+    scaled = Value(names.fresh(f"{value.name}_{output_label}"), value.type)
+    mul = Node("Mul", [value, scale], [scaled])
+    if value.producer is not None:
+        graph.insert_after(value.producer, mul)
+    else:
+        graph.insert_before(next(n for n in graph.nodes if n in readers), mul)
+    for node in readers:
+        node.set_input(0, scaled)

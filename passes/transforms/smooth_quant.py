@@ -68,6 +68,7 @@ from ..infra.base import Pass, PassError, register_pass
 from ..analyses.observers import Observations, observe
 from ..infra.progress import SWITCH, Progress
 from ..analyses.rules import NORMS, is_float
+from .patterns import scale_input
 
 _SCALE_LIMITS = (1e-5, 1e5)
 _CHANNEL_MINMAX = ("minmax", (("axis", -1),))
@@ -169,7 +170,7 @@ class SmoothQuant(Pass):
                 node.set_input(1, scaled[old, axis])
                 graph.drop_unread_constants([old])
         if target.absorbers is None:
-            _insert_mul(graph, names, target.value, target.readers, 1.0 / s)
+            scale_input(graph, names, target.value, target.readers, 1.0 / s, "smooth_scale", "smoothed")
             self.stats["muls_inserted"] += 1
         else:
             for node, index in target.absorbers:
@@ -270,20 +271,6 @@ def _replace_constant(graph: Graph, names: NameAllocator, node: Node, index: int
     node.set_input(index, new)
     graph.drop_unread_constants([old])
     return new
-
-
-def _insert_mul(graph: Graph, names: NameAllocator, value: Value, readers: list[Node], inverse: np.ndarray) -> None:
-    """Rule 4: the readers read Mul(X, 1/s), placed right after X is made (before the first reader of an input)."""
-    inverse = inverse.astype(value.dtype.numpy)
-    scale = graph.add_constant(Value(names.fresh(f"{value.name}_smooth_scale"), const=inverse))
-    smoothed = Value(names.fresh(f"{value.name}_smoothed"), value.type)
-    mul = Node("Mul", [value, scale], [smoothed])
-    if value.producer is not None:
-        graph.insert_after(value.producer, mul)
-    else:
-        graph.insert_before(next(n for n in graph.nodes if n in readers), mul)
-    for node in readers:
-        node.set_input(0, smoothed)
 
 
 def _along(s: np.ndarray, axis: int, ndim: int) -> np.ndarray:

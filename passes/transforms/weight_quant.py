@@ -56,18 +56,21 @@ def check_block_options(bits: int, block_size: int, min_size: int) -> None:
         raise ValueError(f"min_size must be >= 0, not {min_size}")
 
 
-def blocked_params(data: np.ndarray, axis: int, block_size: int, dtype: DType, symmetric: bool) -> QuantParams:
+def blocked_params(data: np.ndarray, axis: int, block_size: int, dtype: DType, symmetric: bool,
+                   shrink: np.ndarray | float = 1.0) -> QuantParams:
     """Parameters per block of `block_size` along `axis` of a 2-D tensor.
 
     A partial last block is padded with zeros to find its range: from_range widens every
-    range to include 0 anyway, so the padding changes nothing.
+    range to include 0 anyway, so the padding changes nothing. `shrink` scales each
+    block's [min, max] ([blocks, other dim], or one factor): below 1 it clips the block's
+    extremes to round the rest finer.
     """
     moved = np.moveaxis(data, axis, 0)
     blocks = math.ceil(moved.shape[0] / block_size)
     padded = np.pad(moved, ((0, blocks * block_size - moved.shape[0]), (0, 0)))
     grouped = padded.reshape(blocks, block_size, -1)
-    flat = QuantParams.from_range(grouped.min(axis=1).reshape(-1), grouped.max(axis=1).reshape(-1), dtype,
-                                  symmetric=symmetric, axis=0)
+    lo, hi = grouped.min(axis=1) * shrink, grouped.max(axis=1) * shrink
+    flat = QuantParams.from_range(lo.reshape(-1), hi.reshape(-1), dtype, symmetric=symmetric, axis=0)
     shape = (blocks, moved.shape[1])
     return QuantParams(dtype, np.moveaxis(flat.scale.reshape(shape), 0, axis),
                        np.moveaxis(flat.zero_point.reshape(shape), 0, axis), axis=axis, block_size=block_size)
