@@ -74,22 +74,26 @@ def _pixel_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_conv_standin_table_has_task_figures_numpy_agrees_with(tmp_path, capsys):
-    bench.main(["--quick", "--models", "db-detector", "--tools", "ort-percentile", "--samples", "4",
-                "--eval-samples", "3", "--repeat", "1", "--work-dir", str(tmp_path), "--json",
-                str(tmp_path / "bench.json")])
-    header, rows = _table(capsys.readouterr().out)
-    assert header == list(bench.CONV_COLUMNS) and list(rows) == ["float", "ort-percentile"]
+    tools = ["ort-percentile", "qcompiler-auto"]
+    bench.main(["--quick", "--models", "db-detector", "--tools", *tools, "--samples", "4", "--eval-samples", "3",
+                "--repeat", "1", "--work-dir", str(tmp_path), "--json", str(tmp_path / "bench.json")])
+    out = capsys.readouterr().out
+    header, rows = _table(out)
+    assert header == list(bench.CONV_COLUMNS) and list(rows) == ["float", *tools]
     report = json.loads((tmp_path / "bench.json").read_text())["models"]["db-detector"]
-    quantized = Path(report["tools"]["ort-percentile"]["model"])
-    with np.load(quantized.parent / "eval-3.npz") as data, np.load(quantized.parent / "labels-3.npz") as labels:
+    assert re.search(r"qcompiler-auto: kept [a-z-]+, of dynamic, static", out)
+    folder = Path(report["model"]).parent
+    with np.load(folder / "eval-3.npz") as data, np.load(folder / "labels-3.npz") as labels:
         feeds, truth = dict(data), labels["labels"] > 0.5
     want = open_session(Path(report["model"])).run(None, feeds)[0] > 0.5
-    got = open_session(quantized).run(None, feeds)[0] > 0.5
-    vs_float, task, points = (float(c) for c in rows["ort-percentile"][5:8])
     float_task = float(rows["float"][6])
-    assert abs(vs_float - 100 * _pixel_f1(got, want)) < 0.051
-    assert abs(task - 100 * _pixel_f1(got, truth)) < 0.051 and abs(float_task - 100 * _pixel_f1(want, truth)) < 0.051
-    assert abs(points - (float_task - task)) < 0.11
-    mb, ratio = float(rows["ort-percentile"][8]), float(rows["ort-percentile"][9])
-    size = quantized.stat().st_size
-    assert abs(mb - size / 2**20) < 0.0051 and abs(ratio - size / Path(report["model"]).stat().st_size) < 0.0051
+    assert abs(float_task - 100 * _pixel_f1(want, truth)) < 0.051
+    for tool in tools:
+        quantized = Path(report["tools"][tool]["model"])
+        got = open_session(quantized).run(None, feeds)[0] > 0.5
+        vs_float, task, points = (float(c) for c in rows[tool][5:8])
+        assert abs(vs_float - 100 * _pixel_f1(got, want)) < 0.051
+        assert abs(task - 100 * _pixel_f1(got, truth)) < 0.051 and abs(points - (float_task - task)) < 0.11
+        mb, ratio = float(rows[tool][8]), float(rows[tool][9])
+        size = quantized.stat().st_size
+        assert abs(mb - size / 2**20) < 0.0051 and abs(ratio - size / Path(report["model"]).stat().st_size) < 0.0051

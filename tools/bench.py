@@ -13,6 +13,9 @@ evaluation samples:
 
     qcompiler          qcompiler.compile(model, calib, eval=..., target="ort-cpu"), its defaults
     qcompiler-dynamic  the same with mode="dynamic" and no calibration data
+    qcompiler-auto     qcompiler.auto(model, calib, tolerance=1, eval=...): the fastest rung of its
+                       ladder within 1 point of float on its own task measures (qc compile --auto's
+                       default); its compile time is the whole walk, every rung's validation included
     qcompiler-dynamic-smooth  pipeline="dynamic-smooth": smooth-quant (a Mul where nothing
                        absorbs it), then dynamic-quant with per-column weights; calibration
                        data for the channel maxima
@@ -107,14 +110,15 @@ CONV_STANDINS = ("mobilenetv3", "db-detector", "crnn")
 MODELS = ("resnet50", "mobilenetv2", "bert", "digits", *STANDINS, *CONV_STANDINS)
 DEFAULT_MODELS = ("resnet50", "mobilenetv2", "bert", "digits")
 TRANSFORMERS = ("bert", *STANDINS)
-TOOLS = ("qcompiler", "qcompiler-dynamic", "qcompiler-dynamic-smooth", "ort", "ort-rr", "ort-percentile",
-         "ort-entropy", "ort-dynamic", "nncf")
+TOOLS = ("qcompiler", "qcompiler-dynamic", "qcompiler-dynamic-smooth", "qcompiler-auto", "ort", "ort-rr",
+         "ort-percentile", "ort-entropy", "ort-dynamic", "nncf")
 DEFAULT_TOOLS = ("qcompiler", "ort", "ort-rr", "nncf")
 ENCODER_TOOLS = ("qcompiler", "qcompiler-dynamic", "qcompiler-dynamic-smooth", "ort", "ort-dynamic", "nncf")
 CONV_TOOLS = ("qcompiler", "ort", "ort-percentile", "ort-entropy", "nncf")
 THREADS = (1, 2)
 BLOCK_S = 0.25
 SQNR_CHECK_DB = 0.05
+AUTO_TOLERANCE = 1.0
 COLUMNS = ("tool", "compile s", "peak RSS MB", "idle MB", "SQNR dB", "latency 1T", "latency 2T", "int share")
 ENCODER_COLUMNS = ("tool", "compile s", "peak RSS MB", "idle MB", "SQNR dB", "cosine", "points", "MB", "size x",
                    "latency 1T", "latency 2T", "int share")
@@ -156,6 +160,16 @@ def _qcompiler(model: Path, calib: Path | None, evaluate: Path, out: Path, pipel
             "report_integer_share": report.kernels.integer_share if report.kernels else None,
             "pass_seconds": [[record.name, record.seconds] for record in report.passes],
             "warnings": report.warnings}
+
+
+def _run_qcompiler_auto(model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> dict:
+    from qcompiler.auto import auto, save_auto
+
+    idle = _peak_rss_mb()
+    result = auto(str(model), str(calib), tolerance=AUTO_TOLERANCE, eval=str(evaluate))
+    save_auto(result, out)
+    return {"compile_s": result.seconds, "idle_mb": idle, "rung": result.chosen.rung if result.chosen else None,
+            "rungs_tried": [attempt.rung for attempt in result.attempts]}
 
 
 def _run_ort(reduce_range: bool, method: str = "MinMax"):
@@ -218,6 +232,7 @@ def _run_nncf(model: Path, calib: Path, evaluate: Path, out: Path, transformer: 
 
 
 RUNNERS = {"qcompiler": _run_qcompiler(None), "qcompiler-dynamic": _run_qcompiler("dynamic"),
+           "qcompiler-auto": _run_qcompiler_auto,
            "qcompiler-dynamic-smooth": _run_qcompiler("dynamic-smooth"), "ort": _run_ort(False),
            "ort-rr": _run_ort(True), "ort-percentile": _run_ort(False, "Percentile"),
            "ort-entropy": _run_ort(False, "Entropy"), "ort-dynamic": _run_ort_dynamic, "nncf": _run_nncf}
@@ -484,6 +499,9 @@ def notes(bench: dict) -> Iterator[str]:
         if r.get("preprocess_retry"):
             yield (f"{tool}: quant_pre_process failed on symbolic shape inference and was run again with "
                    f"{r['preprocess_retry']} (its figure includes both)")
+        if "rungs_tried" in r:
+            kept = f"kept {r['rung']}" if r["rung"] else "kept the float model (no rung within the tolerance)"
+            yield f"{tool}: {kept}, of {', '.join(r['rungs_tried'])}"
         if "call_s" in r:
             yield f"{tool}: compile() call {r['call_s']:.2f} s with its validation"
         if r.get("peak_before_validation_mb"):
