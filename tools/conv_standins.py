@@ -27,8 +27,8 @@ logits with a dominant blank).
    ring, rotated square, triangle, cross, horizontal and vertical stripes, checkerboard, in
    random colors on smooth noise); text boxes (rows of glyph-like blocks on a plain patch)
    to segment, among distractor discs, the label being each box's rectangle; strings of
-   3-7 digits rendered from a 5 x 7 bitmap font at 3x with random spacing, offset,
-   contrast and noise, the label being the digits.
+   3-7 digits rendered from a 5 x 7 bitmap font at 3x with random spacing, offset, a
+   pixel of wobble per glyph, contrast, smooth stains and noise, the label being the digits.
 3. Training: Adam on fresh batches drawn from FIT_SEED (neither calibration's nor
    evaluation's), a fixed number of steps per size (SIZES), under
    golden_models.deterministic() (seeded, one thread); cross entropy, BCE + dice, and
@@ -325,14 +325,16 @@ def text_lines(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         gaps = rng.integers(1, 4, len(digits))
         total = int(len(digits) * glyph_w + gaps.sum())
         left = int(rng.integers(0, LINE_WIDTH - total + 1))
-        top = int(rng.integers(0, LINE_HEIGHT - glyph_h + 1))
-        paper, ink = rng.uniform(-1.5, 0.5), rng.uniform(1.0, 2.5)
+        baseline = int(rng.integers(1, LINE_HEIGHT - glyph_h))
+        paper, ink = rng.uniform(-1.5, 0.5), rng.uniform(0.6, 2.5)
         line[:] = paper
         for digit, gap in zip(digits, gaps):
+            top = baseline + int(rng.integers(-1, 2))  # each glyph wobbles a pixel off the baseline
             line[0, top:top + glyph_h, left:left + glyph_w][_glyph(int(digit))] = paper + ink
             left += glyph_w + int(gap)
         label[:len(digits)] = digits + 1
-    lines = _blur(lines, passes=1) + rng.uniform(0.05, 0.3) * rng.standard_normal(lines.shape)
+    lines += 0.5 * _backgrounds(rng, count, 1, LINE_HEIGHT, LINE_WIDTH)  # stains and uneven light
+    lines = _blur(lines, passes=1) + rng.uniform(0.05, 0.4) * rng.standard_normal(lines.shape)
     return _to_pixels(lines), labels
 
 
