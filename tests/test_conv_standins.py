@@ -1,4 +1,4 @@
-"""tools/conv_standins.py: tiny stand-ins export graphs ONNX Runtime runs as torch does, and the task measures count right."""
+"""tools/conv_standins.py: tiny stand-ins run in ONNX Runtime as in torch, and the task measures count right."""
 
 from __future__ import annotations
 

@@ -13,12 +13,12 @@ evaluation samples:
 
     qcompiler          qcompiler.compile(model, calib, eval=..., target="ort-cpu"), its defaults
     qcompiler-dynamic  the same with mode="dynamic" and no calibration data
-    qcompiler-auto     qcompiler.auto(model, calib, tolerance=1, eval=...): the fastest rung of its
-                       ladder within 1 point of float on its own task measures (qc compile --auto's
-                       default); its compile time is the whole walk, every rung's validation included
     qcompiler-dynamic-smooth  pipeline="dynamic-smooth": smooth-quant (a Mul where nothing
                        absorbs it), then dynamic-quant with per-column weights; calibration
                        data for the channel maxima
+    qcompiler-auto     qcompiler.auto(model, calib, tolerance=1, eval=...): the fastest rung of its
+                       ladder within 1 point of float on its own task measures (qc compile --auto's
+                       default); its compile time is the whole walk, every rung's validation included
     ort                onnxruntime.quantization: quant_pre_process, then quantize_static with
                        QDQ format, per_channel=True, MinMax calibration, its other defaults;
                        when symbolic shape inference stops (the stand-ins' position ids, sliced
@@ -519,8 +519,8 @@ def notes(bench: dict) -> Iterator[str]:
         yield (f"SQNR dB: last_hidden_state over real tokens; cosine: sentence_embedding against float, mean over "
                f"samples; points = 100 x (1 - cosine); latency feed: 1 x {bench['latency_sequence']} tokens")
     if "conv" in bench:
-        yield (f"task: {bench['conv']['measure']} over {bench['conv']['samples']} evaluation samples, against the float model's "
-               f"outputs (vs float %) and the labels (task %); points = float's task % - the tool's")
+        yield (f"task: {bench['conv']['measure']} over {bench['conv']['samples']} evaluation samples, against the "
+               f"float model's outputs (vs float %) and the labels (task %); points = float's task % - the tool's")
 
 
 def targets(name: str, bench: dict) -> dict[str, tuple[bool, float, float]]:

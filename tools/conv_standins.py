@@ -375,7 +375,7 @@ def edit_distance(a: list[int], b: list[int]) -> int:
 
 
 def character_accuracy(predicted: list[list[int]], reference: list[list[int]]) -> float:
-    """1 - (sum of edit distances) / (sum of reference lengths); below 0 when the predictions add more than they match."""
+    """1 - (sum of edit distances) / (sum of reference lengths); below 0 when predictions add more than they match."""
     return 1.0 - sum(edit_distance(p, r) for p, r in zip(predicted, reference)) / max(1, sum(map(len, reference)))
 
 
