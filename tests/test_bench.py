@@ -66,3 +66,34 @@ def test_missing_nncf_is_reported(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "_importable", lambda module: False)
     assert bench.quantize("nncf", tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "e.npz",
                           tmp_path / "q.onnx", False) == {"error": "nncf: not installed"}
+
+
+def _pixel_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
+    true_positive = np.sum(predicted & truth)
+    return 2 * true_positive / (2 * true_positive + np.sum(predicted & ~truth) + np.sum(~predicted & truth))
+
+
+def test_conv_standin_table_has_task_figures_numpy_agrees_with(tmp_path, capsys):
+    tools = ["ort-percentile", "qcompiler-auto"]
+    bench.main(["--quick", "--models", "db-detector", "--tools", *tools, "--samples", "4", "--eval-samples", "3",
+                "--repeat", "1", "--work-dir", str(tmp_path), "--json", str(tmp_path / "bench.json")])
+    out = capsys.readouterr().out
+    header, rows = _table(out)
+    assert header == list(bench.CONV_COLUMNS) and list(rows) == ["float", *tools]
+    report = json.loads((tmp_path / "bench.json").read_text())["models"]["db-detector"]
+    assert re.search(r"qcompiler-auto: kept [a-z-]+, of dynamic, static", out)
+    folder = Path(report["model"]).parent
+    with np.load(folder / "eval-3.npz") as data, np.load(folder / "labels-3.npz") as labels:
+        feeds, truth = dict(data), labels["labels"] > 0.5
+    want = open_session(Path(report["model"])).run(None, feeds)[0] > 0.5
+    float_task = float(rows["float"][6])
+    assert abs(float_task - 100 * _pixel_f1(want, truth)) < 0.051
+    for tool in tools:
+        quantized = Path(report["tools"][tool]["model"])
+        got = open_session(quantized).run(None, feeds)[0] > 0.5
+        vs_float, task, points = (float(c) for c in rows[tool][5:8])
+        assert abs(vs_float - 100 * _pixel_f1(got, want)) < 0.051
+        assert abs(task - 100 * _pixel_f1(got, truth)) < 0.051 and abs(points - (float_task - task)) < 0.11
+        mb, ratio = float(rows[tool][8]), float(rows[tool][9])
+        size = quantized.stat().st_size
+        assert abs(mb - size / 2**20) < 0.0051 and abs(ratio - size / Path(report["model"]).stat().st_size) < 0.0051

@@ -5,7 +5,9 @@ For people, not CI. The models are ResNet-50, MobileNetV2 and BERT-base built fr
 golden/digits_cnn (skipped with a note while that folder has no model); when named, also
 the encoder stand-ins of tools/encoder_standins.py, Hugging Face-style sentence encoders
 whose activations look trained: minilm, bert-base and encoder-tiny (their "tiny" size;
---quick leaves the stand-ins their size). Every tool gets the same float model, the same
+--quick leaves the stand-ins their size), and the conv stand-ins of tools/conv_standins.py,
+nets trained briefly on synthetic tasks: mobilenetv3, db-detector and crnn (--quick takes
+their "tiny" size, trained for seconds). Every tool gets the same float model, the same
 calibration samples (batch 1, one per row of the .npz) and is judged on the same held-out
 evaluation samples:
 
@@ -14,6 +16,9 @@ evaluation samples:
     qcompiler-dynamic-smooth  pipeline="dynamic-smooth": smooth-quant (a Mul where nothing
                        absorbs it), then dynamic-quant with per-column weights; calibration
                        data for the channel maxima
+    qcompiler-auto     qcompiler.auto(model, calib, tolerance=1, eval=...): the fastest rung of its
+                       ladder within 1 point of float on its own task measures (qc compile --auto's
+                       default); its compile time is the whole walk, every rung's validation included
     ort                onnxruntime.quantization: quant_pre_process, then quantize_static with
                        QDQ format, per_channel=True, MinMax calibration, its other defaults;
                        when symbolic shape inference stops (the stand-ins' position ids, sliced
@@ -21,15 +26,17 @@ evaluation samples:
                        runs again with auto_merge=True, and a note says so
     ort-rr             the same with reduce_range=True, which ONNX Runtime advises on CPUs
                        without VNNI (the u8 x s8 kernels saturate there)
+    ort-percentile     ort with Percentile calibration (its default percentile, 99.999)
+    ort-entropy        ort with Entropy calibration (its default histogram)
     ort-dynamic        onnxruntime.quantization.quantize_dynamic with its defaults
     nncf               nncf.quantize (its defaults; model_type=TRANSFORMER for BERT and the
                        stand-ins, as its documentation asks for transformers), subset_size =
                        the calibration count
 
 By default the built models and digits run with qcompiler, ort, ort-rr and nncf, the
-stand-ins with qcompiler, qcompiler-dynamic, qcompiler-dynamic-smooth, ort, ort-dynamic and
-nncf; --tools sets one
-list for all.
+encoder stand-ins with qcompiler, qcompiler-dynamic, qcompiler-dynamic-smooth, ort,
+ort-dynamic and nncf, the conv stand-ins with qcompiler, ort, ort-percentile, ort-entropy
+and nncf; --tools sets one list for all.
 
 1. Each tool runs in its own fresh interpreter, which writes its quantized model and
    prints its figures as one JSON line. `compile s` is measured inside it around the
@@ -56,6 +63,11 @@ list for all.
    over samples of the cosine similarity of sentence_embedding against float and the
    points it loses, 100 x (1 - cosine), the model file's MB and its ratio to float's. A
    note gives the float stand-in's activations as encoder_standins.measure finds them.
+   On a conv stand-in the table adds its task measure (conv_standins.score: top-1, F1 of
+   the map at p > 0.5, or character accuracy of greedy CTC decoding): against the float
+   model's outputs (`vs float %`, 100 when they agree everywhere), against the labels
+   (`task %`; the float row has the float model's), the points lost to float's on the
+   labels, and the model file's MB and its ratio to float's.
 3. Latency: one fresh process runs the float and every quantized model in ONNX Runtime
    (qcompiler.ir.evaluate's sessions and timing: default graph optimizations, weights
    prepacked; batch 1 = the first evaluation sample) with intra_op_num_threads 1, then
@@ -94,18 +106,24 @@ from bench_calibration import _peak_rss_mb
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "golden" / "digits_cnn"
 STANDINS = {"minilm": "minilm", "bert-base": "bert-base", "encoder-tiny": "tiny"}  # bench name: encoder_standins size
-MODELS = ("resnet50", "mobilenetv2", "bert", "digits", *STANDINS)
+CONV_STANDINS = ("mobilenetv3", "db-detector", "crnn")
+MODELS = ("resnet50", "mobilenetv2", "bert", "digits", *STANDINS, *CONV_STANDINS)
 DEFAULT_MODELS = ("resnet50", "mobilenetv2", "bert", "digits")
 TRANSFORMERS = ("bert", *STANDINS)
-TOOLS = ("qcompiler", "qcompiler-dynamic", "qcompiler-dynamic-smooth", "ort", "ort-rr", "ort-dynamic", "nncf")
+TOOLS = ("qcompiler", "qcompiler-dynamic", "qcompiler-dynamic-smooth", "qcompiler-auto", "ort", "ort-rr",
+         "ort-percentile", "ort-entropy", "ort-dynamic", "nncf")
 DEFAULT_TOOLS = ("qcompiler", "ort", "ort-rr", "nncf")
 ENCODER_TOOLS = ("qcompiler", "qcompiler-dynamic", "qcompiler-dynamic-smooth", "ort", "ort-dynamic", "nncf")
+CONV_TOOLS = ("qcompiler", "ort", "ort-percentile", "ort-entropy", "nncf")
 THREADS = (1, 2)
 BLOCK_S = 0.25
 SQNR_CHECK_DB = 0.05
+AUTO_TOLERANCE = 1.0
 COLUMNS = ("tool", "compile s", "peak RSS MB", "idle MB", "SQNR dB", "latency 1T", "latency 2T", "int share")
 ENCODER_COLUMNS = ("tool", "compile s", "peak RSS MB", "idle MB", "SQNR dB", "cosine", "points", "MB", "size x",
                    "latency 1T", "latency 2T", "int share")
+CONV_COLUMNS = ("tool", "compile s", "peak RSS MB", "idle MB", "SQNR dB", "vs float %", "task %", "points", "MB",
+                "size x", "latency 1T", "latency 2T", "int share")
 
 
 # -- the quantizers, each in its own process -------------------------------------------------
@@ -144,7 +162,17 @@ def _qcompiler(model: Path, calib: Path | None, evaluate: Path, out: Path, pipel
             "warnings": report.warnings}
 
 
-def _run_ort(reduce_range: bool):
+def _run_qcompiler_auto(model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> dict:
+    from qcompiler.auto import auto, save_auto
+
+    idle = _peak_rss_mb()
+    result = auto(str(model), str(calib), tolerance=AUTO_TOLERANCE, eval=str(evaluate))
+    save_auto(result, out)
+    return {"compile_s": result.seconds, "idle_mb": idle, "rung": result.chosen.rung if result.chosen else None,
+            "rungs_tried": [attempt.rung for attempt in result.attempts]}
+
+
+def _run_ort(reduce_range: bool, method: str = "MinMax"):
     def run(model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> dict:
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                               quant_pre_process, quantize_static)
@@ -170,7 +198,7 @@ def _run_ort(reduce_range: bool):
             quant_pre_process(str(model), str(pre), auto_merge=True)
         middle = time.perf_counter()
         quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
+                        reduce_range=reduce_range, calibrate_method=CalibrationMethod[method])
         end = time.perf_counter()
         pre.unlink()
         return {"compile_s": end - start, "idle_mb": idle, "preprocess_s": middle - start,
@@ -204,8 +232,10 @@ def _run_nncf(model: Path, calib: Path, evaluate: Path, out: Path, transformer: 
 
 
 RUNNERS = {"qcompiler": _run_qcompiler(None), "qcompiler-dynamic": _run_qcompiler("dynamic"),
+           "qcompiler-auto": _run_qcompiler_auto,
            "qcompiler-dynamic-smooth": _run_qcompiler("dynamic-smooth"), "ort": _run_ort(False),
-           "ort-rr": _run_ort(True), "ort-dynamic": _run_ort_dynamic, "nncf": _run_nncf}
+           "ort-rr": _run_ort(True), "ort-percentile": _run_ort(False, "Percentile"),
+           "ort-entropy": _run_ort(False, "Entropy"), "ort-dynamic": _run_ort_dynamic, "nncf": _run_nncf}
 
 
 def child(tool: str, model: Path, calib: Path, evaluate: Path, out: Path, transformer: bool) -> None:
@@ -299,10 +329,15 @@ def integer_share(path: str) -> float | None:
 # -- one model ------------------------------------------------------------------------------
 
 
-def prepare_case(name: str, size, work: Path, samples: int, evaluate: int, exporter: str = "classic"):
+def prepare_case(name: str, size, work: Path, samples: int, evaluate: int, exporter: str = "classic",
+                 conv_size: str = "standard"):
     """The model and data files (bench_models.Case), or None for a golden case that is not there yet."""
     import bench_models
 
+    if name in CONV_STANDINS:
+        import conv_standins
+
+        return conv_standins.prepare(name, work, samples, evaluate, conv_size, log=say)
     if name in STANDINS:
         import encoder_standins
 
@@ -334,6 +369,8 @@ def bench_model(case, tools: list[str], rounds: int) -> dict:
         results[tool]["mb"] = _file_mb(results[tool]["model"])
         if case.name in STANDINS:
             results[tool]["encoder"] = encoder_accuracy(reference, got, feeds)
+        if case.name in CONV_STANDINS:
+            results[tool]["task"] = conv_task(case, reference, got)
     say(f"{case.name}: latency ...")
     load = os.getloadavg()[0]
     timed = measure_latency([str(case.model), *(results[t]["model"] for t in done)], case.eval, rounds)
@@ -346,8 +383,22 @@ def bench_model(case, tools: list[str], rounds: int) -> dict:
         for i, tool in enumerate(done, start=1):
             results[tool]["latency_ms"] = {threads: ms[i] for threads, ms in timed.items()}
             results[tool]["latency_ratio"] = {threads: ms[i] / ms[0] for threads, ms in timed.items()}
-    return {"model": str(case.model), "float_ms": float_ms, "load_average": [load, os.getloadavg()[0]],
-            "float_mb": _file_mb(case.model), "encoder": case.name in STANDINS, "tools": results}
+    figures = {"model": str(case.model), "float_ms": float_ms, "load_average": [load, os.getloadavg()[0]],
+               "float_mb": _file_mb(case.model), "encoder": case.name in STANDINS, "tools": results}
+    if case.name in CONV_STANDINS:
+        import conv_standins
+
+        figures["conv"] = {"float": conv_task(case, reference, reference), "samples": len(feeds),
+                           "measure": conv_standins.TASKS[case.name].measure}
+    return figures
+
+
+def conv_task(case, reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, float]:
+    """A conv stand-in's task measure on `got` (conv_standins.score), against float's outputs and the labels."""
+    import conv_standins
+
+    output = conv_standins.TASKS[case.name].output
+    return conv_standins.score(case.name, got[output], reference[output], conv_standins.load_labels(case))
 
 
 def standin_figures(case) -> dict:
@@ -388,14 +439,21 @@ def worst_sqnr(result: dict) -> float:
 
 
 def columns(bench: dict) -> tuple[str, ...]:
-    return ENCODER_COLUMNS if bench.get("encoder") else COLUMNS
+    return CONV_COLUMNS if "conv" in bench else ENCODER_COLUMNS if bench.get("encoder") else COLUMNS
+
+
+def _task_cells(task: dict[str, float], float_task: dict[str, float]) -> list[str]:
+    """A conv stand-in's vs float %, task % and points lost on the labels."""
+    return [f"{100 * task['vs_float']:.1f}", f"{100 * task['vs_labels']:.1f}",
+            f"{100 * (float_task['vs_labels'] - task['vs_labels']):.1f}"]
 
 
 def table_rows(bench: dict) -> Iterator[list[str]]:
-    """The cells of each tool's row (COLUMNS, or ENCODER_COLUMNS for a stand-in), the float model first."""
-    float_ms, encoder = bench["float_ms"], bench.get("encoder")
-    sizes = [f"{bench['float_mb']:.1f}", "1.00"] if encoder else []
-    yield ["float", "-", "-", "-", "-", *(["1", "0"] if encoder else []), *sizes,
+    """The cells of each tool's row (COLUMNS, ENCODER_COLUMNS or CONV_COLUMNS for a stand-in), the float model first."""
+    float_ms, encoder, conv = bench["float_ms"], bench.get("encoder"), bench.get("conv")
+    sizes = [f"{bench['float_mb']:.2f}", "1.00"] if encoder or conv else []
+    accuracy = ["1", "0"] if encoder else _task_cells(conv["float"], conv["float"]) if conv else []
+    yield ["float", "-", "-", "-", "-", *accuracy, *sizes,
            *(f"1.00 ({float_ms[t]:.3g} ms)" if t in float_ms else "-" for t in THREADS), "0%"]
     for tool, r in bench["tools"].items():
         if "error" in r:
@@ -405,8 +463,11 @@ def table_rows(bench: dict) -> Iterator[list[str]]:
         share = r.get("integer_share")
         extra = []
         if encoder:
-            extra = [f"{r['encoder']['cosine']:.4f}", f"{r['encoder']['points']:.2f}", f"{r['mb']:.1f}",
-                     f"{r['mb'] / bench['float_mb']:.2f}"]
+            extra = [f"{r['encoder']['cosine']:.4f}", f"{r['encoder']['points']:.2f}"]
+        if conv:
+            extra = _task_cells(r["task"], conv["float"])
+        if encoder or conv:
+            extra += [f"{r['mb']:.2f}", f"{r['mb'] / bench['float_mb']:.2f}"]
         yield [tool, f"{r['compile_s']:.2f}", f"{r['peak_mb']:.0f}", f"{r['idle_mb']:.0f}", f"{worst_sqnr(r):.2f}",
                *extra, *(f"{ratios[t]:.2f}" if t in ratios else "?" for t in THREADS),
                "?" if share is None else f"{100 * share:.1f}%"]
@@ -438,6 +499,9 @@ def notes(bench: dict) -> Iterator[str]:
         if r.get("preprocess_retry"):
             yield (f"{tool}: quant_pre_process failed on symbolic shape inference and was run again with "
                    f"{r['preprocess_retry']} (its figure includes both)")
+        if "rungs_tried" in r:
+            kept = f"kept {r['rung']}" if r["rung"] else "kept the float model (no rung within the tolerance)"
+            yield f"{tool}: {kept}, of {', '.join(r['rungs_tried'])}"
         if "call_s" in r:
             yield f"{tool}: compile() call {r['call_s']:.2f} s with its validation"
         if r.get("peak_before_validation_mb"):
@@ -454,6 +518,9 @@ def notes(bench: dict) -> Iterator[str]:
         yield f"float model, measured: {encoder_standins.describe(bench['standin'])}"
         yield (f"SQNR dB: last_hidden_state over real tokens; cosine: sentence_embedding against float, mean over "
                f"samples; points = 100 x (1 - cosine); latency feed: 1 x {bench['latency_sequence']} tokens")
+    if "conv" in bench:
+        yield (f"task: {bench['conv']['measure']} over {bench['conv']['samples']} evaluation samples, against the "
+               f"float model's outputs (vs float %) and the labels (task %); points = float's task % - the tool's")
 
 
 def targets(name: str, bench: dict) -> dict[str, tuple[bool, float, float]]:
@@ -490,15 +557,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(DEFAULT_MODELS),
                         help=f"default: {' '.join(DEFAULT_MODELS)}; the encoder stand-ins {', '.join(STANDINS)} "
-                             "are run when named")
+                             f"and the conv stand-ins {', '.join(CONV_STANDINS)} are run when named")
     parser.add_argument("--tools", nargs="+", choices=TOOLS,
-                        help=f"default: {' '.join(DEFAULT_TOOLS)}, and {' '.join(ENCODER_TOOLS)} on the stand-ins")
+                        help=f"default: {' '.join(DEFAULT_TOOLS)}, {' '.join(ENCODER_TOOLS)} on the encoder "
+                             f"stand-ins and {' '.join(CONV_TOOLS)} on the conv stand-ins")
     parser.add_argument("--exporter", choices=("classic", "dynamo"), default="classic",
                         help="the torch exporter the encoder stand-ins go through (default classic)")
     parser.add_argument("--samples", type=int, default=32, help="calibration samples")
     parser.add_argument("--eval-samples", type=int, default=16, help="evaluation samples, drawn apart")
     parser.add_argument("--repeat", type=int, help="latency rounds, each model's median over them (default 7, quick 3)")
-    parser.add_argument("--quick", action="store_true", help="small models: width 0.25 at 64x64, a 2-layer BERT")
+    parser.add_argument("--quick", action="store_true",
+                        help="small models: width 0.25 at 64x64, a 2-layer BERT, the conv stand-ins' tiny size")
     parser.add_argument("--width", type=float, help="CNN width multiplier (overrides the size)")
     parser.add_argument("--resolution", type=int, help="CNN input size in pixels (overrides the size)")
     parser.add_argument("--work-dir", type=Path, help="cache of models and data (default: a temporary folder)")
@@ -536,11 +605,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(f"{os.cpu_count()} cores, 1-minute load average {load:.2f} at the start (other work skews latency)")
     for name in args.models:
         say(f"{name}: preparing ...")
-        case = prepare_case(name, size, work, args.samples, args.eval_samples, args.exporter)
+        case = prepare_case(name, size, work, args.samples, args.eval_samples, args.exporter,
+                            "tiny" if args.quick else "standard")
         if case is None:
             print(f"\n== {name} ==\nskipped: {DIGITS.relative_to(ROOT)}/model.onnx is missing")
             continue
-        tools = args.tools or list(ENCODER_TOOLS if name in STANDINS else DEFAULT_TOOLS)
+        tools = args.tools or list(ENCODER_TOOLS if name in STANDINS else CONV_TOOLS if name in CONV_STANDINS
+                                   else DEFAULT_TOOLS)
         bench = bench_model(case, tools, rounds)
         if name in STANDINS:
             bench.update(standin_figures(case))
