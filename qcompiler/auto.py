@@ -61,12 +61,11 @@ import numpy as np
 
 from qcompiler import ir, passes
 from qcompiler.acceptance import floor, holds, measures
-from qcompiler.compiler import CompileResult, as_executor, compile, load_for_compile
+from qcompiler.compiler import CompileResult, as_executor, compile, load_for_compile, transformer_layers
 from qcompiler.data import input_specs, open_calibration_data
 from qcompiler.ir.evaluate import ValueTap, joined, outputs_over
 from qcompiler.passes.analyses.cost import COMPUTE_OPS
 from qcompiler.passes.analyses.observers import ObserverOptions, Observations
-from qcompiler.passes.analyses.rules import norm_feeds_linear
 from qcompiler.passes.transforms.assign_precision import BudgetUnreachable
 from qcompiler.passes.infra.plugins import load_function
 from qcompiler.recipe import Recipe
@@ -162,7 +161,7 @@ class AutoResult:
 
 def ladder(model: ir.Model) -> list[Rung]:
     """Rule 2's cheap rungs for `model`; `mixed` is added by auto() only when they all fail."""
-    normalized = norm_feeds_linear(model)
+    normalized = transformer_layers(model)
     rungs = [Rung("dynamic", "dynamic", needs_calibration=False)]
     if normalized:
         rungs.append(Rung("dynamic-smooth", "dynamic-smooth"))

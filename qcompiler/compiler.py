@@ -10,7 +10,10 @@
    MatMul or Gemm, `dynamic-smooth`, or `dynamic` without calibration data: on encoders
    with trained-like outliers it was both more accurate and faster than static int8,
    29.7 against 8.1 dB at 0.42x against 0.53x float's latency, tools/bench.py on the
-   MiniLM-sized stand-in; the report's settings say which and why). `mode` names a
+   MiniLM-sized stand-in; the report's settings say which and why). A LayerNorm that
+   exports below opset 17 spell out counts (found on a fused copy, as fuse finds it), and
+   a net whose Convs hold most of the weights stays static (dynamic quantization would
+   leave those Convs float). `mode` names a
    pipeline: static (int8), dynamic, fp16, int4. The
    target (a name, or a `passes.Target` for another machine's CPU flags) and the
    recipe's overrides go on the pass context; the recipe's pass options fill the
@@ -59,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from qcompiler import ir, passes
@@ -225,13 +229,41 @@ def _recipe(recipe: Recipe | str | Path | dict | None) -> Recipe:
 
 def default_pipeline(model: ir.Model, target: passes.Target, calibrated: bool) -> tuple[str, str]:
     """Rule 2's choice where neither argument nor recipe names a pipeline: the pipeline, and why."""
-    if target.name == "ort-cpu" and norm_feeds_linear(model):
+    if target.name == "ort-cpu" and transformer_layers(model) and _linear_weight_share(model) >= 0.5:
         why = ("normalizations feed Linears (a transformer): ONNX Runtime's dynamic kernels with smoothed "
                "outliers beat static int8 there; --mode static for static int8")
         if calibrated:
             return "dynamic-smooth", f"dynamic-smooth: {why}"
         return "dynamic", f"dynamic (no calibration data to smooth with): {why}"
     return "int8", "int8: static, the default"
+
+
+def transformer_layers(model: ir.Model) -> bool:
+    """Whether a normalization feeds a MatMul or Gemm (rules.norm_feeds_linear), a LayerNorm that older
+    exports spell out included: those are found as fuse finds them, on a fused copy of the model."""
+    if norm_feeds_linear(model):
+        return True
+    if not any(node.op_type == "ReduceMean" for node in model.graph.nodes):
+        return False
+    fused = ir.clone_model(model)
+    try:
+        passes.PassManager("canonicalize,fuse").run(fused, passes.PassContext())
+    except (passes.PassError, ir.IRError):  # the compile itself will say what is wrong with the model
+        return False
+    return norm_feeds_linear(fused)
+
+
+def _linear_weight_share(model: ir.Model) -> float:
+    """The share of Conv, MatMul and Gemm weight elements that MatMul and Gemm hold: a conv net with a few
+    attention blocks (an OCR recognizer) is a conv net, whose Convs dynamic quantization leaves float."""
+    sizes = {"Conv": 0, "Linear": 0}
+    for node in model.graph.nodes:
+        if node.op_type in ("Conv", "MatMul", "Gemm") and not node.domain:
+            weight = node.inputs[1] if len(node.inputs) > 1 else None
+            if weight is not None and weight.is_const:
+                sizes["Conv" if node.op_type == "Conv" else "Linear"] += int(np.prod(weight.shape or ()))
+    total = sizes["Conv"] + sizes["Linear"]
+    return sizes["Linear"] / total if total else 0.0
 
 
 def _mode_pipeline(mode: str | None, pipeline: str | None) -> str | None:

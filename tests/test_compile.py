@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from helpers import run_onnx
 
@@ -223,3 +224,36 @@ def test_weight_codes_follow_the_cpu_flags_compiled_for(flags, reduce):
     codes = [v.const for v in result.model.graph.constants if v.const is not None and v.const.dtype == np.int8]
     widest = max(int(np.abs(c.astype(np.int32)).max()) for c in codes)
     assert widest == (64 if reduce else 127)
+
+
+def test_a_transformer_exported_below_opset_17_is_found_for_the_default(tmp_path):
+    """torch writes LayerNorm out (ReduceMean, Sub, Pow, ...) below opset 17: fuse groups it, and the
+    default sees the transformer there too; a conv net with a LayerNorm-fed head stays static."""
+    import torch
+    from encoder_model import build_encoder, token_batches
+
+    encoder, calib = build_encoder(), token_batches(8, 1, seq=16)
+    old = tmp_path / "encoder14.onnx"
+    torch.onnx.export(encoder, (torch.from_numpy(calib[0]["input_ids"]),), str(old), opset_version=14,
+                      input_names=["input_ids"], dynamic_axes={"input_ids": {0: "batch", 1: "seq"}}, dynamo=False)
+    ops = {n.op_type for n in onnx.load(old).graph.node}
+    assert "LayerNormalization" not in ops and "ReduceMean" in ops
+    result = qcompiler.compile(old, calib, eval=calib)
+    assert result.report.settings["pipeline"].startswith("dynamic-smooth")
+    assert result.report.outputs[0].sqnr_db > 25
+
+    class ConvWithAttentionHead(torch.nn.Module):  # an OCR recognizer's shape: a conv backbone, a small head
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                                                torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU())
+            self.norm, self.head = torch.nn.LayerNorm(64), torch.nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.norm(self.backbone(x).mean(dim=(2, 3))))
+
+    with torch.no_grad():
+        images = np.random.default_rng(0).random((4, 1, 3, 8, 8), np.float32)
+        conv = qcompiler.compile(ConvWithAttentionHead().eval(), [{"x": image} for image in images],
+                                 example_inputs=(torch.zeros(1, 3, 8, 8),))
+    assert conv.report.settings["pipeline"] == "int8: static, the default"

@@ -52,9 +52,14 @@ NORMS = frozenset({"LayerNormalization", "RMSNormalization", "SimplifiedLayerNor
 
 
 def norm_feeds_linear(model: Model) -> bool:
-    """Whether a normalization feeds a MatMul or Gemm: a transformer's layers, where activation outliers live."""
-    return any(node.op_type in NORMS and any(user.op_type in ("MatMul", "Gemm") for user in node.outputs[0].consumers())
+    """Whether a normalization feeds a MatMul or Gemm: a transformer's layers, where activation outliers live.
+    A LayerNorm spelled out in primitive ops (exports below opset 17) counts once fuse has grouped it."""
+    return any(_is_norm(node) and any(user.op_type in ("MatMul", "Gemm") for user in node.outputs[0].consumers())
                for node in model.graph.nodes)
+
+
+def _is_norm(node: Node) -> bool:
+    return node.op_type in NORMS or str(node.meta.get("group", "")).startswith("layernorm#")
 
 
 class Weight(NamedTuple):
