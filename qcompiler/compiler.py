@@ -137,6 +137,7 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     report.weight_only = context.report.get("weight-only")
     report.embeddings = context.report.get("quantize-embeddings")
     report.smoothing = context.report.get("smooth-quant")
+    report.ranges = context.report.get("choose-ranges")
     report.linears = linear_schemes(model, report.smoothing)
     report.passes = [PassRecord(name, seconds, changed, dict(stats)) for name, seconds, changed, stats in timing.rows]
     report.compile_seconds = time.perf_counter() - start

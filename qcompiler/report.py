@@ -45,6 +45,7 @@ class CompileReport:
     weight_only: dict[str, Any] | None = None  # weight-only's report, when it ran
     embeddings: dict[str, Any] | None = None  # quantize-embeddings' report, when it stored a table
     smoothing: dict[str, Any] | None = None  # smooth-quant's report, when it ran: each value's outlier ratio
+    ranges: dict[str, Any] | None = None  # choose-ranges' report, when it ran: each value whose range it changed
     linears: list[dict[str, Any]] = field(default_factory=list)  # each Linear's scheme (qcompiler/schemes.py)
     warnings: list[str] = field(default_factory=list)
 
