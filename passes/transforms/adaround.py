@@ -13,14 +13,15 @@ Rounding for Post-Training Quantization") picks floor or ceil per weight so that
    floor(W/s) + h(V) + zero point, within the channel's round-to-nearest codes (rule 5); h(V) = clip(sigmoid(V) *
    1.2 - 0.1, 0, 1) starts at the fractional part (round-to-nearest's choice).
 3. Loss: mean squared difference of the layer's output with the soft weights and with W,
+   in units of round-to-nearest's (so `weight` means the same whatever the layer's scale),
    on the layer's own float inputs (the float model's, read in one ONNX Runtime pass as
    bias-correct reads them), plus `weight` * sum(1 - |2h - 1|^beta) after the first 20%
    of the iterations, beta annealed 20 -> 2; Adam, lr 1e-2, minibatches of 32 rows
    (torch on CPU, the op reproduced with its pads, strides, dilations, group, transA/B).
 4. Kept rows: `samples` per layer, the first ones read: images for a Conv, vectors (input
    rows along the reduction axis) for Gemm and MatMul, so memory stays bounded.
-5. The elements whose round-to-nearest code is their channel's extreme keep it, so the
-   channel's range, and with it the scale fold-weights computes again, are unchanged; the
+5. The elements whose round-to-nearest code is their channel's extreme keep it, and no
+   code passes it (symmetric codes: the largest magnitude, either sign), so the channel's range, and with it the scale fold-weights computes again, are unchanged; the
    weight is written back as dequantize(code): fold-weights' round(W'/s) gives exactly the
    learned codes. A layer whose learned codes err more than round-to-nearest on the kept
    rows keeps round-to-nearest (`no_gain`).
@@ -68,6 +69,7 @@ class _Layer:
     node: Node
     weight: np.ndarray
     params: QuantParams
+    symmetric: bool
     rows: list[np.ndarray] = field(default_factory=list)
     kept: int = 0
 
@@ -167,7 +169,7 @@ class AdaRound(Pass):
                 (node.op_type == "Conv" and node.attr("auto_pad", "NOTSET") != "NOTSET"):
             return None
         params = folded_params(data, weight_axis(node, weight, fold), fold, reduce_range)
-        return _Layer(node, data.astype(np.float32), params)
+        return _Layer(node, data.astype(np.float32), params, fold.symmetric)
 
     def _read_inputs(self, model: Model, layers: list[_Layer], data) -> None:
         """Rule 4: the first `samples` rows of each layer's float input, from one pass over the data."""
@@ -207,7 +209,7 @@ def _learn(torch, layer: _Layer, options: AdaRound.Options, deadline: float):
     scale = _broadcast(params.scale, params.axis, w.shape)
     zero_point = _broadcast(params.zero_point.astype(np.float32), params.axis, w.shape)
     rtn = quantize(w, params).astype(np.float32)
-    low, high = _code_bounds(rtn, params.axis)
+    low, high = _code_bounds(rtn, params.axis, layer.symmetric)
     scaled = w / scale + zero_point
     floor = np.floor(scaled)
     rest = np.clip(scaled - floor, 0.01, 0.99)
@@ -228,13 +230,14 @@ def _learn(torch, layer: _Layer, options: AdaRound.Options, deadline: float):
 
     with torch.no_grad():
         target = forward(x, t_w)
+        unit = max(torch.mean((forward(x, weights(t_rtn)) - target) ** 2).item(), 1e-30)
     warmup = int(_WARMUP * options.iterations)
     for step in range(options.iterations):
         if time.perf_counter() >= deadline:
             return None
         pick = torch.randint(len(x), (min(_BATCH, len(x)),), generator=generator)
         h = rounding(v)
-        loss = torch.mean((forward(x[pick], weights(t_floor + h)) - target[pick]) ** 2)
+        loss = torch.mean((forward(x[pick], weights(t_floor + h)) - target[pick]) ** 2) / unit
         if step >= warmup:
             beta = 20 + (2 - 20) * (step - warmup) / max(1, options.iterations - warmup - 1)
             loss = loss + options.weight * torch.sum(1 - torch.abs(2 * h - 1) ** beta)
@@ -257,10 +260,14 @@ def _broadcast(array: np.ndarray, axis: int | None, shape: tuple[int, ...]) -> n
     return np.asarray(array, dtype=np.float32).reshape(view)
 
 
-def _code_bounds(codes: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Rule 5: each channel's (or the tensor's) lowest and highest round-to-nearest code, which bound
-    the learned ones and which its extreme elements keep."""
+def _code_bounds(codes: np.ndarray, axis: int | None, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 5: the codes that bound each channel's (or the tensor's) learned ones, and which its extreme
+    elements keep: -m and m for symmetric codes (m the largest magnitude, which alone sets the scale),
+    else the lowest and highest round-to-nearest code."""
     reduce = None if axis is None else tuple(d for d in range(codes.ndim) if d != axis % codes.ndim)
+    if symmetric:
+        largest = np.abs(codes).max(axis=reduce, keepdims=True)
+        return -largest, largest
     return codes.min(axis=reduce, keepdims=True), codes.max(axis=reduce, keepdims=True)
 
 
