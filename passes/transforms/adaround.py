@@ -20,11 +20,12 @@ Rounding for Post-Training Quantization") picks floor or ceil per weight so that
    (torch on CPU, the op reproduced with its pads, strides, dilations, group, transA/B).
 4. Kept rows: `samples` per layer, the first ones read: images for a Conv, vectors (input
    rows along the reduction axis) for Gemm and MatMul, so memory stays bounded.
-5. The elements whose round-to-nearest code is their channel's extreme keep it, and no
-   code passes it (symmetric codes: the largest magnitude, either sign), so the channel's range, and with it the scale fold-weights computes again, are unchanged; the
-   weight is written back as dequantize(code): fold-weights' round(W'/s) gives exactly the
-   learned codes. A layer whose learned codes err more than round-to-nearest on the kept
-   rows keeps round-to-nearest (`no_gain`).
+5. The elements that set their channel's range (the largest magnitude for symmetric codes,
+   the min and max otherwise) keep their float value, and no other code leaves that range,
+   so the scale fold-weights computes again is unchanged (with reduce_range the extreme is
+   63.5 steps, not a code); the others are written back as s * (code - zero point), so
+   fold-weights' round(W'/s) gives exactly the learned codes. A layer whose learned codes
+   err more than round-to-nearest on the kept rows keeps round-to-nearest (`no_gain`).
 6. `time_budget_s` bounds the whole pass: layers not finished when it runs out keep their
    weights (round-to-nearest; `left`).
 7. Order: after calibrate (ranges come from the float model), before place-qdq and
@@ -47,7 +48,7 @@ import numpy as np
 
 from qcompiler.ir import Model, NameAllocator, Node, Value
 from qcompiler.ir.evaluate import first_rows
-from qcompiler.ir.quant import QuantParams, dequantize, quantize
+from qcompiler.ir.quant import QuantParams, quantize
 
 from ..analyses.observers import tapped_batches
 from ..analyses.rules import plans
@@ -103,7 +104,7 @@ class AdaRound(Pass):
         iterations: int = 500
         samples: int = 256
         time_budget_s: float = 300.0
-        weight: float = 0.01
+        weight: float = 0.1
         progress: Literal["auto", "on", "off"] = "auto"
 
         def __post_init__(self) -> None:
@@ -139,12 +140,12 @@ class AdaRound(Pass):
                 if learned is None:
                     self.stats["left"] += 1
                     continue
-                codes, before, after = learned
+                weight, before, after = learned
                 errors[layer.node.name or layer.node.op_type] = {"rtn": before, "adaround": after}
                 if after >= before:
                     self.stats["no_gain"] += 1
                     continue
-                self._write(model, names, layer, codes)
+                self._write(model, names, layer, weight)
         else:
             self.stats["left"] += len(layers)
         ctx.report[self.name] = {
@@ -182,10 +183,10 @@ class AdaRound(Pass):
                         layer.keep(np.asarray(array), self.options.samples)
             del arrays
 
-    def _write(self, model: Model, names: NameAllocator, layer: _Layer, codes: np.ndarray) -> None:
-        """Rule 5: the weight as the dequantized learned codes, a new initializer."""
+    def _write(self, model: Model, names: NameAllocator, layer: _Layer, weight: np.ndarray) -> None:
+        """Rule 5: the weight with the learned codes, a new initializer."""
         old = layer.node.inputs[1]
-        stored = dequantize(codes.astype(layer.params.dtype.numpy), layer.params).astype(old.const_array.dtype)
+        stored = weight.astype(old.const_array.dtype)
         new = model.graph.add_constant(Value(names.fresh(f"{old.name}_adaround"), const=stored))
         layer.node.set_input(1, new)
         model.graph.drop_unread_constants([old])
@@ -201,36 +202,36 @@ def _torch():
 
 
 def _learn(torch, layer: _Layer, options: AdaRound.Options, deadline: float):
-    """Rules 2, 3 and 5: (codes, error with round-to-nearest, error with the codes) on the kept rows;
-    None when the time budget ran out first."""
+    """Rules 2, 3 and 5: (the weight to write, error with round-to-nearest, error with the learned
+    codes) on the kept rows; None when the time budget ran out first."""
     if time.perf_counter() >= deadline:
         return None
     params, w = layer.params, layer.weight
     scale = _broadcast(params.scale, params.axis, w.shape)
     zero_point = _broadcast(params.zero_point.astype(np.float32), params.axis, w.shape)
     rtn = quantize(w, params).astype(np.float32)
-    low, high = _code_bounds(rtn, params.axis, layer.symmetric)
     scaled = w / scale + zero_point
+    extremes, low, high = _range_keepers(scaled, params.axis, layer.symmetric)
     floor = np.floor(scaled)
     rest = np.clip(scaled - floor, 0.01, 0.99)
     generator = torch.Generator().manual_seed(0)
     x = torch.from_numpy(np.concatenate(layer.rows))
     forward = _forward(torch, layer.node)
     t_w, t_scale, t_zp = (torch.from_numpy(np.ascontiguousarray(a)) for a in (w, scale, zero_point))
-    t_floor, t_rtn, t_low, t_high = (torch.from_numpy(a) for a in (floor, rtn, low, high))
-    t_extremes = (t_rtn == t_low) | (t_rtn == t_high)
+    t_floor, t_rtn, t_low, t_high, t_extremes = (torch.from_numpy(a) for a in (floor, rtn, low, high, extremes))
     v = torch.nn.Parameter(torch.from_numpy(-np.log((_ZETA - _GAMMA) / (rest - _GAMMA) - 1)).float())
     optimizer = torch.optim.Adam([v], lr=1e-2)
 
     def weights(codes):
-        return (torch.where(t_extremes, t_rtn, torch.minimum(torch.maximum(codes, t_low), t_high)) - t_zp) * t_scale
+        return torch.where(t_extremes, t_w, (torch.minimum(torch.maximum(codes, t_low), t_high) - t_zp) * t_scale)
 
     def rounding(v):
         return torch.clamp(torch.sigmoid(v) * (_ZETA - _GAMMA) + _GAMMA, 0, 1)
 
     with torch.no_grad():
         target = forward(x, t_w)
-        unit = max(torch.mean((forward(x, weights(t_rtn)) - target) ** 2).item(), 1e-30)
+        before = torch.mean((forward(x, (t_rtn - t_zp) * t_scale) - target) ** 2).item()
+    unit = max(before, 1e-30)
     warmup = int(_WARMUP * options.iterations)
     for step in range(options.iterations):
         if time.perf_counter() >= deadline:
@@ -245,11 +246,23 @@ def _learn(torch, layer: _Layer, options: AdaRound.Options, deadline: float):
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        codes = torch.where(t_extremes, t_rtn, torch.minimum(torch.maximum(t_floor + (rounding(v) >= 0.5).float(),
-                                                                           t_low), t_high))
-        before = torch.mean((forward(x, weights(t_rtn)) - target) ** 2).item()
-        after = torch.mean((forward(x, weights(codes)) - target) ** 2).item()
-    return codes.numpy(), before, after
+        learned = weights(t_floor + (rounding(v) >= 0.5).float())
+        after = torch.mean((forward(x, learned) - target) ** 2).item()
+    return learned.numpy(), before, after
+
+
+def _range_keepers(scaled: np.ndarray, axis: int | None, symmetric: bool):
+    """Rule 5: where the elements that set each channel's (or the tensor's) range are, and the codes
+    that bound the others so the range stays: [-m, m] for symmetric codes (m the largest magnitude
+    of W/s, which alone sets the scale), else [min, max] of W/s + zero point, rounded inwards."""
+    reduce = None if axis is None else tuple(d for d in range(scaled.ndim) if d != axis % scaled.ndim)
+    slack = 1e-3  # W/s of the extreme is 127 up to float rounding; a code off by that keeps the scale
+    if symmetric:
+        largest = np.abs(scaled).max(axis=reduce, keepdims=True)
+        high = np.floor(largest + slack)
+        return np.abs(scaled) == largest, -high, high
+    lowest, highest = scaled.min(axis=reduce, keepdims=True), scaled.max(axis=reduce, keepdims=True)
+    return (scaled == lowest) | (scaled == highest), np.ceil(lowest - slack), np.floor(highest + slack)
 
 
 def _broadcast(array: np.ndarray, axis: int | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -258,17 +271,6 @@ def _broadcast(array: np.ndarray, axis: int | None, shape: tuple[int, ...]) -> n
     view = [1] * len(shape)
     view[axis % len(shape)] = -1
     return np.asarray(array, dtype=np.float32).reshape(view)
-
-
-def _code_bounds(codes: np.ndarray, axis: int | None, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Rule 5: the codes that bound each channel's (or the tensor's) learned ones, and which its extreme
-    elements keep: -m and m for symmetric codes (m the largest magnitude, which alone sets the scale),
-    else the lowest and highest round-to-nearest code."""
-    reduce = None if axis is None else tuple(d for d in range(codes.ndim) if d != axis % codes.ndim)
-    if symmetric:
-        largest = np.abs(codes).max(axis=reduce, keepdims=True)
-        return -largest, largest
-    return codes.min(axis=reduce, keepdims=True), codes.max(axis=reduce, keepdims=True)
 
 
 def _forward(torch, node: Node):
