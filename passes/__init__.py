@@ -5,6 +5,7 @@
 Importing it registers the built-in passes and names the built-in pipelines.
 """
 
+from .transforms import adaround as _adaround  # noqa: F401  (registers the pass)
 from .transforms import apply_overrides as _apply_overrides  # noqa: F401  (registers the pass)
 from .transforms import assign_precision as _assign_precision  # noqa: F401  (registers the pass)
 from .transforms import choose_ranges as _choose_ranges  # noqa: F401  (registers the pass)
@@ -50,6 +51,8 @@ register_pipeline("int8-equalized", f"{_HEAD},equalize,insert-observers,calibrat
                                     "quantize-embeddings,cleanup")
 register_pipeline("int8-ranges", f"{_HEAD},insert-observers,calibrate,choose-ranges,place-qdq,fold-weights,"
                                  "quantize-embeddings,cleanup")
+register_pipeline("int8-adaround", f"{_HEAD},insert-observers,calibrate,adaround,bias-correct,place-qdq,fold-weights,"
+                                   "quantize-embeddings,cleanup")
 # mixed stores the embedding tables before assign-precision, which emits every variant it measures with
 # the passes after it: the same tables quantized once, not once per variant (35% of a BERT-base variant).
 register_pipeline("mixed", f"{_HEAD},quantize-embeddings,insert-observers,calibrate,assign-precision,place-qdq,"
