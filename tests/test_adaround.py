@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import VNNI_CPU
 from test_bias_correct import batches, layer, single
 
 import qcompiler
@@ -23,7 +24,7 @@ def learned(op: str, options: str = "", fold: str = "") -> tuple[ir.Model, dict,
     """The model after adaround (and fold-weights when `fold`), its report and the float weight."""
     proto, w, _ = single(op, bias=True)
     model = ir.load_model(proto.SerializeToString())
-    ctx = PassContext(calibration_data=batches(op))
+    ctx = PassContext(calibration_data=batches(op), target=VNNI_CPU)  # full-range codes, whatever the host
     PassManager(PIPELINE.format(options=options) + fold).run(model, ctx)
     return model, ctx.report["adaround"], w
 
@@ -63,7 +64,7 @@ def test_fold_weights_stores_the_learned_codes(op, fold):
     proto, w, _ = single(op, bias=True)
     model = ir.load_model(proto.SerializeToString())
     seen = WeightAfterAdaround()
-    ctx = PassContext(calibration_data=batches(op), instruments=[seen])
+    ctx = PassContext(calibration_data=batches(op), instruments=[seen], target=VNNI_CPU)
     PassManager(PIPELINE.format(options="") + f",fold-weights{fold}").run(model, ctx)
     stored = weight_of(model).producer.inputs[0]
     codes = stored.const_array.astype(np.int64)
