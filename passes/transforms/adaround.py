@@ -60,8 +60,7 @@ from ..analyses.rules import plans
 from ..infra.base import Pass, PassError, register_pass
 from ..infra.progress import SWITCH, Progress
 from ..infra.target import weight_reduce_range
-from .bias_correct import _fold_options
-from .fold_weights import folded_params, weight_axis
+from .fold_weights import folded_params, folded_weight, following_options, weight_axis
 
 _ZETA, _GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (rule 2)
 _WARMUP = 0.2  # share of iterations before the rounding regularizer starts (rule 3)
@@ -128,7 +127,7 @@ class AdaRound(Pass):
     def run(self, model: Model, ctx) -> bool:
         start = time.perf_counter()
         deadline = start + self.options.time_budget_s
-        fold = _fold_options(ctx.following)
+        fold = following_options(ctx.following)
         reduce_range = weight_reduce_range(fold.reduce_range, ctx)
         layers = []
         for node, plan in ctx.analysis("plans", lambda: plans(model)).items():
@@ -162,17 +161,14 @@ class AdaRound(Pass):
 
     def _layer(self, node: Node, plan, fold, reduce_range: bool) -> _Layer | None:
         """Rule 1 and 2: the node as a layer to learn, None when it is not one."""
-        if node.domain or node.op_type not in ("Conv", "Gemm", "MatMul") or plan.activations[:1] != (0,):
+        found = folded_weight(node, plan)
+        if found is None:
             return None
-        weight = next((w for w in plan.weights if w.input == 1), None)
-        if weight is None or node.inputs[1] is None:
-            return None
-        data = node.inputs[1].const_array
+        weight, data = found
         if data is None:
             self.stats["skipped"] += 1
             return None
-        if data.dtype.kind != "f" or (node.op_type != "Conv" and data.ndim != 2) or \
-                (node.op_type == "Conv" and node.attr("auto_pad", "NOTSET") != "NOTSET"):
+        if node.op_type == "Conv" and node.attr("auto_pad", "NOTSET") != "NOTSET":
             return None
         params = folded_params(data, weight_axis(node, weight, fold), fold, reduce_range)
         return _Layer(node, data.astype(np.float32), params, fold.symmetric)

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,10 +75,9 @@ from qcompiler.ir.quant import dequantize, quantize
 from ..analyses.observers import tapped_batches
 from ..analyses.rules import QuantPlan, plans
 from ..infra.base import Pass, PassError, register_pass
-from ..infra.pipeline import PassStep, parse_pipeline
 from ..infra.progress import SWITCH, Progress
 from ..infra.target import weight_reduce_range
-from .fold_weights import FoldWeights, folded_params, weight_axis
+from .fold_weights import folded_params, folded_weight, following_options, weight_axis
 
 
 @dataclass
@@ -142,7 +140,7 @@ class BiasCorrect(Pass):
 
     def run(self, model: Model, ctx) -> bool:
         start = time.perf_counter()
-        fold = _fold_options(ctx.following)
+        fold = following_options(ctx.following)
         reduce_range = weight_reduce_range(fold.reduce_range, ctx)
         layers = []
         for node, plan in ctx.analysis("plans", lambda: plans(model)).items():
@@ -162,17 +160,12 @@ class BiasCorrect(Pass):
 
     def _layer(self, node: Node, plan: QuantPlan, fold, reduce_range: bool) -> _Layer | None:
         """The node as a layer to correct (rule 1), with its weight error (rule 2); None when it is not one."""
-        if node.domain or node.op_type not in ("Conv", "Gemm", "MatMul") or plan.activations[:1] != (0,):
+        found = folded_weight(node, plan)
+        if found is None:
             return None
-        weight = next((w for w in plan.weights if w.input == 1), None)
-        value = node.inputs[1] if weight is not None else None
-        if value is None:
-            return None
-        data = value.const_array
+        weight, data = found
         if data is None:
             self.stats["weights_skipped"] += 1
-            return None
-        if data.dtype.kind != "f" or (node.op_type != "Conv" and data.ndim != 2):
             return None
         params = folded_params(data, weight_axis(node, weight, fold), fold, reduce_range)
         error = dequantize(quantize(data, params), params) - data.astype(np.float32)
@@ -254,19 +247,6 @@ class BiasCorrect(Pass):
         self.stats["corrected"] += 1
 
 
-def _fold_options(following: str) -> FoldWeights.Options:
-    """The options of the fold-weights step that follows (rule 2), its defaults when none does."""
-    step = next(_steps_named("fold-weights", parse_pipeline(following).steps), None) if following else None
-    return step.instantiate(following).options if step is not None else FoldWeights.Options()
-
-
-def _steps_named(name: str, steps: list) -> Iterator[PassStep]:
-    for step in steps:
-        if isinstance(step, PassStep):
-            if step.name == name:
-                yield step
-        else:
-            yield from _steps_named(name, step.body)
 
 
 def _bias_view(data: np.ndarray, channels: int) -> tuple[int, ...]:

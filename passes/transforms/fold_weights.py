@@ -49,6 +49,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,6 +59,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from qcompiler.ir.quant import dtype_range, quantize
 
 from ..infra.base import Pass, PassError, register_pass
+from ..infra.pipeline import PassStep, parse_pipeline
 from .fake_quant import fold_quantized_constants
 from ..analyses.rules import Bias, Weight, is_qdq, plans
 from ..infra.target import weight_reduce_range
@@ -166,6 +168,36 @@ def weight_axis(node: Node, weight: Weight, options: FoldWeights.Options) -> int
 def folded_params(data: np.ndarray, axis: int | None, options: FoldWeights.Options, reduce_range: bool) -> QuantParams:
     """The parameters fold-weights stores a weight with; bias-correct computes the same codes from them."""
     return weight_params(data, axis, _WEIGHT_DTYPES[options.weight_dtype], options.symmetric, reduce_range)
+
+
+def following_options(following: str) -> FoldWeights.Options:
+    """The options of the fold-weights step that follows (rule 2), its defaults when none does."""
+    step = next(_steps_named("fold-weights", parse_pipeline(following).steps), None) if following else None
+    return step.instantiate(following).options if step is not None else FoldWeights.Options()
+
+
+def _steps_named(name: str, steps: list) -> Iterator[PassStep]:
+    for step in steps:
+        if isinstance(step, PassStep):
+            if step.name == name:
+                yield step
+        else:
+            yield from _steps_named(name, step.body)
+
+
+def folded_weight(node: Node, plan) -> tuple[Weight, np.ndarray | None] | None:
+    """The float weight (input 1) of a Conv, Gemm or MatMul reading an activation at input 0, that fold-weights
+    stores, for passes that work out its codes first: (its plan entry, its data, None when the data is elided);
+    None when the node has no such weight."""
+    if node.domain or node.op_type not in ("Conv", "Gemm", "MatMul") or plan.activations[:1] != (0,):
+        return None
+    weight = next((w for w in plan.weights if w.input == 1), None)
+    if weight is None or node.inputs[1] is None:
+        return None
+    data = node.inputs[1].const_array
+    if data is not None and (data.dtype.kind != "f" or (node.op_type != "Conv" and data.ndim != 2)):
+        return None
+    return weight, data
 
 
 def _dq_scale(value: Value | None) -> np.ndarray | None:
