@@ -12,6 +12,8 @@ from qcompiler import ir, passes
 from qcompiler.passes import Overrides, Target
 from qcompiler.recipe import Recipe, RecipeError, apply_pass_options, overrides_toml
 
+from helpers import VNNI_CPU
+
 RECIPE = """
 target = "tensorrt"
 pipeline = "int8"
@@ -131,6 +133,9 @@ def test_overrides_toml_reads_back_as_a_recipe_pinning_the_same_levels():
     ("[overrides.node.c1]\nscheme = \"per-row\"", "scheme: 'per-row' is not one of per-channel, per-tensor"),
     ("[overrides.node_regex.\"conv(\"]\nprecision = \"fp16\"", "[overrides.node_regex.conv(]: not a regular expression"),
     ("[overrides]\nexclude = \"head\"", "[overrides] exclude must be a list of node names"),
+    ("[overrides.op_type.Conv]\nalgorithms = [\"adaroun\"]",
+     "[overrides.op_type.Conv] algorithms: 'adaroun' is not one of adaround, bias-correct, "),
+    ("[overrides.node.c1]\nalgorithms = \"adaround\"", "[overrides.node.c1] algorithms must be a list of pass names"),
     ("target = [", "not valid TOML"),
 ])
 def test_bad_recipes_name_the_file_and_key(tmp_path, text, message):
@@ -188,3 +193,71 @@ def test_an_exclude_naming_no_node_of_the_model_is_refused():
                        r"which the model does not have"):
         qcompiler.compile(golden / "model.onnx", golden / "calib.npz", mode="dynamic",
                           recipe={"overrides": {"exclude": ["nope"]}})
+
+
+def test_an_algorithm_the_pipeline_does_not_run_is_refused():
+    import qcompiler
+
+    golden = Path(__file__).resolve().parent.parent / "golden" / "mlp"
+    with pytest.raises(passes.PassError, match=r"\[overrides.op_type.Gemm\] algorithms names adaround, which the "
+                       r"pipeline does not run after apply-overrides"):
+        qcompiler.compile(golden / "model.onnx", golden / "calib.npz",
+                          recipe={"overrides": {"op_type": {"Gemm": {"algorithms": ["adaround"]}}}})
+
+
+def test_the_recipe_picks_accuracy_algorithms_per_op_type_and_per_node():
+    """int8-equalized with bias-correct left out for Convs but one: the others store the biases of the same
+    pipeline without bias-correct, the one and the Gemm head those of int8-equalized."""
+    import qcompiler
+
+    golden = Path(__file__).resolve().parent.parent / "golden" / "resnet_like"
+    picked = "/features/features.4/body/body.0/Conv"
+    recipe = {"overrides": {"op_type": {"Conv": {"algorithms": ["equalize"]}},
+                            "node": {picked: {"algorithms": ["equalize", "bias-correct"]}}}}
+    everything = passes.registered_pipelines()["int8-equalized"]
+    runs = {name: qcompiler.compile(golden / "model.onnx", golden / "calib.npz", pipeline=pipeline, recipe=r)
+            for name, pipeline, r in (("picked", everything, recipe), ("all", everything, None),
+                                      ("none", everything.replace(",bias-correct", ""), None))}
+    stats = {name: {record.name: record.stats for record in result.report.passes} for name, result in runs.items()}
+    corrected = stats["picked"]["bias-correct"]
+    assert corrected["not_chosen"] == 7 and corrected["corrected"] + corrected.get("exact", 0) == 2
+    assert stats["picked"]["equalize"]["pairs"] == stats["all"]["equalize"]["pairs"] > 0
+
+    def biases(result) -> dict[str, np.ndarray]:
+        return {n.name: n.inputs[2].producer.inputs[0].const for n in result.model.graph.nodes
+                if n.op_type in ("Conv", "Gemm") and len(n.inputs) > 2 and n.inputs[2] is not None}
+
+    picked_biases, all_biases, none_biases = (biases(runs[name]) for name in ("picked", "all", "none"))
+    for name, bias in picked_biases.items():
+        want = all_biases[name] if name in (picked, "/head/Gemm") else none_biases[name]
+        np.testing.assert_array_equal(bias, want, err_msg=name)
+    assert not np.array_equal(all_biases[picked], none_biases[picked])
+
+
+
+HEAD = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse"
+
+
+@pytest.mark.parametrize("case, with_it, without_it, options", [
+    ("resnet_like", "int8-ranges", "int8", {"choose-ranges": {"top": 4}}),
+    ("resnet_like", "int8-adaround", f"{HEAD},insert-observers,calibrate,bias-correct,place-qdq,fold-weights,"
+                                     "quantize-embeddings,cleanup", {"adaround": {"iterations": 20, "samples": 16}}),
+    ("transformer_block", "int8-smooth", "int8", {}),
+    ("mlp", f"{HEAD},cluster-weights{{min_size=16}},cleanup", f"{HEAD},cleanup", {}),
+])
+def test_an_algorithm_the_recipe_gives_no_node_changes_nothing(case, with_it, without_it, options):
+    """No node's `algorithms` names the pipeline's algorithm (bias-correct, where it runs too, stays): the
+    stored constants are those of the pipeline without it, and not those of the pipeline alone."""
+    import qcompiler
+
+    golden = Path(__file__).resolve().parent.parent / "golden" / case
+    kept = ["bias-correct"] if "bias-correct" in passes.parse_pipeline(with_it).pass_names() else []
+    picked = {"passes": options, "overrides": {"node_regex": {".*": {"algorithms": kept}}}}
+
+    def constants(pipeline, recipe) -> list[tuple[str, bytes]]:
+        model = qcompiler.compile(golden / "model.onnx", golden / "calib.npz", pipeline=pipeline, recipe=recipe,
+                                  target=VNNI_CPU).model  # choose-ranges' gains are measured on full-range codes
+        return sorted((v.name, v.const.tobytes()) for v in model.graph.all_values() if v.is_const)
+
+    assert constants(with_it, picked) == constants(without_it, None)
+    assert constants(with_it, {"passes": options}) != constants(without_it, None)

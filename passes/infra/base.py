@@ -64,6 +64,7 @@ class Pass:
     breaks: ClassVar[frozenset[str]] = frozenset()  # facts that no longer hold after it ran
     reads: ClassVar[frozenset[str]] = frozenset()  # meta keys (meta.py) it reads
     writes: ClassVar[frozenset[str]] = frozenset()  # meta keys it sets, changes or removes on what it found
+    algorithm: ClassVar[bool] = False  # an accuracy algorithm the recipe picks per node (overrides.py rule 4)
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -66,6 +66,8 @@ for _key in (
             "assign-precision, read by every quantizing pass", PRECISIONS),
     MetaKey("weight_scheme", "node", str, "per-channel or per-tensor weights (fold-weights)",
             ("per-channel", "per-tensor")),
+    MetaKey("algorithms", "node", str, "the accuracy algorithms (comma-separated pass names) that may change "
+            "the node; without it, every one the pipeline runs (apply-overrides, from the recipe)"),
     MetaKey("group", "node", str, "the fusion group the node belongs to, quantized as one (fuse)"),
     MetaKey("module", "node", str, "the torch module that produced the node (the torch front end)"),
     MetaKey("observer", "value", str, "the observer that calibrates the value (insert-observers)"),

@@ -7,14 +7,18 @@
    observer, a graph input's name too). `exclude` and `force` list node names that
    stay float, or are quantized where a heuristic would keep them float.
 2. Settings: `observer` and the observer options (`observers.ObserverOptions`), which
-   insert-observers reads from here (`observer_options`); `activations`, `precision` and `scheme`, which
-   apply-overrides writes onto the nodes as the marks `NODE_MARKS` names, beside
-   `quantize` for exclude/force, so every pass reads them from the node and dumps
-   show them.
+   insert-observers reads from here (`observer_options`); `activations`, `precision`,
+   `scheme` and `algorithms`, which apply-overrides writes onto the nodes as the marks
+   `NODE_MARKS` names, beside `quantize` for exclude/force, so every pass reads them
+   from the node and dumps show them.
 3. Checked when made: an unknown key, a value outside its choices, an unknown observer
    or options it rejects, a regex that does not compile, a node both excluded and
    forced: a ValueError naming the section and key. Names the model lacks are checked
    by apply-overrides, which has the model.
+4. `algorithms` picks, per node, which of the pipeline's accuracy algorithms (the passes
+   with `Pass.algorithm` set: equalize, bias-correct, adaround, ...) may change it: a
+   list of their names, written as the comma-joined mark `algorithms` ("" for none). A
+   node without the mark gets every one the pipeline runs; `chosen` is the one reading.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from qcompiler.ir import Node
 
 from ..analyses.observers import ObserverOptions
 from ..analyses.rules import PRECISIONS
+from .base import registered_passes
 from .target import ACTIVATION_DTYPES
 
 OBSERVER_KEYS = frozenset({"observer"} | {f.name for f in dataclasses.fields(ObserverOptions)} - {"method"})
-NODE_MARKS = {"activations": "activations", "precision": "precision", "scheme": "weight_scheme"}  # key -> meta key
+NODE_MARKS = {"activations": "activations", "precision": "precision", "scheme": "weight_scheme",  # key -> meta key
+              "algorithms": "algorithms"}
 _CHOICES = {"activations": ACTIVATION_DTYPES, "precision": PRECISIONS, "scheme": ("per-channel", "per-tensor")}
 SETTING_KEYS = OBSERVER_KEYS | set(NODE_MARKS)
 
@@ -78,10 +84,33 @@ class Overrides:
         """The meta marks apply-overrides writes on `node` (rule 2)."""
         settings = self.settings(node)
         marks = {meta: settings[key] for key, meta in NODE_MARKS.items() if key in settings}
+        if "algorithms" in marks:
+            marks["algorithms"] = ",".join(marks["algorithms"])
         if node.name and (node.name in self.exclude or node.name in self.force):
             marks["quantize"] = node.name in self.force
         return marks
 
+
+    def algorithms(self) -> dict[str, str]:
+        """Each algorithm some section names (rule 4), with the first section that names it."""
+        named: dict[str, str] = {}
+        for kind, sections in (("op_type", self.by_op_type), ("module", self.by_module),
+                               ("node_regex", self.by_regex), ("node", self.by_node)):
+            for name, settings in sections.items():
+                for algorithm in settings.get("algorithms", ()):
+                    named.setdefault(algorithm, f"[overrides.{kind}.{name}]")
+        return named
+
+
+def chosen(node: Node, algorithm: str) -> bool:
+    """Rule 4: whether the algorithm pass named `algorithm` may change `node`."""
+    mark = node.meta.get("algorithms")
+    return mark is None or algorithm in mark.split(",")
+
+
+def algorithm_passes() -> list[str]:
+    """The registered passes that read the `algorithms` mark (rule 4)."""
+    return sorted(name for name, cls in registered_passes().items() if getattr(cls, "algorithm", False))
 
 
 def observer_options(defaults: ObserverOptions, settings: Mapping[str, Any]) -> ObserverOptions:
@@ -101,6 +130,13 @@ def _check(settings: Any, section: str, regex: str | None) -> None:
         value = settings.get(key)
         if value is not None and value not in allowed:
             raise ValueError(f"{section} {key}: {value!r} is not one of {', '.join(allowed)}")
+    algorithms = settings.get("algorithms")
+    if algorithms is not None:
+        known = algorithm_passes()
+        if not isinstance(algorithms, list | tuple) or not all(isinstance(a, str) for a in algorithms):
+            raise ValueError(f"{section} algorithms must be a list of pass names ({', '.join(known)})")
+        if unknown := [a for a in algorithms if a not in known]:
+            raise ValueError(f"{section} algorithms: {unknown[0]!r} is not one of {', '.join(known)}")
     if regex is not None:
         try:
             re.compile(regex)

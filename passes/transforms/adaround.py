@@ -7,7 +7,8 @@ Rounding for Post-Training Quantization") picks floor or ceil per weight so that
 
 1. Layers: those bias-correct corrects (its rule 1): every Conv, Gemm and MatMul that
    fold-weights will quantize, with a constant float weight at input 1. Kept float
-   (rules.float_by_choice, precision marks) means not planned, so not touched.
+   (rules.float_by_choice, precision marks) means not planned, so not touched; nor is a
+   node whose `algorithms` mark leaves adaround out (overrides.py rule 4: `not_chosen`).
 2. Scales and bounds are those fold-weights will store with (`folded_params` with the
    options of the fold-weights step that follows, as bias-correct reads them). Codes are
    floor(W/s) + h(V) + zero point, within the channel's round-to-nearest codes (rule 5); h(V) = clip(sigmoid(V) *
@@ -58,6 +59,7 @@ from qcompiler.ir.quant import QuantParams, quantize
 from ..analyses.observers import tapped_batches
 from ..analyses.rules import plans
 from ..infra.base import Pass, PassError, register_pass
+from ..infra.overrides import chosen
 from ..infra.progress import SWITCH, Progress
 from ..infra.target import weight_reduce_range
 from .fold_weights import folded_params, folded_weight, following_options, weight_axis
@@ -95,7 +97,8 @@ class AdaRound(Pass):
     """Learn each weight's rounding (floor or ceil) to minimize its layer's output error (AdaRound)."""
 
     name = "adaround"
-    reads = frozenset({"quantize", "precision", "group", "weight_scheme"})
+    reads = frozenset({"quantize", "precision", "group", "weight_scheme", "algorithms"})
+    algorithm = True
     needs = frozenset({"calibrated"})
     refuses = frozenset({"qdq-placed", "weights-folded"})  # fold-weights stores the codes: learn them before
 
@@ -153,7 +156,7 @@ class AdaRound(Pass):
         else:
             self.stats["left"] += len(layers)
         ctx.report[self.name] = {
-            **{key: self.stats[key] for key in ("done", "no_gain", "skipped", "left")},
+            **{key: self.stats[key] for key in ("done", "no_gain", "skipped", "left", "not_chosen")},
             "seconds": round(time.perf_counter() - start, 3),
             "layers": errors,
         }
@@ -163,6 +166,9 @@ class AdaRound(Pass):
         """Rule 1 and 2: the node as a layer to learn, None when it is not one."""
         found = folded_weight(node, plan)
         if found is None:
+            return None
+        if not chosen(node, self.name):
+            self.stats["not_chosen"] += 1
             return None
         weight, data = found
         if data is None:

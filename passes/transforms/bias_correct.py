@@ -11,7 +11,8 @@ of the BatchNorm statistics the paper reads.
 1. Layers: every node that fold-weights will quantize (rules.plans: not kept float, so
    after assign-precision) with a constant float weight at input 1 and its activation
    at input 0: Conv ([C_out, C_in/group, k...]), Gemm (B as [K, N] or [N, K] with
-   transB, A [M, K] or [K, M] with transA) and MatMul with a 2-D B [K, N].
+   transB, A [M, K] or [K, M] with transA) and MatMul with a 2-D B [K, N]; not one whose
+   `algorithms` mark leaves bias-correct out (overrides.py rule 4: `not_chosen`).
 2. W_q is what fold-weights will store: its own `weight_axis`, `folded_params` and
    `quantize`, dequantized, with the options of the fold-weights step that
    follows in the pipeline (`ctx.following`, so a recipe's `[passes.fold-weights]`
@@ -75,6 +76,7 @@ from qcompiler.ir.quant import dequantize, quantize
 from ..analyses.observers import tapped_batches
 from ..analyses.rules import QuantPlan, plans
 from ..infra.base import Pass, PassError, register_pass
+from ..infra.overrides import chosen
 from ..infra.progress import SWITCH, Progress
 from ..infra.target import weight_reduce_range
 from .fold_weights import folded_params, folded_weight, following_options, weight_axis
@@ -116,7 +118,8 @@ class BiasCorrect(Pass):
     """Subtract from each layer's bias the mean output shift its int8 weights add (bias correction)."""
 
     name = "bias-correct"
-    reads = frozenset({"quantize", "precision", "group", "weight_scheme"})
+    reads = frozenset({"quantize", "precision", "group", "weight_scheme", "algorithms"})
+    algorithm = True
     refuses = frozenset({"weights-folded"})  # fold-weights stores the bias as int32: correct it before
 
     @dataclass
@@ -152,7 +155,8 @@ class BiasCorrect(Pass):
         for layer, shift in zip(layers, _shifts(model, layers)):
             self._correct(model.graph, names, layer.node, shift)
         ctx.report[self.name] = {
-            **{key: self.stats[key] for key in ("corrected", "biases_created", "exact", "no_bias", "weights_skipped")},
+            **{key: self.stats[key] for key in ("corrected", "biases_created", "exact", "no_bias", "weights_skipped",
+                                                 "not_chosen")},
             "batches": batches,
             "seconds": round(time.perf_counter() - start, 3),
         }
@@ -162,6 +166,9 @@ class BiasCorrect(Pass):
         """The node as a layer to correct (rule 1), with its weight error (rule 2); None when it is not one."""
         found = folded_weight(node, plan)
         if found is None:
+            return None
+        if not chosen(node, self.name):
+            self.stats["not_chosen"] += 1
             return None
         weight, data = found
         if data is None:

@@ -6,7 +6,8 @@ output SQNR below is that of a variant emitted by the passes following this one 
 pipeline and run in ONNX Runtime (sensitivity.py rules 2-4), against the float model.
 
 1. Candidates: for each value that leads its parameters (`rules.quantized_values`) and was
-   calibrated, one range per method in `methods` (minmax, percentile-P for percentile P,
+   calibrated (unless its producer or a reader has an `algorithms` mark that leaves
+   choose-ranges out: overrides.py rule 4), one range per method in `methods` (minmax, percentile-P for percentile P,
    mse, entropy; the histogram observers with their default options). All candidate
    observers are fed in one pass over the calibration data (`observers.observe`, each
    value repeated once per method), so a candidate equals what calibrate gives with that
@@ -48,6 +49,7 @@ from ..analyses.observers import Observer, ObserverOptions, observe, tapped_batc
 from ..analyses.rules import quantized_values
 from ..analyses.sensitivity import Evaluator
 from ..infra.base import Pass, PassError, register_pass
+from ..infra.overrides import chosen
 from ..infra.pipeline import parse_pipeline
 from ..infra.progress import Progress
 
@@ -59,8 +61,9 @@ class ChooseRanges(Pass):
     """Try several clipping ranges on the values whose rounding hurts most; keep those that raise the output SQNR."""
 
     name = "choose-ranges"
-    reads = frozenset({"observer", "observer_state"})
+    reads = frozenset({"observer", "observer_state", "algorithms"})
     writes = frozenset({"observer_state"})
+    algorithm = True
     needs = frozenset({"calibrated"})
 
     @dataclass
@@ -86,7 +89,8 @@ class ChooseRanges(Pass):
 
     def run(self, model: ir.Model, ctx) -> bool:
         start = time.perf_counter()
-        leaders = [v for v in main_values(model) if "observer" in v.meta and v.observed_range is not None]
+        leaders = [v for v in main_values(model) if "observer" in v.meta and v.observed_range is not None
+                   and all(chosen(node, self.name) for node in (v.producer, *v.consumers()) if node is not None)]
         data = ctx.evaluation_data if ctx.evaluation_data is not None else ctx.calibration_data
         evaluator = Evaluator(model, ctx.following, first_rows(data, self.options.samples), target=ctx.target)
         best = evaluator.measure({}).min_sqnr_db

@@ -9,7 +9,8 @@ speed one: ONNX Runtime rebuilds the float weight (rule 4).
 1. A weight is a constant float32 initializer of at least `min_size` elements (default
    4096) read as MatMul's B ([K, N], output channel = column), Gemm's B ([K, N], or
    [N, K] with transB) or Conv's W ([M, C/group, kh, kw], output channel = M). Nodes
-   kept float (rules.float_by_choice) keep float weights; subgraphs are not touched.
+   kept float (rules.float_by_choice) keep float weights, as do nodes whose `algorithms`
+   mark leaves cluster-weights out (overrides.py rule 4); subgraphs are not touched.
 2. Per output channel, k-means (Lloyd) in numpy, vectorized over channels: every
    value goes to its nearest centroid, each centroid moves to the mean of its values,
    until no assignment changes or `iterations` (default 20) rounds. A cluster left empty
@@ -56,6 +57,7 @@ from qcompiler.ir import DType, Model, NameAllocator, Node, TensorType, Value
 
 from ..analyses.rules import float_by_choice
 from ..infra.base import Pass, register_pass
+from ..infra.overrides import chosen
 from .weight_quant import stored_bytes
 
 _UINT4_OPSET = 21  # Cast reads uint4 from opset 21
@@ -74,7 +76,8 @@ class ClusterWeights(Pass):
     """Store MatMul/Gemm/Conv weights as per-output-channel k-means codebooks and indices (non-uniform)."""
 
     name = "cluster-weights"
-    reads = frozenset({"quantize", "precision", "group"})
+    reads = frozenset({"quantize", "precision", "group", "algorithms"})
+    algorithm = True
 
     @dataclass
     class Options:
@@ -111,6 +114,9 @@ class ClusterWeights(Pass):
             value = node.inputs[target.input]
             if node in kept or value.const.size < self.options.min_size or value.const.dtype != np.float32:
                 self.stats["weights_skipped"] += 1
+                continue
+            if not chosen(node, self.name):
+                self.stats["not_chosen"] += 1
                 continue
             key = (value, target.axis)
             if key not in done:
@@ -160,7 +166,7 @@ class ClusterWeights(Pass):
         stats, (error, signal) = self.stats, self._errors
         return {
             "levels": self.options.levels, "index_type": index_dtype.name.lower(),
-            "weights": stats["weights_clustered"], "skipped": stats["weights_skipped"],
+            "weights": stats["weights_clustered"], "skipped": stats["weights_skipped"], "not_chosen": stats["not_chosen"],
             "float_bytes": stats["bytes_float"], "stored_bytes": stats["bytes_stored"],
             "ratio": round(stats["bytes_float"] / max(stats["bytes_stored"], 1), 2),
             "weight_mse": error / max(stats["elements"], 1),

@@ -17,7 +17,8 @@ Quantization Through Weight Equalization and Bias Correction"; no data is read.
    Tanh, Gelu are not, and end the pair, as does any op between the Convs. Any group
    works: Conv2 reads its input channel c through the filters of the output channels of
    group c // (C_in/group), at position c % (C_in/group), so a depthwise Conv2 (group =
-   channels) reads channel c in filter c alone.
+   channels) reads channel c in filter c alone. A pair with a Conv whose `algorithms` mark
+   leaves equalize out (overrides.py rule 4) is not one (`not_chosen`).
 2. r1[c] = max |W1[c]| (output channel c of Conv1, all its weights) and r2[c] = max of
    |W2| over the weights reading input channel c. s[c] = sqrt(r1[c] r2[c]) / r2[c] =
    sqrt(r1[c] / r2[c]), clamped to [1e-4, 1e4]; s[c] = 1 where r1[c] or r2[c] is 0
@@ -63,6 +64,7 @@ import numpy as np
 from qcompiler.ir import Graph, Model, NameAllocator, Node, Value
 
 from ..infra.base import Pass, PassError, register_pass
+from ..infra.overrides import chosen
 
 HOMOGENEOUS = frozenset({"Relu", "LeakyRelu", "PRelu"})  # f(x / s) = f(x) / s for s > 0 (rule 1)
 _SCALE_LIMITS = (1e-4, 1e4)
@@ -81,6 +83,8 @@ class Equalize(Pass):
     """Balance each channel's weight range between Convs in a row, through ReLUs (cross-layer equalization)."""
 
     name = "equalize"
+    reads = frozenset({"algorithms"})
+    algorithm = True
     refuses = frozenset({"calibrated", "qdq-placed", "weights-folded"})  # ranges and codes would be stale
 
     @dataclass
@@ -104,7 +108,9 @@ class Equalize(Pass):
 
     def run(self, model: Model, ctx) -> bool:
         graph = model.graph
-        pairs = _pairs(graph)
+        found = _pairs(graph)
+        pairs = [pair for pair in found if chosen(pair.first, self.name) and chosen(pair.second, self.name)]
+        self.stats["not_chosen"] += len(found) - len(pairs)
         self.stats["pairs"] += len(pairs)
         convs = list(dict.fromkeys(node for pair in pairs for node in (pair.first, pair.second)))
         weights = {node: node.inputs[1].const_array.astype(np.float64) for node in convs}  # rescaled in float64,
@@ -133,8 +139,8 @@ class Equalize(Pass):
             if node in biases:
                 self._replace(graph, names, node, 2, biases[node])
         largest = max((float(np.max(np.maximum(s, 1.0 / s))) for s in total), default=1.0)
-        ctx.report[self.name] = {"pairs": len(pairs), "rounds": self.stats["rounds"],
-                                 "converged": bool(self.stats["converged"]), "largest_scale": round(largest, 4)}
+        ctx.report[self.name] = {"pairs": len(pairs), "not_chosen": self.stats["not_chosen"],
+                                 "rounds": self.stats["rounds"], "converged": bool(self.stats["converged"]), "largest_scale": round(largest, 4)}
         return bool(pairs)
 
     def _replace(self, graph: Graph, names: NameAllocator, node: Node, index: int, data: np.ndarray) -> None:

@@ -10,7 +10,8 @@ output channel and take a rescaling of their rows easily. Xiao et al., 2022.
    same X', so all must qualify for the division to fold (rule 3). A value also read by
    anything else (a post-LN model's residual Add reads the LayerNorm's output) can only
    be smoothed through a Mul in front of its linear readers (rule 4). Only values of the
-   main graph, as calibration taps only those.
+   main graph, as calibration taps only those. A reader whose `algorithms` mark leaves
+   smooth-quant out (overrides.py rule 4) counts as not linear.
 2. act_max[k] = max |X[..., k]| over the calibration data (one ONNX Runtime pass over the
    float model, through calibrate's `observe` with a per-channel minmax observer; with
    `samples=n`, whole batches until n rows are seen), w_max[k] = max over the readers of
@@ -65,6 +66,7 @@ from qcompiler.ir import Graph, Model, NameAllocator, Node, Use, Value
 from qcompiler.ir.evaluate import main_values
 
 from ..infra.base import Pass, PassError, register_pass
+from ..infra.overrides import chosen
 from ..analyses.observers import Observations, observe
 from ..infra.progress import SWITCH, Progress
 from ..analyses.rules import NORMS, is_float
@@ -90,7 +92,8 @@ class SmoothQuant(Pass):
     """Migrate activation outliers per input channel into the following MatMul/Gemm weights (SmoothQuant)."""
 
     name = "smooth-quant"
-    reads = frozenset({"quantize", "precision", "group"})
+    reads = frozenset({"quantize", "precision", "group", "algorithms"})
+    algorithm = True
 
     @dataclass
     class Options:
@@ -207,7 +210,8 @@ def _targets(model: Model) -> list[_Target]:
         readers = value.consumers()
         if not readers or not is_float(value) or any(node.graph is not graph for node in readers):
             continue
-        linear = [(node, w) for node in readers if (w := _reduction_weight(node, value)) is not None]
+        linear = [(node, w) for node in readers
+                  if chosen(node, SmoothQuant.name) and (w := _reduction_weight(node, value)) is not None]
         if not linear or len({w.shape[0] for _, w in linear}) != 1:
             continue
         weights = [w for _, w in linear]
