@@ -15,7 +15,14 @@
    `static` (int8, min-max observers), `static-percentile` (percentile 99.99 observers:
    the observer choice), `static-smooth` (smooth-quant first; the smooth rungs only when
    a LayerNorm feeds a MatMul or Gemm, where activation outliers live), `static-equalized`
-   (equalize and bias-correct, on nets with a Conv), and, only when none of those meets the tolerance, `mixed`
+   (equalize and bias-correct, on nets with a Conv). With `search=True`, and only when none
+   of those meets the tolerance, the searching rungs, each all int8 and as fast as
+   `static`, but searching on the calibration data: `static-ranges` (choose-ranges: an
+   activation range per value, kept where the outputs gain) and `static-adaround`
+   (adaround: each weight's rounding learned against its layer's output), the walk ending
+   at the first that meets. They are not on by default: on the golden cases they rescued
+   none that the cheap rungs lost, at minutes each where the cheap rungs take seconds.
+   Only when none of those meets either, `mixed`
    (assign-precision promotes the most sensitive layers until the budget holds: the
    metric's budget of rule 1, else SQNR budgets 6 and 12 dB above the best rung so far
    that quantizes most of the compute, each checked by the task measures). A rung that leaves less than half of the
@@ -37,7 +44,9 @@
 5. Time: the walk has a budget (`time_budget_s`, default 10 minutes, what a 2-core
    machine gives a BERT-base). Before each rung after the first, its cost is estimated
    from the rungs already run: a static or dynamic rung costs what the slowest of its
-   kind did; a mixed rung about one validation per sensitivity run, two per compute op
+   kind did; a searching rung what the slowest static one did plus its search, whose own
+   `time_budget_s` the walk sets to a quarter of what that leaves (at most the pass's
+   default), so that a mixed rung after them keeps most of the budget; a mixed rung about one validation per sensitivity run, two per compute op
    (sensitivity.py: each unit alone, then promotion and lowering). A rung whose estimate
    does not fit in what is left is skipped, said so in its verdict, and the best rung so
    far is kept; the summary says how much of the budget went.
@@ -77,6 +86,7 @@ _OUT_OF_REACH = "rejected: out of reach: "
 _OVER_BUDGET = "skipped: over the time budget: "
 DEFAULT_TIME_BUDGET_S = 600.0
 _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s?)?")
+_SEARCH_SHARE = 0.25  # rule 5: of the time left, what a searching rung may spend on its search
 _RUNS_PER_COMPUTE_OP = 2  # rule 5: a mixed rung's sensitivity runs per Conv/MatMul/Gemm
 
 
@@ -92,6 +102,7 @@ class Rung:
     pipeline: str
     passes: dict[str, dict[str, Any]] = field(default_factory=dict)
     needs_calibration: bool = True
+    searches: str | None = None  # the pass whose time_budget_s the walk sets from what is left (rule 5)
 
 
 @dataclass
@@ -174,12 +185,17 @@ def ladder(model: ir.Model) -> list[Rung]:
     return rungs
 
 
+SEARCH_RUNGS = (Rung("static-ranges", "int8-ranges", searches="choose-ranges"),
+                Rung("static-adaround", "int8-adaround", searches="adaround"))  # rule 2, cheapest first
+
+
 def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: str | Callable | None = None,
          recipe: Recipe | None = None, require: bool = False, example_inputs: Any = None,
          dynamic_shapes: Any = None, log: Callable[[str], None] | None = None,
-         time_budget_s: float = DEFAULT_TIME_BUDGET_S, executor: str | passes.Executor | None = None) -> AutoResult:
+         time_budget_s: float = DEFAULT_TIME_BUDGET_S, executor: str | passes.Executor | None = None,
+         search: bool = False) -> AutoResult:
     """Rules 1-5 of the module: try each rung on `model`, keep the fastest within `tolerance`; `executor`
-    is compile()'s, where the passes of each rung run split work."""
+    is compile()'s, where the passes of each rung run split work; `search` adds the searching rungs."""
     if not tolerance > 0:
         raise ValueError(f"tolerance must be > 0, not {tolerance}")
     if not time_budget_s > 0:
@@ -196,6 +212,7 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
 
     def walk(rung: Rung) -> Attempt:
         left = time_budget_s - (time.perf_counter() - start)
+        rung = bounded(rung, attempts, left)
         estimate = estimate_seconds(rung, attempts, compute_ops)
         if attempts and estimate is not None and estimate > left:
             attempt = Attempt(rung.name, rung.pipeline, verdict=f"{_OVER_BUDGET}estimated {duration_text(estimate)}, "
@@ -209,6 +226,9 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
 
     for rung in rungs:
         walk(rung)
+    for rung in SEARCH_RUNGS if search and not any(a.meets for a in attempts) else ():
+        if walk(rung).meets:
+            break
     if not any(a.meets for a in attempts):
         for rung in _mixed_rungs(judge, attempts):
             attempt = walk(rung)
@@ -265,17 +285,41 @@ def _attempt(rung: Rung, float_model: ir.Model, calib: Any, eval: Any, recipe: R
     return attempt
 
 
+def bounded(rung: Rung, attempts: list[Attempt], left: float) -> Rung:
+    """Rule 5: a searching rung with its search's time budget set from the `left` seconds; others as they are."""
+    if rung.searches is None:
+        return rung
+    default = passes.get_pass(rung.searches).Options().time_budget_s
+    search = min(default, max(left - _slowest_static(attempts), 0.0) * _SEARCH_SHARE)
+    options = {**rung.passes.get(rung.searches, {}), "time_budget_s": round(search, 1)}
+    return dataclasses.replace(rung, passes={**rung.passes, rung.searches: options})
+
+
 def estimate_seconds(rung: Rung, attempts: list[Attempt], compute_ops: int) -> float | None:
     """Rule 5: the seconds `rung` should take, judged from the attempts so far (None: nothing to go by)."""
-    ran = [a for a in attempts if a.result is not None]
+    if rung.searches is not None:
+        search = rung.passes.get(rung.searches, {}).get("time_budget_s",
+                                                        passes.get_pass(rung.searches).Options().time_budget_s)
+        return _slowest_static(attempts) + search
     if rung.pipeline == "mixed":
-        static = [a for a in ran if a.rung.startswith("static")]
+        static = _static(attempts)
         if not static:
             return None
         validation = max(a.seconds - a.compile_seconds for a in static)  # one evaluation of both models
         return max(a.seconds for a in static) + _RUNS_PER_COMPUTE_OP * compute_ops * validation
+    ran = [a for a in attempts if a.result is not None]
     alike = [a.seconds for a in ran if (a.rung.startswith("dynamic") == rung.name.startswith("dynamic"))]
     return max(alike or [a.seconds for a in ran], default=None)
+
+
+def _static(attempts: list[Attempt]) -> list[Attempt]:
+    """The static rungs that ran, searching ones aside: what one calibrated compile and validation take."""
+    searching = {rung.name for rung in SEARCH_RUNGS}
+    return [a for a in attempts if a.result is not None and a.rung.startswith("static") and a.rung not in searching]
+
+
+def _slowest_static(attempts: list[Attempt]) -> float:
+    return max((a.seconds for a in _static(attempts)), default=0.0)
 
 
 def duration_text(seconds: float) -> str:

@@ -156,6 +156,10 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--mlflow", nargs="?", const="", metavar="URI",
                           help="with --auto: log each rung as an MLflow run under one run for the walk, to the "
                           "tracking store URI (default: sqlite:///mlflow.db here; needs qcompiler[mlflow])")
+    compile_.add_argument("--search", action="store_true",
+                          help="with --auto: when no cheap rung meets the tolerance, also try the rungs that search "
+                          "on the data (choose-ranges, adaround) before mixed precision; each gets a quarter of the "
+                          "time left")
     compile_.add_argument("--require", action="store_true",
                           help="with --auto: exit 1 when no rung meets the tolerance (default: keep the float "
                           "model and exit 0)")
@@ -399,7 +403,8 @@ def _compile_auto(args: argparse.Namespace) -> int:
     tracker = AutoTracker(args.mlflow or None) if args.mlflow is not None else None
     try:
         result = auto(args.model, args.calib, tolerance=args.tolerance, eval=args.eval, metric=args.metric,
-                      recipe=recipe, require=args.require, log=_log, time_budget_s=budget, executor=args.executor)
+                      recipe=recipe, require=args.require, log=_log, time_budget_s=budget, executor=args.executor,
+                      search=args.search)
     except AutoError as err:
         print(f"qc: error: {err}", file=sys.stderr)
         return 1

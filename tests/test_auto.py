@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from encoder_model import build_encoder, token_batches
 from helpers import run_onnx
 
 from qcompiler import ir
-from qcompiler.auto import AutoError, Attempt, Rung, estimate_seconds, auto, duration_text, parse_duration, save_auto
+from qcompiler.auto import (SEARCH_RUNGS, AutoError, Attempt, Rung, auto, bounded, duration_text, estimate_seconds,
+                            parse_duration, save_auto)
 from qcompiler.cli import main
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -133,3 +135,25 @@ def test_a_conv_net_with_spread_channels_is_rescued_by_the_equalized_rung():
     assert not by_rung["static"].meets and not by_rung["static-percentile"].meets
     assert result.chosen is by_rung["static-equalized"]  # measured: top-1 agreement 90.6% against 37.5% static
     assert "equalize" in result.chosen.pipeline and "bias-correct" in result.chosen.pipeline
+
+
+def test_a_searching_rung_gets_a_quarter_of_the_time_left_after_one_static_compile():
+    attempts = [Attempt("static", "int8", seconds=8.0, compile_seconds=3.0, result=object())]
+    rung = bounded(SEARCH_RUNGS[1], attempts, left=108.0)
+    assert rung.passes == {"adaround": {"time_budget_s": 25.0}}  # (108 - 8) / 4
+    assert estimate_seconds(rung, attempts, 10) == 33.0
+    assert bounded(SEARCH_RUNGS[0], attempts, left=4000.0).passes["choose-ranges"]["time_budget_s"] == 300.0
+    assert bounded(Rung("static", "int8"), attempts, left=10.0) == Rung("static", "int8")
+
+
+def test_searching_rungs_run_only_when_asked_and_the_cheap_rungs_fall_short():
+    unet = GOLDEN / "unet_like"
+    result = auto(unet / "model.onnx", unet / "calib.npz", eval=unet / "inputs.npz", tolerance=1e-9,
+                  time_budget_s=40, search=True)
+    names = [a.rung for a in result.attempts]
+    assert names[names.index("static-equalized") + 1:][:2] == ["static-ranges", "static-adaround"]
+    for attempt in result.attempts[names.index("static-ranges"):][:2]:
+        budget = float(re.search(r"time_budget_s=([0-9.]+)", attempt.pipeline).group(1))
+        assert 0 < budget <= 10.0 and attempt.result is not None
+    meets = auto(DIGITS / "model.onnx", DIGITS / "calib.npz", eval=DIGITS / "inputs.npz", tolerance=2.0, search=True)
+    assert not {"static-ranges", "static-adaround"} & {a.rung for a in meets.attempts}

@@ -12,7 +12,8 @@ pipeline and run in ONNX Runtime (sensitivity.py rules 2-4), against the float m
    observers are fed in one pass over the calibration data (`observers.observe`, each
    value repeated once per method), so a candidate equals what calibrate gives with that
    method alone.
-2. Data: the first `samples` rows of ctx.evaluation_data, else of the calibration data.
+2. Data: the first `samples` rows of the calibration data, the rows the ranges came from:
+   the evaluation data stays held out, so validation on it judges the choice honestly.
 3. Ranking: each leader's own rounding error under its calibrated range, as the SQNR of
    its float data against that data quantized to uint8 over the range (numpy, on the rows
    of rule 2); the `top` worst values are tried, worst first. A proxy, one pass over the
@@ -69,7 +70,7 @@ class ChooseRanges(Pass):
     @dataclass
     class Options:
         """methods: candidate ranges (minmax, percentile-P, mse, entropy); top: values tried;
-        samples: evaluation rows the variants run on; time_budget_s: seconds of search."""
+        samples: calibration rows the variants run on; time_budget_s: seconds of search."""
 
         methods: tuple[str, ...] = ("minmax", "percentile-99.99", "percentile-99.9", "mse", "entropy")
         top: int = 16
@@ -91,8 +92,8 @@ class ChooseRanges(Pass):
         start = time.perf_counter()
         leaders = [v for v in main_values(model) if "observer" in v.meta and v.observed_range is not None
                    and all(chosen(node, self.name) for node in (v.producer, *v.consumers()) if node is not None)]
-        data = ctx.evaluation_data if ctx.evaluation_data is not None else ctx.calibration_data
-        evaluator = Evaluator(model, ctx.following, first_rows(data, self.options.samples), target=ctx.target)
+        evaluator = Evaluator(model, ctx.following, first_rows(ctx.calibration_data, self.options.samples),
+                              target=ctx.target)
         best = evaluator.measure({}).min_sqnr_db
         report = {"start_sqnr_db": _number(best), "changed": []}
         if leaders and self.options.top and self.options.time_budget_s > 0:
