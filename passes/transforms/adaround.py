@@ -24,8 +24,7 @@ Rounding for Post-Training Quantization") picks floor or ceil per weight so that
    fold-weights; before bias-correct.
 7. Measured, output SQNR on the evaluation data (ONNX Runtime, AVX-512 VNNI), int8 ->
    int8-adaround: golden/resnet_like 28.5 -> 30.1 dB (+24 s of compile on 2 cores, torch on
-   one thread), mobilenet_like 15.8 -> 15.7 (no gain, +21 s; +90 s was measured with torch's
-   default threads), outlier_convnet -0.1 -> -0.2 (its ranges, not its
+   one thread), mobilenet_like 15.8 -> 15.7 (no gain, +21 s), outlier_convnet -0.1 -> -0.2 (its ranges, not its
    rounding, are what fails: with equalize first 33.0 -> 34.9); a MobileNetV3-small stand-in
    24.4 -> 25.0 dB with time_budget_s=60 (43 of 54 layers learned).
 8. ctx.report["adaround"]: layerwise.py's rule 7, the errors under `rtn` and `adaround`.
