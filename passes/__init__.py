@@ -5,6 +5,7 @@
 Importing it registers the built-in passes and names the built-in pipelines.
 """
 
+from .transforms import adaquant as _adaquant  # noqa: F401  (registers the pass)
 from .transforms import adaround as _adaround  # noqa: F401  (registers the pass)
 from .transforms import apply_overrides as _apply_overrides  # noqa: F401  (registers the pass)
 from .transforms import assign_precision as _assign_precision  # noqa: F401  (registers the pass)
@@ -52,6 +53,9 @@ register_pipeline("int8-equalized", f"{_HEAD},equalize,insert-observers,calibrat
 register_pipeline("int8-ranges", f"{_HEAD},insert-observers,calibrate,choose-ranges,place-qdq,fold-weights,"
                                  "quantize-embeddings,cleanup")
 register_pipeline("int8-adaround", f"{_HEAD},insert-observers,calibrate,adaround,bias-correct,place-qdq,fold-weights,"
+                                   "quantize-embeddings,cleanup")
+# adaquant learns the bias on quantized inputs, the activations' mean error included: no bias-correct after it
+register_pipeline("int8-adaquant", f"{_HEAD},insert-observers,calibrate,adaquant,place-qdq,fold-weights,"
                                    "quantize-embeddings,cleanup")
 # mixed stores the embedding tables before assign-precision, which emits every variant it measures with
 # the passes after it: the same tables quantized once, not once per variant (35% of a BERT-base variant).

@@ -134,7 +134,7 @@ def test_overrides_toml_reads_back_as_a_recipe_pinning_the_same_levels():
     ("[overrides.node_regex.\"conv(\"]\nprecision = \"fp16\"", "[overrides.node_regex.conv(]: not a regular expression"),
     ("[overrides]\nexclude = \"head\"", "[overrides] exclude must be a list of node names"),
     ("[overrides.op_type.Conv]\nalgorithms = [\"adaroun\"]",
-     "[overrides.op_type.Conv] algorithms: 'adaroun' is not one of adaround, bias-correct, "),
+     "[overrides.op_type.Conv] algorithms: 'adaroun' is not one of adaquant, adaround, bias-correct, "),
     ("[overrides.node.c1]\nalgorithms = \"adaround\"", "[overrides.node.c1] algorithms must be a list of pass names"),
     ("target = [", "not valid TOML"),
 ])
@@ -242,6 +242,7 @@ HEAD = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse"
     ("resnet_like", "int8-ranges", "int8", {"choose-ranges": {"top": 4}}),
     ("resnet_like", "int8-adaround", f"{HEAD},insert-observers,calibrate,bias-correct,place-qdq,fold-weights,"
                                      "quantize-embeddings,cleanup", {"adaround": {"iterations": 20, "samples": 16}}),
+    ("resnet_like", "int8-adaquant", "int8", {"adaquant": {"iterations": 20, "samples": 16}}),
     ("transformer_block", "int8-smooth", "int8", {}),
     ("mlp", f"{HEAD},cluster-weights{{min_size=16}},cleanup", f"{HEAD},cleanup", {}),
 ])

@@ -91,15 +91,21 @@ class Pipeline:
 
     def pass_names(self) -> list[str]:
         """The passes in running order, named pipelines and repeat groups unfolded (a group's once)."""
+        return [step.name for step in _pass_steps(self.steps)]
 
-        def walk(steps) -> Iterator[str]:
-            for step in steps:
-                if isinstance(step, PassStep):
-                    yield step.name
-                else:
-                    yield from walk(step.body)
+    def options_of(self, name: str) -> Any:
+        """The options of the first step running pass `name`, None when no step runs it: how a pass
+        reads the options of one that follows it."""
+        step = next((step for step in _pass_steps(self.steps) if step.name == name), None)
+        return step.instantiate(self.text).options if step is not None else None
 
-        return list(walk(self.steps))
+
+def _pass_steps(steps: list) -> Iterator[PassStep]:
+    for step in steps:
+        if isinstance(step, PassStep):
+            yield step
+        else:
+            yield from _pass_steps(step.body)
 
 
 def parse_pipeline(text: str) -> Pipeline:

@@ -49,7 +49,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,7 +58,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from qcompiler.ir.quant import dtype_range, quantize
 
 from ..infra.base import Pass, PassError, register_pass
-from ..infra.pipeline import PassStep, parse_pipeline
+from ..infra.pipeline import parse_pipeline
 from .fake_quant import fold_quantized_constants
 from ..analyses.rules import Bias, Weight, is_qdq, plans
 from ..infra.target import weight_reduce_range
@@ -172,17 +171,8 @@ def folded_params(data: np.ndarray, axis: int | None, options: FoldWeights.Optio
 
 def following_options(following: str) -> FoldWeights.Options:
     """The options of the fold-weights step that follows (rule 2), its defaults when none does."""
-    step = next(_steps_named("fold-weights", parse_pipeline(following).steps), None) if following else None
-    return step.instantiate(following).options if step is not None else FoldWeights.Options()
-
-
-def _steps_named(name: str, steps: list) -> Iterator[PassStep]:
-    for step in steps:
-        if isinstance(step, PassStep):
-            if step.name == name:
-                yield step
-        else:
-            yield from _steps_named(name, step.body)
+    options = parse_pipeline(following).options_of(FoldWeights.name) if following else None
+    return options if options is not None else FoldWeights.Options()
 
 
 def folded_weight(node: Node, plan) -> tuple[Weight, np.ndarray | None] | None:

@@ -75,6 +75,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from ..infra.base import Pass, PassError, register_pass
 from ..analyses.cost import COMPUTE_OPS
 from ..analyses.rules import PRECISIONS, QuantPlan, float_by_choice, in_qdq_form, is_qdq, plans, quantized_values
+from ..infra.pipeline import parse_pipeline
 from ..infra.target import Target
 
 _MIN_OPSET = 10
@@ -127,32 +128,51 @@ class PlaceQdq(Pass):
                             f"{model.opset}: run legalize-opset before it")
 
     def run(self, model: Model, ctx) -> bool:
-        target = ctx.target
-        default = target.activations if self.options.activations == "auto" else self.options.activations
         node_plans = ctx.analysis("plans", lambda: plans(model))
-        leaders = quantized_values(model, node_plans)
-        marked = _marked_dtypes(leaders, node_plans)
         raw_readers = float_by_choice(model)
-        values = _selected(leaders, node_plans, target, raw_readers)
+        planned = planned_params(model, node_plans, ctx.target, self.options.activations)
         graph = model.graph
         names = NameAllocator(graph)
-        by_leader: dict[Value, tuple[QuantParams, Value, Value]] = {}
+        constants: dict[Value, tuple[Value, Value]] = {}  # leader -> its scale and zero point
         placed: dict[Value, Node] = {}  # value -> the DQ its readers now read
-        for value, leader in values.items():
-            if leader not in by_leader:
-                params = _params(value, leader, *_ACTIVATION_DTYPES[marked.get(leader, default)])
-                scale, zero_point = _constants(graph, names, leader.name, params)
-                by_leader[leader] = (params, scale, zero_point)
-            params, scale, zero_point = by_leader[leader]
+        for value, (leader, params) in planned.items():
+            if leader not in constants:
+                constants[leader] = _constants(graph, names, leader.name, params)
+            scale, zero_point = constants[leader]
             value.quant = params
             domain = _qdq_domain(model.opset, params.dtype)
             if domain:
                 model.opset_imports.setdefault(domain, 1)
             placed[value] = _place(graph, names, value, params, scale, zero_point, domain, raw_readers)
             self.stats["qdq_pairs"] += 1
-        if not target.compute_inputs_only:
+        if not ctx.target.compute_inputs_only:
             self.stats["requantized"] += _requantize_concat_inputs(graph, names, node_plans, placed)
-        return bool(values)
+        return bool(planned)
+
+
+def planned_params(model: Model, node_plans: dict[Node, QuantPlan], target: Target,
+                   activations: str = "auto") -> dict[Value, tuple[Value, QuantParams]]:
+    """Each value place-qdq quantizes, with its leader and the parameters it gets (rules 1, 2, 6, 8):
+    for passes that need the activations' rounding before the pairs exist."""
+    default = target.activations if activations == "auto" else activations
+    leaders = quantized_values(model, node_plans)
+    marked = _marked_dtypes(leaders, node_plans)
+    by_leader: dict[Value, QuantParams] = {}
+    planned = {}
+    for value, leader in _selected(leaders, node_plans, target, float_by_choice(model)).items():
+        if leader not in by_leader:
+            by_leader[leader] = _params(value, leader, *_ACTIVATION_DTYPES[marked.get(leader, default)])
+        planned[value] = (leader, by_leader[leader])
+    return planned
+
+
+def following_params(model: Model, ctx) -> dict[Value, QuantParams]:
+    """The parameters the place-qdq step that follows (`ctx.following`; its defaults when none does)
+    will give each value it quantizes."""
+    options = parse_pipeline(ctx.following).options_of(PlaceQdq.name) if ctx.following else None
+    activations = (options or PlaceQdq.Options()).activations
+    node_plans = ctx.analysis("plans", lambda: plans(model))
+    return {value: params for value, (_, params) in planned_params(model, node_plans, ctx.target, activations).items()}
 
 
 def _marked_dtypes(leaders: dict[Value, Value], node_plans: dict[Node, QuantPlan]) -> dict[Value, str]:
