@@ -76,10 +76,9 @@ from qcompiler.ir.quant import dequantize, quantize
 from ..analyses.observers import tapped_batches
 from ..analyses.rules import QuantPlan, plans
 from ..infra.base import Pass, PassError, register_pass
-from ..infra.overrides import chosen
 from ..infra.progress import SWITCH, Progress
 from ..infra.target import weight_reduce_range
-from .fold_weights import folded_params, folded_weight, following_options, weight_axis
+from .fold_weights import following_options, weight_for
 
 
 @dataclass
@@ -164,17 +163,10 @@ class BiasCorrect(Pass):
 
     def _layer(self, node: Node, plan: QuantPlan, fold, reduce_range: bool) -> _Layer | None:
         """The node as a layer to correct (rule 1), with its weight error (rule 2); None when it is not one."""
-        found = folded_weight(node, plan)
+        found = weight_for(self, node, plan, fold, reduce_range, skipped="weights_skipped")
         if found is None:
             return None
-        if not chosen(node, self.name):
-            self.stats["not_chosen"] += 1
-            return None
-        weight, data = found
-        if data is None:
-            self.stats["weights_skipped"] += 1
-            return None
-        params = folded_params(data, weight_axis(node, weight, fold), fold, reduce_range)
+        data, params = found
         error = dequantize(quantize(data, params), params) - data.astype(np.float32)
         return _Layer(node, error)
 

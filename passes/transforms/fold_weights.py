@@ -58,6 +58,7 @@ from qcompiler.ir import DType, Graph, Model, NameAllocator, Node, QuantParams, 
 from qcompiler.ir.quant import dtype_range, quantize
 
 from ..infra.base import Pass, PassError, register_pass
+from ..infra.overrides import chosen
 from ..infra.pipeline import parse_pipeline
 from .fake_quant import fold_quantized_constants
 from ..analyses.rules import Bias, Weight, is_qdq, plans
@@ -188,6 +189,24 @@ def folded_weight(node: Node, plan) -> tuple[Weight, np.ndarray | None] | None:
     if data is not None and (data.dtype.kind != "f" or (node.op_type != "Conv" and data.ndim != 2)):
         return None
     return weight, data
+
+
+def weight_for(algorithm: Pass, node: Node, plan, fold, reduce_range: bool,
+               skipped: str = "skipped") -> tuple[np.ndarray, QuantParams] | None:
+    """What an accuracy algorithm changes of `node`: the data of its `folded_weight` and the parameters fold-weights
+    will store it with; None when the node has none, when the recipe's `algorithms` mark leaves the algorithm out
+    (counted `not_chosen`) or when the data is elided (counted under `skipped`)."""
+    found = folded_weight(node, plan)
+    if found is None:
+        return None
+    if not chosen(node, algorithm.name):
+        algorithm.stats["not_chosen"] += 1
+        return None
+    weight, data = found
+    if data is None:
+        algorithm.stats[skipped] += 1
+        return None
+    return data, folded_params(data, weight_axis(node, weight, fold), fold, reduce_range)
 
 
 def _dq_scale(value: Value | None) -> np.ndarray | None:

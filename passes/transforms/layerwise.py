@@ -40,10 +40,9 @@ from qcompiler.ir.evaluate import first_rows
 from ..analyses.observers import tapped_batches
 from ..analyses.rules import plans
 from ..infra.base import Pass, PassError
-from ..infra.overrides import chosen
 from ..infra.progress import SWITCH, Progress
 from ..infra.target import weight_reduce_range
-from .fold_weights import FoldWeights, folded_params, folded_weight, following_options, weight_axis
+from .fold_weights import FoldWeights, folded_params, following_options, weight_for
 
 BATCH = 32  # rows per Adam step
 
@@ -190,19 +189,12 @@ class LayerwisePass(Pass):
 
     def _layer(self, node: Node, plan, fold: FoldWeights.Options, reduce_range: bool) -> Layer | None:
         """Rules 1 and 2: the node as a layer to learn, None when it is not one."""
-        found = folded_weight(node, plan)
-        if found is None:
-            return None
-        if not chosen(node, self.name):
-            self.stats["not_chosen"] += 1
-            return None
-        weight, data = found
-        if data is None:
-            self.stats["skipped"] += 1
-            return None
         if node.op_type == "Conv" and node.attr("auto_pad", "NOTSET") != "NOTSET":
             return None
-        params = folded_params(data, weight_axis(node, weight, fold), fold, reduce_range)
+        found = weight_for(self, node, plan, fold, reduce_range)
+        if found is None:
+            return None
+        data, params = found
         return Layer(node, data.astype(np.float32), params, fold, reduce_range)
 
     def _read_inputs(self, model: Model, layers: list[Layer], data) -> None:
