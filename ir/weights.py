@@ -34,5 +34,5 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {unquote(key, errors="surrogatepass"): npz[key] for key in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, zipfile.BadZipFile, TypeError) as err:  # TypeError: a header numpy cannot sort
         raise IRError(f"{path}: cannot read the weights file: {err}") from None

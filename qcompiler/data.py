@@ -517,7 +517,10 @@ def _header(f) -> tuple[tuple, bool, np.dtype]:
     """(shape, Fortran order, dtype) of the .npy stream at `f`, which is left at the array's data."""
     version = np.lib.format.read_magic(f)  # 3.0 differs from 2.0 only in how field names are encoded
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read(f)
+    try:
+        shape, fortran, dtype = read(f)
+    except TypeError as err:  # numpy sorts the header's keys: str beside bytes keys cannot be ordered
+        raise ValueError(f"the .npy header is malformed: {err}") from None
     return tuple(shape), fortran, dtype
 
 

@@ -70,3 +70,10 @@ def assert_close_across_cpus(actual, expected, noise: float = KERNEL_NOISE) -> N
     assert within_kernel_noise(actual, expected, noise), (
         f"max abs difference {np.max(np.abs(actual.astype(np.float64) - expected)):.3g} "
         f"exceeds {noise:g} x max|expected| = {noise * np.max(np.abs(expected)):.3g}")
+
+
+def npy_with_unsortable_header() -> bytes:
+    """A .npy whose header dict mixes str and bytes keys, which numpy's reader fails to sort."""
+    header = b"{'descr': '<f4', b'fortran_order': False, 'shape': (2,), }"
+    header += b" " * (63 - 10 - len(header)) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(8)

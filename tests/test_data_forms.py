@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from exporter_models import text_lines, text_recognizer
+from helpers import npy_with_unsortable_header
 
 import qcompiler
 from qcompiler import ir
@@ -100,6 +101,19 @@ def test_a_pickle_that_is_not_plain_arrays_is_refused_and_nothing_runs(tmp_path,
     assert str(caught.value).startswith(f"{tmp_path / 'evil.npz'}: array 'x': ")
     assert refusal in str(caught.value).replace("nt.system", "posix.system")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_header_numpy_cannot_parse_is_one_error_line(tmp_path, suffix):
+    path = tmp_path / f"bad{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(npy_with_unsortable_header())
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x.npy", npy_with_unsortable_header())
+    with pytest.raises(CalibrationDataError) as caught:
+        list(open_calibration_data(path, input_specs(ir.load_model(DIGITS / "model.onnx"))))
+    assert str(caught.value).startswith(f"{path}: cannot read: the .npy header is malformed")
 
 
 def test_stacked_feeds_must_be_stacked_for_every_input_to_be_read_as_feeds():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import zipfile
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from unittest import mock
 import lark
 import numpy as np
 import pytest
+from helpers import npy_with_unsortable_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +31,7 @@ from qcompiler.ir import (
     AttrKind,
     DType,
     ElidedTensor,
+    IRError,
     ErrorStats,
     Graph,
     MapType,
@@ -516,6 +519,13 @@ def test_weights_file_keeps_any_key():
     for name in ("file", "allow_pickle", "a\x00b", "\udc80", "a/b", "%41"):
         graph.add_constant(Value(name, const=np.arange(2, dtype=np.int16)))
     _assert_round_trips(Model(graph, {"": 21}))
+
+
+def test_a_weights_file_numpy_cannot_parse_is_one_error(tmp_path):
+    with zipfile.ZipFile(tmp_path / "w.npz", "w") as archive:
+        archive.writestr("w.npy", npy_with_unsortable_header())
+    with pytest.raises(IRError, match=r"w\.npz: cannot read the weights file: "):
+        load_weights(tmp_path / "w.npz")
 
 
 def test_node_meta_prints_its_literals_sorted_and_reads_back_typed():
