@@ -159,12 +159,14 @@ def test_no_time_budget_changes_nothing():
 
 
 def test_int8_adaquant_beats_int8_on_resnet_like():
-    """Measured (VNNI target): 28.5 -> 29.8 dB output SQNR (ONNX Runtime, evaluation data)."""
+    """Measured, output SQNR in ONNX Runtime on the evaluation data: 28.5 -> 29.8 dB on a CPU
+    with VNNI, 25.9 -> 27.3 dB with 7-bit weights on one without. The target is this machine's:
+    full-range codes would saturate its u8s8 kernel where it lacks VNNI."""
     folder = GOLDEN / "resnet_like"
 
     def sqnr(pipeline: str) -> float:
         result = qcompiler.compile(str(folder / "model.onnx"), str(folder / "calib.npz"),
-                                   eval=str(folder / "inputs.npz"), pipeline=pipeline, target=VNNI_CPU)
+                                   eval=str(folder / "inputs.npz"), pipeline=pipeline)
         return result.report.outputs[0].sqnr_db
 
     assert sqnr("int8-adaquant") > sqnr("int8") + 0.5
