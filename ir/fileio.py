@@ -12,6 +12,9 @@
    `release_pages` drops a mapped array's pages from the process's resident set once it
    was read (they stay in the page cache); `release_mapped_pages` those of every open
    mapping, for when a phase that read weights is over. A page read again faults back in.
+4. `MappedArrays` writes arrays of the program's own once to files of a temporary folder
+   and reads them back as mapped views, so they export as weights loaded from a file do:
+   an analysis that exports many variants of one model writes its shared weights once.
 """
 
 from __future__ import annotations
@@ -138,3 +141,30 @@ def release_mapped_pages() -> None:
 def _dont_need(mapped: MappedFile, start: int, length: int) -> None:
     if length > 0 and hasattr(mmap, "MADV_DONTNEED") and not mapped.closed:
         mapped.madvise(mmap.MADV_DONTNEED, start, length)
+
+
+class MappedArrays:
+    """Read-only mapped copies of arrays, each written once to a file of a temporary folder (rule 4).
+
+    Arrays under `min_bytes`, and those without a raw layout (strings, objects), are
+    returned as they are: the proto holds small tensors inline anyway. The folder goes on
+    close() or when the object is collected; views already handed out keep their mapping.
+    """
+
+    def __init__(self, min_bytes: int = 1024) -> None:
+        self.min_bytes = min_bytes
+        self._folder = tempfile.TemporaryDirectory(prefix="qcompiler-arrays-")
+        self._count = 0
+
+    def map(self, array: np.ndarray) -> np.ndarray:
+        """`array`, or a read-only view of a mapped copy of it (equal contents, dtype and shape)."""
+        if array.nbytes < self.min_bytes or array.dtype.kind in "OSUV" or mapped_region(array) is not None:
+            return array
+        self._count += 1
+        path = Path(self._folder.name) / f"{self._count}.bin"
+        with open(path, "wb") as file:
+            file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+        return mapped_view(map_file(path), array.dtype, array.shape, 0)
+
+    def close(self) -> None:
+        self._folder.cleanup()

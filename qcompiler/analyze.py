@@ -43,7 +43,7 @@ def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | st
     """The sensitivity table of `model` (passes/analyses/sensitivity.py rule 5), most sensitive unit first in `.ranked()`."""
     start = time.perf_counter()
     job = prepare(model, calib, recipe=recipe, pipeline=pipeline, target=target, eval=eval)
-    calibrating, emitting = _split(job.steps)
+    calibrating, emitting = split_pipeline(job.steps)
     passes.PassManager(",".join(map(str, calibrating))).run(job.model, job.context([passes.Verifier()]))
     evaluator = Evaluator(job.model, ",".join(map(str, emitting)), first_rows(job.evaluation, samples),
                           target=job.target)
@@ -62,7 +62,7 @@ def sensitivity(model: Any, calib: Any, *, eval: Any = None, recipe: Recipe | st
     return table
 
 
-def _split(steps) -> tuple[list, list]:
+def split_pipeline(steps) -> tuple[list, list]:
     """Rule 2: (calibrating steps, emitting steps) of a flat pipeline."""
     flat = list(steps.steps)
     at = next((i for i, s in enumerate(flat) if isinstance(s, PassStep) and s.name == "place-qdq"), None)

@@ -61,6 +61,7 @@ def test_a_variant_measures_what_onnx_runtime_computes_for_it():
     expected = numpy_sqnr(reference, run_onnx(ir.to_onnx(compiled), feeds[0])[0])
     assert figure.min_sqnr_db == pytest.approx(expected, abs=0.02)
     assert evaluator.measure({}).sqnr_db == figure.sqnr_db  # variants do not touch the calibrated model
+    assert evaluator.variants.hits == 4  # the second variant took the codes of its 4 weights from the first
 
 
 def test_sensitivity_ranks_the_layer_reading_the_outliers_first(tmp_path):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from helpers import random_feeds, run_onnx
 
 from qcompiler import ir, passes
+from qcompiler.ir.fileio import MappedArrays, mapped_region
+from qcompiler.ir.onnx_export import ModelFile
 
 TEXT = """model ir_version=8 opset{ai.onnx=17}
 graph @main(%x: f32[2,4] range=[-1.0, 1.0] err<sqnr=30.0dB, added=30.0dB, cos=0.99, max=0.1>) {
@@ -48,6 +51,25 @@ def test_rewriting_the_clone_leaves_the_original_alone():
     assert ir.print_model(model) == before
     weights = [v.const for v in model.graph.constants if v.name == "w"]
     assert any(c is weights[0] for c in (v.const for v in copy.graph.constants))  # arrays are shared, not copied
+
+
+def test_a_clone_with_mapped_constants_exports_them_by_pointing_at_their_files():
+    model = ir.parse_model(TEXT.replace("[1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 3, 0, 0, 0, 0, 4]",
+                                        "[" + ", ".join(map(str, range(16))) + "]"))
+    arrays = MappedArrays(min_bytes=64)
+    copy = ir.clone_model(model, constants=arrays.map)
+    assert ir.print_model(copy) == ir.print_model(model)
+    weight = next(v.const for v in copy.graph.constants if v.name == "w")
+    assert mapped_region(weight) is not None and not weight.flags.writeable
+    zeros = [next(v.const for v in g.graph.constants if v.name == "zero") for g in (model, copy)]
+    assert zeros[1] is zeros[0]  # small: kept as it was
+    with ModelFile(copy) as exported:
+        proto = onnx.load(str(exported.path), load_external_data=False)
+        stored = next(t for t in proto.graph.initializer if t.name == "w")
+        assert stored.data_location == onnx.TensorProto.EXTERNAL  # a hard link to the mapped file, not a copy
+        feeds = random_feeds(ir.to_onnx(model))
+        np.testing.assert_array_equal(run_onnx(str(exported.path), feeds)[0], run_onnx(ir.to_onnx(model), feeds)[0])
+    arrays.close()
 
 
 def test_a_deep_model_pickles_to_the_same_text():

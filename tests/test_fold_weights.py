@@ -11,7 +11,9 @@ from onnx import TensorProto, helper
 
 from qcompiler import ir
 from qcompiler.ir.evaluate import sqnr_db
+from qcompiler.ir.fileio import MappedArrays
 from qcompiler.passes import PassContext, PassError, PassManager
+from qcompiler.passes.infra.variants import VariantCache
 
 X_RANGE = (-1.5, 2.5)  # what calibrate would have written on %x
 
@@ -120,3 +122,31 @@ def test_per_tensor_when_asked():
 def test_per_channel_below_opset_13_is_refused():
     with pytest.raises(PassError, match="needs opset >= 13"):
         folded("fold-weights", opset=12)
+
+
+def test_variants_of_one_model_share_each_weights_codes_and_fp16_copy():
+    """With a VariantCache, clones of one model get the codes of the first fold: the same
+    arrays, read-only and mapped, equal to an uncached fold; other options compute anew."""
+    base = ir.load_model(build())
+    base.graph.inputs[0].observed_range = X_RANGE
+    for node in base.graph.nodes:
+        node.outputs[0].observed_range = (-4.0, 4.0)
+    next(n for n in base.graph.nodes if n.op_type == "Gemm").meta["precision"] = "fp16"
+    cache = VariantCache(MappedArrays())
+
+    def emit(pipeline: str, variants: VariantCache | None) -> dict[str, np.ndarray]:
+        variant = ir.clone_model(base)
+        PassManager(pipeline).run(variant, PassContext(target=VNNI_CPU, variants=variants))
+        return {v.name: v.const for v in variant.graph.constants if v.name.endswith(("_quantized", "_fp16"))}
+
+    first, second = emit("place-qdq,fold-weights", cache), emit("place-qdq,fold-weights", cache)
+    uncached = emit("place-qdq,fold-weights", None)
+    assert sorted(first) == sorted(uncached) == ["b1_quantized", "b2_quantized", "b3_fp16", "w1_quantized",
+                                                 "w2_quantized", "w3_fp16"]
+    for name in ("w1_quantized", "w2_quantized", "w3_fp16", "b3_fp16"):
+        assert second[name] is first[name]
+        np.testing.assert_array_equal(first[name], uncached[name])
+    assert not first["w3_fp16"].flags.writeable and first["b3_fp16"].flags.writeable  # mapped from 1 KB on
+    assert cache.hits == 4  # biases depend on the activation scale: folded in each variant
+    reduced = emit("place-qdq,fold-weights{reduce_range=true}", cache)
+    assert np.abs(reduced["w1_quantized"]).max() == 64 and cache.hits == 6  # new codes; the same fp16 copies

@@ -22,6 +22,10 @@
 6. `jobs` > 1 splits the variants into `jobs` shares run by an executor (infra/executor.py:
    local processes by default, or Ray tasks); each share gets the calibrated model, the
    feeds and the reference once.
+7. Variants share what does not change between them: the calibrated model's constants
+   are copied once to mapped files (fileio.MappedArrays), so each variant's export points
+   at them instead of writing them, and the emission passes keep what they derive from
+   a constant, such as a weight's codes, for the next variant (infra/variants.py).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 
 from qcompiler import ir
 from qcompiler.ir.evaluate import ErrorSums, ValueTap, joined, outputs_over
+from qcompiler.ir.fileio import MappedArrays
 
 from ..infra.base import PassError
 from ..infra.context import PassContext
@@ -44,6 +49,7 @@ from ..infra.manager import PassManager
 from ..infra.progress import Progress
 from .rules import plans
 from ..infra.target import Target
+from ..infra.variants import VariantCache
 
 Metric = Callable[[dict[str, np.ndarray]], float]
 
@@ -133,18 +139,39 @@ def units(model: ir.Model) -> list[Unit]:
 
 
 class Evaluator:
-    """Emits and measures variants of one calibrated model (rules 2-4)."""
+    """Emits and measures variants of one calibrated model (rules 2-4, 7)."""
 
     def __init__(self, model: ir.Model, emit: str, feeds: Iterable[dict[str, np.ndarray]], *,
-                 target: Target | None = None, metric: Metric | None = None, threads: int = 0) -> None:
-        self.model, self.emit, self.feeds = model, emit, list(feeds)
+                 target: Target | None = None, metric: Metric | None = None, threads: int = 0,
+                 share: bool = True) -> None:
+        """`share=False` emits every variant from scratch (rule 7 off), for comparison."""
+        self.emit, self.feeds, self.share = emit, list(feeds), share
         self.target = target if target is not None else Target.named("ort-cpu")
         if not self.feeds:
             raise PassError("the evaluation data holds no samples")
         self.metric, self.threads = metric, threads
-        self.reference = outputs_over(ValueTap(model, model.graph.outputs, threads=threads), self.feeds)
+        self._hold(model)
+        self.reference = outputs_over(ValueTap(self.model, self.model.graph.outputs, threads=threads), self.feeds)
         self.reference_metric = metric(joined(self.reference)) if metric is not None else None
         self.runs = 0
+
+    def _hold(self, model: ir.Model) -> None:
+        """Rule 7: a copy of `model` whose constants are mapped, and a cache for what passes derive from them."""
+        if not self.share:
+            self.model, self.variants = model, None
+            return
+        arrays = MappedArrays()
+        self.model = ir.clone_model(model, constants=arrays.map)
+        self.variants = VariantCache(arrays)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["variants"]  # a worker maps its own copies (rule 6)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._hold(self.model)
 
     def measure(self, levels: dict[Unit, str], forced: Unit | None = None) -> Figure:
         """The figure of the variant with these precisions (rule 2); `forced` is quantized even
@@ -156,7 +183,7 @@ class Evaluator:
                 nodes[position].meta["precision"] = level
         for position in forced.positions if forced is not None else ():
             nodes[position].meta["quantize"] = True
-        PassManager(self.emit).run(variant, PassContext(target=self.target))
+        PassManager(self.emit).run(variant, PassContext(target=self.target, variants=self.variants))
         outputs = outputs_over(ValueTap(variant, variant.graph.outputs, threads=self.threads), self.feeds)
         self.runs += 1
         sqnr = tuple(_sqnr(name, self.reference[name], outputs[name]) for name in self.reference)

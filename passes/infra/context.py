@@ -18,6 +18,7 @@ from .target import Target
 if TYPE_CHECKING:
     from ..analyses.observers import Observations
     from .instruments import Instrument
+    from .variants import VariantCache
 
 
 @dataclass
@@ -32,6 +33,8 @@ class PassContext:
     after the running pass (a pass that tries variants of the model emits them with
     exactly those passes) and drops the cached analyses whenever a pass reports a change.
     `executor` is where a pass spreads independent work it was asked to split (`jobs > 1`).
+    `variants`, set by an analysis that emits many variants of one model, keeps what
+    passes derive from its constants for the next variant (infra/variants.py).
     """
 
     target: Target = field(default_factory=lambda: Target.named("ort-cpu"))
@@ -44,6 +47,7 @@ class PassContext:
     following: str = ""
     analyses: dict[str, Any] = field(default_factory=dict)
     executor: Executor = field(default_factory=LocalProcesses)
+    variants: VariantCache | None = None
 
     def analysis(self, name: str, compute: Callable[[], Any]) -> Any:
         """`compute()` once until the model changes: a result several passes read (plans) is worked out once."""

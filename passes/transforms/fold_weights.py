@@ -39,6 +39,9 @@
 9. A model that arrives with its weights fake-quantized, DequantizeLinear(QuantizeLinear(w))
    on a constant w (a QAT export, another tool's), gets the codes that QuantizeLinear
    computes as an initializer carrying its parameters (`quantize_folded`, fake_quant.py).
+10. Given `ctx.variants` (an analysis emitting many variants of one model), a weight's
+    parameters and codes, and its float16 copy, are computed once for all the variants
+    (infra/variants.py): the same array with the same options gives the same result.
 
     const %w: f32[8,3,3,3]                  const %w_quantized: i8[8,3,3,3] q<i8, axis=0, scale=[...], zp=[...]>
     const %b: f32[8]                        const %b_quantized: i32[8] q<i32, axis=0, scale=[s_in*s_w...], zp=[...]>
@@ -49,7 +52,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -96,6 +99,7 @@ class FoldWeights(Pass):
 
     def run(self, model: Model, ctx) -> bool:
         self.reduce_range = weight_reduce_range(self.options.reduce_range, ctx)
+        self.variants = ctx.variants
         before = sum(self.stats.values())
         self.stats["quantize_folded"] += fold_quantized_constants(model)
         graph = model.graph
@@ -119,7 +123,8 @@ class FoldWeights(Pass):
             if np.abs(data).max(initial=0.0) > np.finfo(np.float16).max:
                 self.stats["fp16_kept_fp32"] += 1
                 continue
-            stored = graph.add_constant(Value(names.fresh(f"{value.name}_fp16"), const=data.astype(np.float16)))
+            half = self._derived(("fp16",), data, lambda: data.astype(np.float16))
+            stored = graph.add_constant(Value(names.fresh(f"{value.name}_fp16"), const=half))
             output = Value(names.fresh(f"{value.name}_fp32"), value.type)
             graph.insert_before(node, Node("Cast", [stored], [output], attributes={"to": int(DType.FLOAT)}))
             node.set_input(index, output)
@@ -134,11 +139,16 @@ class FoldWeights(Pass):
             self.stats["weights_skipped"] += 1
             return
         if (value, axis) not in folded:
-            params = folded_params(data, axis, self.options, self.reduce_range)
-            folded[value, axis] = dequantized(graph, names, node, value, quantize(data, params), params)
+            key = ("codes", axis, self.options.weight_dtype, self.options.symmetric, self.reduce_range)
+            params, codes = self._derived(key, data, lambda: _codes(data, axis, self.options, self.reduce_range))
+            folded[value, axis] = dequantized(graph, names, node, value, codes, replace(params))
             self.stats["weights_folded"] += 1
         node.set_input(index, folded[value, axis])
         graph.drop_unread_constants([value])
+
+    def _derived(self, key: tuple, data: np.ndarray, compute):
+        """`compute()`, or what it gave for `data` in an earlier variant of the model (rule 10)."""
+        return compute() if self.variants is None else self.variants.get(key, data, compute)
 
     def _fold_bias(self, graph: Graph, names: NameAllocator, node: Node, bias: Bias) -> None:
         value = node.inputs[bias.input]
@@ -163,6 +173,12 @@ def weight_axis(node: Node, weight: Weight, options: FoldWeights.Options) -> int
     scheme = node.meta.get("weight_scheme")
     per_channel = options.per_channel if scheme is None else scheme == "per-channel"
     return weight.axis if per_channel else None
+
+
+def _codes(data: np.ndarray, axis: int | None, options: FoldWeights.Options,
+           reduce_range: bool) -> tuple[QuantParams, np.ndarray]:
+    params = folded_params(data, axis, options, reduce_range)
+    return params, quantize(data, params)
 
 
 def folded_params(data: np.ndarray, axis: int | None, options: FoldWeights.Options, reduce_range: bool) -> QuantParams:
