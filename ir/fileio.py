@@ -147,24 +147,27 @@ class MappedArrays:
     """Read-only mapped copies of arrays, each written once to a file of a temporary folder (rule 4).
 
     Arrays under `min_bytes`, and those without a raw layout (strings, objects), are
-    returned as they are: the proto holds small tensors inline anyway. The folder goes on
-    close() or when the object is collected; views already handed out keep their mapping.
+    returned as they are: the proto holds small tensors inline anyway. An array maps once:
+    asked again, it gets the same view (the entry holds the array, so its identity is not
+    reused). The folder goes on close() or when the object is collected; views already
+    handed out keep their mapping.
     """
 
     def __init__(self, min_bytes: int = 1024) -> None:
         self.min_bytes = min_bytes
         self._folder = tempfile.TemporaryDirectory(prefix="qcompiler-arrays-")
-        self._count = 0
+        self._views: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def map(self, array: np.ndarray) -> np.ndarray:
         """`array`, or a read-only view of a mapped copy of it (equal contents, dtype and shape)."""
         if array.nbytes < self.min_bytes or array.dtype.kind in "OSUV" or mapped_region(array) is not None:
             return array
-        self._count += 1
-        path = Path(self._folder.name) / f"{self._count}.bin"
-        with open(path, "wb") as file:
-            file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
-        return mapped_view(map_file(path), array.dtype, array.shape, 0)
+        if id(array) not in self._views:
+            path = Path(self._folder.name) / f"{len(self._views) + 1}.bin"
+            with open(path, "wb") as file:
+                file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+            self._views[id(array)] = (array, mapped_view(map_file(path), array.dtype, array.shape, 0))
+        return self._views[id(array)][1]
 
     def close(self) -> None:
         self._folder.cleanup()

@@ -81,6 +81,21 @@ def test_the_report_lists_each_change_as_a_step_up_that_the_model_keeps():
     assert report["variants"] >= 1 + len(report["changed"]) and report["seconds"] > 0
 
 
+def test_variants_are_emitted_with_the_passes_that_follow_even_those_reading_calibration_data():
+    """With bias-correct after it, each variant is bias-corrected too: the SQNR the pass ends on is
+    the compiled model's in ONNX Runtime on the calibration rows it measured."""
+    head = "legalize-opset,freeze-weight-inputs,apply-overrides,canonicalize,fuse,insert-observers,calibrate"
+    result = compiled(OUTLIER, f"{head},choose-ranges{{top=2}},bias-correct,place-qdq,fold-weights,cleanup")
+    report = result.report.passes[7]
+    assert report.name == "choose-ranges" and report.stats["variants"] > 1
+    with np.load(OUTLIER / "calib.npz") as data:
+        rows = dict(data)
+    want = run_onnx(ir.load_model(OUTLIER / "model.onnx"), rows)[0].astype(np.float64)
+    got = run_onnx(ir.to_onnx(result.model), rows)[0]
+    sqnr = float(10 * np.log10(np.sum(want ** 2) / np.sum((want - got) ** 2)))
+    assert result.report.ranges["end_sqnr_db"] == pytest.approx(sqnr, abs=0.05)
+
+
 def test_each_candidate_range_is_what_calibrate_gives_with_that_method_alone():
     model, data = calibrated("method=minmax")
     leaders = [v for v in main_values(model) if "observer" in v.meta]

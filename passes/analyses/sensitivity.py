@@ -8,7 +8,8 @@
 2. A variant is the calibrated model with a precision per unit (`rules.PRECISIONS`; a
    unit not named keeps what the model says, int8 unless a recipe pinned it), cloned
    (`ir.clone_model`), emitted by the emission pipeline (the passes after the running
-   one: place-qdq, fold-weights, cleanup) and run in ONNX Runtime with its default
+   one: place-qdq, fold-weights, cleanup; given the calibration data, which an emission
+   pass such as bias-correct reads) and run in ONNX Runtime with its default
    optimizations, as a deployment runs it, on the evaluation feeds.
 3. The reference is the calibrated model itself (still float: observers only annotate),
    run once; its outputs are kept, so `samples` bounds how many rows are used.
@@ -143,47 +144,51 @@ class Evaluator:
 
     def __init__(self, model: ir.Model, emit: str, feeds: Iterable[dict[str, np.ndarray]], *,
                  target: Target | None = None, metric: Metric | None = None, threads: int = 0,
-                 share: bool = True) -> None:
-        """`share=False` emits every variant from scratch (rule 7 off), for comparison."""
+                 calibration_data=None, share: bool = True) -> None:
+        """`calibration_data` reaches the emission passes that read it (rule 2); `share=False`
+        emits every variant from scratch (rule 7 off), for comparison."""
         self.emit, self.feeds, self.share = emit, list(feeds), share
+        self.calibration_data = calibration_data
         self.target = target if target is not None else Target.named("ort-cpu")
         if not self.feeds:
             raise PassError("the evaluation data holds no samples")
-        self.metric, self.threads = metric, threads
-        self._hold(model)
-        self.reference = outputs_over(ValueTap(self.model, self.model.graph.outputs, threads=threads), self.feeds)
+        self.metric, self.threads, self.model = metric, threads, model
+        self._share()
+        reference = self._copy()
+        self.reference = outputs_over(ValueTap(reference, reference.graph.outputs, threads=threads), self.feeds)
         self.reference_metric = metric(joined(self.reference)) if metric is not None else None
         self.runs = 0
 
-    def _hold(self, model: ir.Model) -> None:
-        """Rule 7: a copy of `model` whose constants are mapped, and a cache for what passes derive from them."""
-        if not self.share:
-            self.model, self.variants = model, None
-            return
-        arrays = MappedArrays()
-        self.model = ir.clone_model(model, constants=arrays.map)
-        self.variants = VariantCache(arrays)
+    def _share(self) -> None:
+        """Rule 7: where the constants are mapped, and the cache for what passes derive from them."""
+        self._arrays = MappedArrays() if self.share else None
+        self.variants = VariantCache(self._arrays) if self.share else None
+
+    def _copy(self) -> ir.Model:
+        """The model as it stands now (a pass may change it between measurements), its constants mapped."""
+        return ir.clone_model(self.model, constants=self._arrays.map if self._arrays is not None else None)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        del state["variants"]  # a worker maps its own copies (rule 6)
+        del state["_arrays"], state["variants"]  # a worker maps its own copies (rule 6)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._hold(self.model)
+        self._share()
 
     def measure(self, levels: dict[Unit, str], forced: Unit | None = None) -> Figure:
         """The figure of the variant with these precisions (rule 2); `forced` is quantized even
         where its inputs arrive float (rules.py rule 3), as `alone` needs."""
-        variant = ir.clone_model(self.model)
+        variant = self._copy()
         nodes = list(variant.graph.nodes)
         for unit, level in levels.items():
             for position in unit.positions:
                 nodes[position].meta["precision"] = level
         for position in forced.positions if forced is not None else ():
             nodes[position].meta["quantize"] = True
-        PassManager(self.emit).run(variant, PassContext(target=self.target, variants=self.variants))
+        PassManager(self.emit).run(variant, PassContext(target=self.target, variants=self.variants,
+                                                        calibration_data=self.calibration_data))
         outputs = outputs_over(ValueTap(variant, variant.graph.outputs, threads=self.threads), self.feeds)
         self.runs += 1
         sqnr = tuple(_sqnr(name, self.reference[name], outputs[name]) for name in self.reference)

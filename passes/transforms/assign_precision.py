@@ -112,7 +112,7 @@ class AssignPrecision(Pass):
         data = ctx.evaluation_data if ctx.evaluation_data is not None else ctx.calibration_data
         metric = load_function(self.options.metric, "metric") if self.options.metric else None
         evaluator = Evaluator(model, ctx.following, first_rows(data, self.options.samples), target=ctx.target,
-                              metric=metric)
+                              metric=metric, calibration_data=ctx.calibration_data)
         budget = _Budget(self.options.min_sqnr_db, self.options.max_drop, evaluator.reference_metric)
         nodes = list(model.graph.nodes)
         free = [u for u in units(model) if not any("precision" in nodes[p].meta for p in u.positions)]  # rule 3

@@ -93,7 +93,7 @@ class ChooseRanges(Pass):
         leaders = [v for v in main_values(model) if "observer" in v.meta and v.observed_range is not None
                    and all(chosen(node, self.name) for node in (v.producer, *v.consumers()) if node is not None)]
         evaluator = Evaluator(model, ctx.following, first_rows(ctx.calibration_data, self.options.samples),
-                              target=ctx.target)
+                              target=ctx.target, calibration_data=ctx.calibration_data)
         best = evaluator.measure({}).min_sqnr_db
         report = {"start_sqnr_db": _number(best), "changed": []}
         if leaders and self.options.top and self.options.time_budget_s > 0:
