@@ -135,6 +135,7 @@ def compile(model: Any, calib: Any = None, *, recipe: Recipe | str | Path | dict
     report.warnings.extend([*result.warnings, *checks.warnings])
     report.precision = context.report.get("assign-precision")
     report.weight_only = context.report.get("weight-only")
+    report.warnings.extend((report.weight_only or {}).get("warnings", []))
     report.embeddings = context.report.get("quantize-embeddings")
     report.smoothing = context.report.get("smooth-quant")
     report.ranges = context.report.get("choose-ranges")

@@ -209,6 +209,21 @@ def test_compile_summary_says_how_gptq_did_against_rtn():
                          f"calibration data, {found['rtn_output_sqnr_db']:.1f} dB rounding to nearest")
 
 
+def test_gptq_with_fewer_calibration_rows_than_input_channels_is_warned_of():
+    """X^T X of 128 rows is singular for K = 256: the report says so; 512 rows are enough."""
+    import qcompiler
+
+    proto, recipe = stack(), {"passes": {"weight-only": {"method": "gptq"}}}
+    few = qcompiler.compile(proto, batches(128, seed=1), eval=batches(128, seed=2), pipeline="int4", recipe=recipe)
+    (warning,) = [w for w in few.report.warnings if w.startswith("gptq:")]
+    assert warning.startswith(f"gptq: 2 of 2 weights saw fewer calibration rows than input channels (fewest: "
+                              f"128 rows for {DIM} channels, %")
+    assert warning.endswith(f"give at least {DIM} rows (tokens, for a transformer)")
+    assert f"  warning: {warning}" in few.report.summary()
+    enough = qcompiler.compile(proto, batches(512, seed=1), eval=batches(128, seed=2), pipeline="int4", recipe=recipe)
+    assert not [w for w in enough.report.warnings if w.startswith("gptq:")]
+
+
 def test_awq_matmulnbits_computes_what_its_qdq_form_does():
     """The Mul goes in front of MatMulNBits as it does in front of the DequantizeLinear form: the same
     codes, factor and output (both at float compute), on a Gemm with transB and a bias."""
