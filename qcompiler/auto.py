@@ -10,6 +10,8 @@
    thresholded decision (and a relative-error guard) for probabilities and score maps,
    mean cosine for embeddings, hidden states and feature maps; agreement >= 100 -
    tolerance %, cosine >= 1 - tolerance / 100. Each attempt lists every output's figure.
+   Top-1 agreement counts rows: on fewer than 100 / tolerance evaluation rows a single
+   disagreement is over the tolerance, and the summary says how many rows would allow one.
 2. The rungs, cheapest to compile first: `dynamic` (weights int8 offline, activations
    quantized at run time, no calibration), `dynamic-smooth` (smooth-quant, then dynamic),
    `static` (int8, min-max observers), `static-percentile` (percentile 99.99 observers:
@@ -59,6 +61,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Callable
@@ -132,6 +135,7 @@ class AutoResult:
     float_model: ir.Model
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def model(self) -> ir.Model:
@@ -147,6 +151,7 @@ class AutoResult:
                                                           "compile_seconds", "seconds", "meets", "metric", "verdict")}
                          for a in self.attempts],
             "report": self.chosen.result.report.to_dict() if self.chosen is not None else None,
+            "notes": self.notes,
         }
 
     def summary(self) -> list[str]:
@@ -160,6 +165,7 @@ class AutoResult:
             inline = figures[0] if len(figures) == 1 else ""  # several outputs: one line each, below
             lines.append(f"  {a.rung:<{width}}  {inline:<34} latency {latency:>6}  size {size:>4}  {a.verdict}")
             lines.extend(f"  {'':<{width}}    {figure}" for figure in figures if not inline)
+        lines.extend(f"  note: {note}" for note in self.notes)
         if any(a.verdict.startswith(_OVER_BUDGET) for a in self.attempts):
             lines.append("  the time budget ran out: the best rung tried is kept (--time-budget gives more)")
         if self.chosen is None:
@@ -236,7 +242,7 @@ def auto(model: Any, calib: Any, *, tolerance: float, eval: Any = None, metric: 
                 break  # a higher budget is further out of reach, and costs as much
     chosen = _choose(attempts)
     result = AutoResult(judge.describe(), attempts, chosen, float_model, time_budget_s,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, judge.coarse(attempts))
     if chosen is None and require:
         raise AutoError("no rung met the tolerance (" + judge.describe() + "); " +
                         "; ".join(f"{a.rung}: {a.verdict}" for a in attempts))
@@ -420,6 +426,17 @@ class _Judge:
             if m.nonfinite:
                 short.append(f"{m.name}: {m.nonfinite} NaN/Inf values")
         return not short, "; ".join(figures), "; ".join(short), None
+
+    def coarse(self, attempts: list[Attempt]) -> list[str]:
+        """Rule 1's last sentence: the outputs judged by top-1 agreement on too few rows for the tolerance."""
+        report = next((a.result.report for a in attempts if a.result is not None), None)
+        if self.metric is not None or report is None:
+            return []
+        enough = math.ceil(100 / self.tolerance)
+        return [f"{m.name}: top-1 agreement over {m.samples} rows, so one disagreement ({100 / m.samples:.1f}%) "
+                f"is over the {self.tolerance:g}% tolerance; {enough} evaluation rows would allow one"
+                for m in report.outputs if m.name in self.measures and self.measures[m.name].kind == "top1"
+                and m.samples < enough]
 
     def _outputs(self, model: ir.Model) -> dict[str, np.ndarray | list[np.ndarray]]:
         return joined(outputs_over(ValueTap(model, model.graph.outputs), list(self.data)))

@@ -27,6 +27,7 @@ def test_conv_net_and_encoder_choose_different_rungs():
     assert [a.rung for a in conv.attempts][:3] == ["dynamic", "static", "static-percentile"]
     assert not {"static-smooth", "dynamic-smooth"} & {a.rung for a in conv.attempts}  # no LayerNorm feeds a Linear
     assert conv.chosen.verdict.startswith("kept: the fastest that meets the tolerance")
+    assert conv.notes == []  # 600 evaluation rows resolve 2%
 
     module = build_encoder()
     dims = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=64)}}
@@ -54,6 +55,15 @@ def test_an_impossible_tolerance_keeps_the_float_model(tmp_path):
     assert not any(n.op_type.endswith("QuantizeLinear") for n in ir.load_model(path).graph.nodes)
     with pytest.raises(AutoError, match="no rung met the tolerance"):
         auto(unet / "model.onnx", unet / "calib.npz", eval=unet / "inputs.npz", tolerance=1e-9, require=True)
+
+
+def test_too_few_evaluation_rows_for_the_tolerance_are_said():
+    """32 rows judged by top-1 agreement: one flip is 3.1%, so 1% asks for no flip at all."""
+    case = GOLDEN / "resnet_like"
+    result = auto(case / "model.onnx", case / "calib.npz", eval=case / "inputs.npz", tolerance=1.0)
+    note = ("logits: top-1 agreement over 32 rows, so one disagreement (3.1%) is over the 1% tolerance; "
+            "100 evaluation rows would allow one")
+    assert result.notes == [note] and f"  note: {note}" in result.summary()
 
 
 def test_a_metric_function_judges_by_its_own_units(tmp_path):
