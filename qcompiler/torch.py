@@ -25,9 +25,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
-import logging
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import onnx
 import torch
 
 from qcompiler import ir
+from qcompiler.passes.infra.progress import silenced
 
 EXPORTERS = ("dynamo", "classic")
 CLASSIC_OPSET = 17
@@ -55,7 +54,7 @@ def export(module: torch.nn.Module, example_inputs: Any, *, dynamic_shapes: Any 
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"export() takes a torch.nn.Module, not {type(module).__name__}")
     args, kwargs = _split_inputs(example_inputs)
-    with _eval_mode(module), _quiet(), tempfile.TemporaryDirectory(prefix="qc-export-") as scratch:
+    with _eval_mode(module), silenced("torch.onnx"), tempfile.TemporaryDirectory(prefix="qc-export-") as scratch:
         try:
             source = _run_exporter(module, args, kwargs, dynamic_shapes, exporter, Path(scratch))
         except Exception as err:  # torch raises many types; the message is what helps
@@ -170,20 +169,6 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(training)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """torch warns on every export (deprecations, optional torchvision ops); none of it is the user's concern."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _first_line(err: Exception) -> str:

@@ -9,7 +9,6 @@ import onnx
 import pytest
 import torch
 from helpers import run_onnx
-from torch_models import _quiet
 from onnx import TensorProto, helper
 from torch import nn
 
@@ -17,6 +16,7 @@ import qcompiler
 from qcompiler import ir
 from qcompiler.acceptance import Measure, TaskSums, holds, measure_of, measures
 from qcompiler.auto import auto
+from qcompiler.passes.infra.progress import silenced
 
 ROWS = 24
 
@@ -50,7 +50,7 @@ def multi_head() -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     calib, held_out = (rng.standard_normal((ROWS, 1, 16, 16)).astype(np.float32) for _ in range(2))
     buffer = io.BytesIO()
-    with _quiet(), torch.no_grad():
+    with silenced(), torch.no_grad():
         torch.onnx.export(module, (torch.from_numpy(calib[:1]),), buffer, dynamo=False, opset_version=17,
                           input_names=["x"], output_names=NAMES,
                           dynamic_axes={name: {0: "batch"} for name in ["x", *NAMES]})

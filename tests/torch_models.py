@@ -11,16 +11,16 @@ run, and emits ``If`` from a ``torch.jit.script``-ed branch (it cannot trace
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from qcompiler.passes.infra.progress import silenced
 
 OPSET = 20
 MODULE_SEED = 0
@@ -254,21 +254,13 @@ def build_module(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return module, (torch.from_numpy(_random_input(spec.example_shape)),)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The legacy exporter and torch.jit.script warn (deprecation) on every call."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 def export_model(name: str, directory: pathlib.Path) -> ExportedModel:
     """Write ``<directory>/<name>.onnx``, weights inline; return it with its feeds."""
     spec = _SPECS[name]
     module, example = build_module(name)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.onnx"
-    with _quiet():
+    with silenced():
         torch.onnx.export(
             torch.jit.script(module) if spec.script else module,
             example,

@@ -36,8 +36,10 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from golden_models import CALIB_SEED, EVAL_SEED, OPSET, _blur, _quiet, conv_bn, deterministic
+from golden_models import CALIB_SEED, EVAL_SEED, OPSET, _blur, conv_bn, deterministic
 from torch import nn
+
+from qcompiler.passes.infra.progress import silenced
 
 RESNET50_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (width, blocks, first stride)
 MOBILENETV2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -243,7 +245,7 @@ def export(name: str, size: Size) -> onnx.ModelProto:
     example = spec.samples(1, EVAL_SEED, size)
     axes = {key: {0: "batch"} for key in (*spec.inputs, spec.output)}
     buffer = io.BytesIO()
-    with _quiet(), torch.no_grad():
+    with silenced(), torch.no_grad():
         torch.onnx.export(module, tuple(torch.from_numpy(example[k]) for k in spec.inputs), buffer, dynamo=False,
                           opset_version=OPSET, input_names=list(spec.inputs), output_names=[spec.output],
                           dynamic_axes=axes)

@@ -79,14 +79,11 @@ export them, and seeded so their activations carry what trained encoders carry.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
-import logging
 import math
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +91,10 @@ import numpy as np
 import onnx
 import torch
 from bench_models import Case, _write_atomic
-from golden_models import CALIB_SEED, EVAL_SEED, FIT_SEED, MODEL_SEED, OPSET, _quiet, deterministic
+from golden_models import CALIB_SEED, EVAL_SEED, FIT_SEED, MODEL_SEED, OPSET, deterministic
 from torch import nn
+
+from qcompiler.passes.infra.progress import silenced
 
 VOCAB = 30522
 PAD, CLS, SEP, COMMA, PERIOD, FIRST_WORD = 0, 101, 102, 1010, 1012, 1996
@@ -481,7 +480,7 @@ def sentences(count: int, seed: int, cfg: Config) -> dict[str, np.ndarray]:
 def export(model: SentenceEncoder, exporter: str = "classic") -> onnx.ModelProto:
     """The model as ONNX (rule 3); batch and sequence dynamic on every input and output."""
     example = tuple(torch.from_numpy(v) for v in sentences(2, EVAL_SEED, model.config).values())
-    with _quiet(), _quiet_loggers("torch.onnx", "onnxscript"), torch.no_grad():
+    with silenced("torch.onnx", "onnxscript"), torch.no_grad():
         if exporter == "classic":
             axes = {k: {0: "batch", 1: "sequence"} for k in (*INPUTS, OUTPUTS[0])} | {OUTPUTS[1]: {0: "batch"}}
             buffer = io.BytesIO()
@@ -495,20 +494,6 @@ def export(model: SentenceEncoder, exporter: str = "classic") -> onnx.ModelProto
                                         output_names=list(OUTPUTS), dynamic_shapes=shapes, verbose=False)
             return program.model_proto
     raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, not {exporter!r}")
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
-    """The dynamo exporter logs its opset choice and the skipped torchvision ops on every call."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def case_tag(name: str, exporter: str) -> str:

@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from torch_models import EncoderBlock, _quiet, randomize_batch_norm  # noqa: E402
+from torch_models import EncoderBlock, randomize_batch_norm  # noqa: E402
+
+from qcompiler.passes.infra.progress import silenced  # noqa: E402
 
 OPSET = 17
 MODEL_SEED = 0
@@ -109,7 +111,7 @@ def deterministic() -> Iterator[None]:
 def export(module: nn.Module, sample: np.ndarray, output: str) -> onnx.ModelProto:
     """Classic export with input "x" and a dynamic "batch" axis on the input and the output."""
     buffer = io.BytesIO()
-    with _quiet():
+    with silenced():
         torch.onnx.export(
             module.eval(), (torch.from_numpy(sample[:1]),), buffer, dynamo=False, opset_version=OPSET,
             input_names=["x"], output_names=[output], dynamic_axes={"x": {0: "batch"}, output: {0: "batch"}},

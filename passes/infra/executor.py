@@ -20,15 +20,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .base import PassError
+from .progress import silenced
 
 RAY_MISSING = "--executor ray needs the ray extra: pip install qcompiler[ray]"
 _RAY_LOGGERS = ("ray", "ray.client_builder", "ray._private.worker")  # ray.init resets the first one's level
@@ -79,7 +78,7 @@ class RayTasks:
         own = {} if address else {"include_dashboard": False, "_node_ip_address": "127.0.0.1",
                                   "logging_level": logging.ERROR}
         try:
-            with _quiet():
+            with silenced(*_RAY_LOGGERS):
                 ray.init(address=address, **own)
         except (ConnectionError, RuntimeError) as err:
             where = f"at {address}" if address else "on this machine"
@@ -96,23 +95,6 @@ def executor_named(text: str) -> Executor:
     if text.startswith("ray://") and len(text) > len("ray://"):
         return RayTasks(text)
     raise PassError(f"--executor {text!r}: expected local, ray or ray://ADDRESS")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Ray logs and warns as it connects, and before it raises: a compile's output (or its one error line) stays
-    the compiler's own."""
-    loggers = [logging.getLogger(name) for name in _RAY_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _import_ray():

@@ -1,8 +1,13 @@
-"""Progress bars for long work (calibration, validation, sensitivity, auto): tqdm, on a terminal only."""
+"""What long work shows on the terminal: progress bars (tqdm, on a terminal only), and nothing of the
+libraries it calls (`silenced`)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import TextIO
 
 from tqdm import tqdm
@@ -31,3 +36,20 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+@contextlib.contextmanager
+def silenced(*loggers: str) -> Iterator[None]:
+    """These loggers at ERROR and warnings ignored for the block: libraries that log and warn on every
+    call (torch's exporters, Ray as it connects) do not bury the compiler's own output or its one error line."""
+    found = [logging.getLogger(name) for name in loggers]
+    levels = [logger.level for logger in found]
+    for logger in found:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(found, levels):
+            logger.setLevel(level)
