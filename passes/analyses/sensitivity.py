@@ -168,6 +168,11 @@ class Evaluator:
         """The model as it stands now (a pass may change it between measurements), its constants mapped."""
         return ir.clone_model(self.model, constants=self._arrays.map if self._arrays is not None else None)
 
+    def close(self) -> None:
+        """Remove the mapped files' folder (views already made keep their mapping); else it goes when collected."""
+        if self._arrays is not None:
+            self._arrays.close()
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         del state["_arrays"], state["variants"]  # a worker maps its own copies (rule 6)
@@ -236,7 +241,10 @@ def measure_all(evaluator: Evaluator, variants: list[tuple[dict[Unit, str], Unit
 
 def _measure_in_worker(work_item: tuple[Evaluator, list]) -> list[Figure]:
     evaluator, share = work_item
-    return [evaluator.measure(levels, forced) for levels, forced in share]
+    try:
+        return [evaluator.measure(levels, forced) for levels, forced in share]
+    finally:
+        evaluator.close()  # now: a pool may end this process before the evaluator is collected
 
 
 def _only(unit: Unit, all_units: Sequence[Unit]) -> dict[Unit, str]:
