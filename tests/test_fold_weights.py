@@ -150,3 +150,21 @@ def test_variants_of_one_model_share_each_weights_codes_and_fp16_copy():
     assert cache.hits == 4  # biases depend on the activation scale: folded in each variant
     reduced = emit("place-qdq,fold-weights{reduce_range=true}", cache)
     assert np.abs(reduced["w1_quantized"]).max() == 64 and cache.hits == 6  # new codes; the same fp16 copies
+
+
+def test_a_constant_beyond_float16_stays_float32_in_every_variant():
+    base = ir.load_model(build())
+    base.graph.inputs[0].observed_range = X_RANGE
+    for node in base.graph.nodes:
+        node.outputs[0].observed_range = (-4.0, 4.0)
+    gemm = next(n for n in base.graph.nodes if n.op_type == "Gemm")
+    gemm.meta["precision"] = "fp16"
+    big = gemm.inputs[1].const_array.copy()
+    big[0, 0] = 1e5  # past float16's largest finite 65504
+    gemm.inputs[1].const = big
+    cache = VariantCache(MappedArrays())
+    for variants in (cache, cache, None):
+        variant = ir.clone_model(base)
+        PassManager("place-qdq,fold-weights").run(variant, PassContext(target=VNNI_CPU, variants=variants))
+        names = {v.name for v in variant.graph.constants}
+        assert "w3" in names and "w3_fp16" not in names and "b3_fp16" in names

@@ -120,10 +120,10 @@ class FoldWeights(Pass):
             data = value.const_array if value is not None else None
             if data is None or data.dtype != np.float32:
                 continue
-            if np.abs(data).max(initial=0.0) > np.finfo(np.float16).max:
+            half = self._derived(("fp16",), data, lambda: _fp16_copy(data))
+            if half is None:
                 self.stats["fp16_kept_fp32"] += 1
                 continue
-            half = self._derived(("fp16",), data, lambda: data.astype(np.float16))
             stored = graph.add_constant(Value(names.fresh(f"{value.name}_fp16"), const=half))
             output = Value(names.fresh(f"{value.name}_fp32"), value.type)
             graph.insert_before(node, Node("Cast", [stored], [output], attributes={"to": int(DType.FLOAT)}))
@@ -173,6 +173,11 @@ def weight_axis(node: Node, weight: Weight, options: FoldWeights.Options) -> int
     scheme = node.meta.get("weight_scheme")
     per_channel = options.per_channel if scheme is None else scheme == "per-channel"
     return weight.axis if per_channel else None
+
+
+def _fp16_copy(data: np.ndarray) -> np.ndarray | None:
+    """`data` as float16, or None when it passes float16's finite range (rule 8)."""
+    return None if np.abs(data).max(initial=0.0) > np.finfo(np.float16).max else data.astype(np.float16)
 
 
 def _codes(data: np.ndarray, axis: int | None, options: FoldWeights.Options,
